@@ -1,0 +1,200 @@
+//! `EndpointSlice` → [`SliceInfo`]: the parts of a slice that endpoint selection needs.
+
+use std::net::IpAddr;
+
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use super::service::port_number;
+use super::warning::{ObjectKind, Skipped, Warnings};
+use super::object_name;
+use crate::model::{IpFamily, NamespacedName, Protocol};
+
+/// The label through which an EndpointSlice names its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// One port of an EndpointSlice.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SlicePort {
+    /// The port name, matched against the Service port's name (empty for an unnamed port).
+    pub name: String,
+    /// The protocol, matched against the Service port's protocol.
+    pub protocol: Protocol,
+    /// The target port number on every endpoint of the slice.
+    pub port: u16,
+}
+
+/// One endpoint of an EndpointSlice, before it is paired with a port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SliceEndpoint {
+    /// The first address of the endpoint (Kubernetes guarantees the rest are the same pod).
+    pub ip: IpAddr,
+    /// `conditions.ready` (absent = true).
+    pub ready: bool,
+    /// `conditions.serving` (absent = true).
+    pub serving: bool,
+    /// `conditions.terminating` (absent = false).
+    pub terminating: bool,
+    /// `nodeName`.
+    pub node_name: Option<String>,
+    /// `zone`.
+    pub zone: Option<String>,
+    /// `hints.forZones[].name`, sorted and deduplicated.
+    pub zone_hints: Vec<String>,
+    /// `hints.forNodes[].name`, sorted and deduplicated.
+    pub node_hints: Vec<String>,
+}
+
+/// What kproxy keeps of one EndpointSlice of one IP family.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SliceInfo {
+    /// The Service the slice belongs to (its namespace and `kubernetes.io/service-name` label).
+    pub service: NamespacedName,
+    /// The slice's valid ports.
+    pub ports: Vec<SlicePort>,
+    /// The slice's valid endpoints.
+    pub endpoints: Vec<SliceEndpoint>,
+}
+
+/// The key of an EndpointSlice: its own namespace and name (not its Service's).
+pub type SliceKey = NamespacedName;
+
+/// Converts an EndpointSlice for `family`.
+///
+/// Returns `None` for slices kproxy does not use: those of the other address family or FQDN slices,
+/// and slices without a `kubernetes.io/service-name` label (with a warning). Invalid ports and
+/// endpoints are skipped with a warning naming the slice; the rest of the slice is kept.
+pub fn slice_info(
+    slice: &EndpointSlice,
+    family: IpFamily,
+    warnings: &mut Warnings,
+) -> Option<(SliceKey, SliceInfo)> {
+    let key = object_name(&slice.metadata, ObjectKind::EndpointSlice, warnings)?;
+    if slice.address_type != family.as_k8s_str() {
+        return None;
+    }
+    let Some(service_name) = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .filter(|n| !n.is_empty())
+    else {
+        warnings.add(
+            ObjectKind::EndpointSlice,
+            &key,
+            format!("metadata.labels[{SERVICE_NAME_LABEL:?}]"),
+            "missing: the slice names no Service",
+            Skipped::Object,
+        );
+        return None;
+    };
+    let service = NamespacedName::new(key.namespace.clone(), service_name.clone());
+
+    let mut ports = Vec::new();
+    for (i, p) in slice.ports.as_deref().unwrap_or_default().iter().enumerate() {
+        let field = format!("ports[{i}]");
+        let protocol = match p.protocol.as_deref().unwrap_or("TCP").parse::<Protocol>() {
+            Ok(protocol) => protocol,
+            Err(e) => {
+                warnings.add(ObjectKind::EndpointSlice, &key, field, e.to_string(), Skipped::Port);
+                continue;
+            }
+        };
+        let number = match p.port {
+            // A nil port means "all ports" and is only legal for slices no Service port can use.
+            None => continue,
+            Some(n) => match port_number(n) {
+                Some(n) => n,
+                None => {
+                    warnings.add(
+                        ObjectKind::EndpointSlice,
+                        &key,
+                        field,
+                        format!("port {n} is outside 1-65535"),
+                        Skipped::Port,
+                    );
+                    continue;
+                }
+            },
+        };
+        ports.push(SlicePort {
+            name: p.name.clone().unwrap_or_default(),
+            protocol,
+            port: number,
+        });
+    }
+
+    let mut endpoints = Vec::new();
+    for (i, ep) in slice.endpoints.as_deref().unwrap_or_default().iter().enumerate() {
+        let Some(raw) = ep.addresses.first() else {
+            warnings.add(
+                ObjectKind::EndpointSlice,
+                &key,
+                format!("endpoints[{i}].addresses"),
+                "empty",
+                Skipped::Endpoint,
+            );
+            continue;
+        };
+        let ip = match raw.parse::<IpAddr>() {
+            Ok(ip) if family.contains(&ip) => ip,
+            Ok(_) => {
+                warnings.add(
+                    ObjectKind::EndpointSlice,
+                    &key,
+                    format!("endpoints[{i}].addresses[0]"),
+                    format!("{raw} is not an {family} address"),
+                    Skipped::Endpoint,
+                );
+                continue;
+            }
+            Err(_) => {
+                warnings.add(
+                    ObjectKind::EndpointSlice,
+                    &key,
+                    format!("endpoints[{i}].addresses[0]"),
+                    format!("invalid IP address {raw:?}"),
+                    Skipped::Endpoint,
+                );
+                continue;
+            }
+        };
+        let conditions = ep.conditions.clone().unwrap_or_default();
+        let hints = ep.hints.as_ref();
+        let mut zone_hints: Vec<String> = hints
+            .and_then(|h| h.for_zones.as_deref())
+            .unwrap_or_default()
+            .iter()
+            .map(|z| z.name.clone())
+            .collect();
+        zone_hints.sort_unstable();
+        zone_hints.dedup();
+        let mut node_hints: Vec<String> = hints
+            .and_then(|h| h.for_nodes.as_deref())
+            .unwrap_or_default()
+            .iter()
+            .map(|n| n.name.clone())
+            .collect();
+        node_hints.sort_unstable();
+        node_hints.dedup();
+        endpoints.push(SliceEndpoint {
+            ip,
+            ready: conditions.ready.unwrap_or(true),
+            serving: conditions.serving.unwrap_or(true),
+            terminating: conditions.terminating.unwrap_or(false),
+            node_name: ep.node_name.clone().filter(|n| !n.is_empty()),
+            zone: ep.zone.clone().filter(|z| !z.is_empty()),
+            zone_hints,
+            node_hints,
+        });
+    }
+
+    Some((
+        key,
+        SliceInfo {
+            service,
+            ports,
+            endpoints,
+        },
+    ))
+}

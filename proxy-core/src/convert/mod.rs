@@ -1,0 +1,79 @@
+//! Conversion from k8s-openapi objects to the [model](crate::model).
+//!
+//! Conversion is total: it never returns an error for bad input. Whatever cannot be programmed is
+//! left out — the smallest part that is wrong: a value, an endpoint, a port, at worst the object —
+//! and a [`ConversionWarning`] names the object and field. This is what lets one broken Service be
+//! skipped while every other Service still syncs.
+
+mod endpoint_slice;
+mod node;
+mod service;
+mod warning;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+pub use endpoint_slice::{
+    slice_info, SliceEndpoint, SliceInfo, SliceKey, SlicePort, SERVICE_NAME_LABEL,
+};
+pub use node::node_info;
+pub use service::{
+    service_ports, ServicePortMap, HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL,
+};
+pub use warning::{ConversionWarning, ObjectKind, Skipped, Warnings};
+
+use crate::model::NamespacedName;
+
+/// Which Services this kproxy programs, by their labels.
+///
+/// Services labelled `service.kubernetes.io/headless` are never programmed. With no proxy name set
+/// (kube-proxy's behaviour), Services labelled `service.kubernetes.io/service-proxy-name` belong to
+/// another proxy and are ignored. With a proxy name set, only Services carrying that label with
+/// exactly that value are programmed — the convention alternative proxies use to share a cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceFilter {
+    /// This proxy's name for `service.kubernetes.io/service-proxy-name`, if it has one.
+    pub proxy_name: Option<String>,
+}
+
+impl ServiceFilter {
+    /// Whether a Service with `labels` is programmed by this proxy.
+    pub fn accepts(&self, labels: Option<&BTreeMap<String, String>>) -> bool {
+        let label = |key: &str| labels.and_then(|l| l.get(key));
+        if label(HEADLESS_LABEL).is_some() {
+            return false;
+        }
+        match (&self.proxy_name, label(SERVICE_PROXY_NAME_LABEL)) {
+            (None, None) => true,
+            (None, Some(_)) => false,
+            (Some(ours), Some(theirs)) => ours == theirs,
+            (Some(_), None) => false,
+        }
+    }
+}
+
+/// The object's namespace and name; a missing namespace means `default`, as with kubectl. A missing
+/// name cannot be keyed, so the object is skipped with a warning.
+pub(crate) fn object_name(
+    meta: &ObjectMeta,
+    kind: ObjectKind,
+    warnings: &mut Warnings,
+) -> Option<NamespacedName> {
+    let namespace = if kind == ObjectKind::Node {
+        String::new() // cluster-scoped
+    } else {
+        meta.namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "default".to_owned())
+    };
+    match meta.name.as_deref() {
+        Some(name) if !name.is_empty() => Some(NamespacedName::new(namespace, name)),
+        _ => {
+            let object = NamespacedName::new(namespace, "<unnamed>");
+            warnings.add(kind, &object, "metadata.name", "missing", Skipped::Object);
+            None
+        }
+    }
+}

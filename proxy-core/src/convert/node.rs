@@ -1,0 +1,44 @@
+//! `Node` → [`NodeInfo`].
+
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::Node;
+
+use super::object_name;
+use super::warning::{ObjectKind, Skipped, Warnings};
+use crate::model::NodeInfo;
+
+/// Converts a Node: its name, labels and the addresses that parse as IPs.
+///
+/// Hostname and DNS addresses are not IPs and are left out silently; an `InternalIP` or `ExternalIP`
+/// that does not parse is left out with a warning. Returns `None` only for a Node without a name.
+pub fn node_info(node: &Node, warnings: &mut Warnings) -> Option<NodeInfo> {
+    let name = object_name(&node.metadata, ObjectKind::Node, warnings)?;
+    let mut addresses = Vec::new();
+    let listed = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_deref())
+        .unwrap_or_default();
+    for (i, a) in listed.iter().enumerate() {
+        if a.type_ != "InternalIP" && a.type_ != "ExternalIP" {
+            continue;
+        }
+        match a.address.parse::<IpAddr>() {
+            Ok(ip) if !addresses.contains(&ip) => addresses.push(ip),
+            Ok(_) => {}
+            Err(_) => warnings.add(
+                ObjectKind::Node,
+                &name,
+                format!("status.addresses[{i}]"),
+                format!("invalid IP address {:?}", a.address),
+                Skipped::Value,
+            ),
+        }
+    }
+    Some(NodeInfo {
+        name: name.name,
+        labels: node.metadata.labels.clone().unwrap_or_default(),
+        addresses,
+    })
+}

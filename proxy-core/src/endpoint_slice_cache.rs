@@ -1,0 +1,116 @@
+//! Merges a Service's EndpointSlices into one endpoint list per Service port.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use crate::change_tracker::Change;
+use crate::convert::{SliceInfo, SliceKey};
+use crate::model::{Endpoint, NamespacedName, ServicePortName};
+
+/// Endpoints of one Service, per port.
+pub(crate) type ServiceEndpoints = BTreeMap<ServicePortName, Arc<[Endpoint]>>;
+
+/// Every EndpointSlice applied so far, grouped by Service, and the merged endpoints they give.
+///
+/// A change to one slice re-merges only that slice's Service, so the cost of an update grows with the
+/// size of the Service, not of the cluster.
+#[derive(Debug, Default)]
+pub(crate) struct EndpointSliceCache {
+    slices: HashMap<NamespacedName, BTreeMap<SliceKey, Arc<SliceInfo>>>,
+    owner: HashMap<SliceKey, NamespacedName>,
+    merged: HashMap<NamespacedName, ServiceEndpoints>,
+}
+
+impl EndpointSliceCache {
+    /// Applies slice changes and returns the Service ports whose endpoint lists changed.
+    pub(crate) fn apply(
+        &mut self,
+        changes: Vec<(SliceKey, Change<Arc<SliceInfo>>)>,
+    ) -> BTreeSet<ServicePortName> {
+        let mut services = BTreeSet::new();
+        for (key, change) in changes {
+            // The slice's previous owner, from what was applied (not from the event).
+            if let Some(old_service) = self.owner.remove(&key) {
+                if let Some(slices) = self.slices.get_mut(&old_service) {
+                    slices.remove(&key);
+                    if slices.is_empty() {
+                        self.slices.remove(&old_service);
+                    }
+                }
+                services.insert(old_service);
+            }
+            if let Some(info) = change.current {
+                let service = info.service.clone();
+                self.owner.insert(key.clone(), service.clone());
+                self.slices
+                    .entry(service.clone())
+                    .or_default()
+                    .insert(key, info);
+                services.insert(service);
+            }
+        }
+
+        let mut changed_ports = BTreeSet::new();
+        for service in services {
+            let merged = self
+                .slices
+                .get(&service)
+                .map(merge_slices)
+                .unwrap_or_default();
+            let old = self.merged.remove(&service).unwrap_or_default();
+            for (name, endpoints) in &old {
+                if merged.get(name) != Some(endpoints) {
+                    changed_ports.insert(name.clone());
+                }
+            }
+            for name in merged.keys() {
+                if !old.contains_key(name) {
+                    changed_ports.insert(name.clone());
+                }
+            }
+            if !merged.is_empty() {
+                self.merged.insert(service, merged);
+            }
+        }
+        changed_ports
+    }
+
+    /// The merged endpoints of one Service port (`None`: no slice lists that port).
+    pub(crate) fn endpoints(&self, port: &ServicePortName) -> Option<&Arc<[Endpoint]>> {
+        self.merged.get(&port.service)?.get(port)
+    }
+}
+
+/// Merges the slices of one Service. Endpoints are paired with every slice port; each port's list is
+/// sorted by `(ip, port)`, and an address listed by two slices counts once (a ready copy is preferred,
+/// then the slice whose name sorts first).
+fn merge_slices(slices: &BTreeMap<SliceKey, Arc<SliceInfo>>) -> ServiceEndpoints {
+    let mut by_port: BTreeMap<ServicePortName, Vec<Endpoint>> = BTreeMap::new();
+    for info in slices.values() {
+        for port in &info.ports {
+            let name = ServicePortName::new(info.service.clone(), port.name.clone(), port.protocol);
+            let list = by_port.entry(name).or_default();
+            list.reserve(info.endpoints.len());
+            list.extend(info.endpoints.iter().map(|e| Endpoint {
+                ip: e.ip,
+                port: port.port,
+                ready: e.ready,
+                serving: e.serving,
+                terminating: e.terminating,
+                node_name: e.node_name.clone(),
+                zone: e.zone.clone(),
+                zone_hints: e.zone_hints.clone(),
+                node_hints: e.node_hints.clone(),
+            }));
+        }
+    }
+    by_port
+        .into_iter()
+        .map(|(name, mut list)| {
+            // Stable sort: among duplicates, ready first, then slice order.
+            list.sort_by(|a, b| (a.ip, a.port, !a.ready).cmp(&(b.ip, b.port, !b.ready)));
+            list.dedup_by(|later, first| later.ip == first.ip && later.port == first.port);
+            (name, Arc::from(list))
+        })
+        .collect()
+}

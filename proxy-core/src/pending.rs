@@ -1,0 +1,271 @@
+//! [`PendingChanges`]: what the handlers recorded since the last sync, for one IP family.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use crate::change_tracker::ChangeTracker;
+use crate::convert::{
+    node_info, service_ports, slice_info, ConversionWarning, ServiceFilter, ServicePortMap,
+    SliceInfo, SliceKey, Warnings,
+};
+use crate::handler::{EndpointSliceHandler, NodeHandler, ServiceHandler};
+use crate::model::{IpFamily, NamespacedName, NodeInfo};
+
+/// How many warnings are kept for [`PendingChanges::take_warnings`] between two drains; the counter
+/// keeps counting past it, so the metric stays exact even if nobody drains.
+const MAX_KEPT_WARNINGS: usize = 10_000;
+
+/// The changes recorded by the handlers since the last sync, for one IP family.
+///
+/// It implements all three handler traits, converting each object to the model as it arrives (so a
+/// dual-stack node has one `PendingChanges` per family, fed the same events). [`ProxyState::apply`]
+/// drains it.
+///
+/// [`ProxyState::apply`]: crate::ProxyState::apply
+#[derive(Debug)]
+pub struct PendingChanges {
+    family: IpFamily,
+    node_name: String,
+    filter: ServiceFilter,
+    pub(crate) services: ChangeTracker<NamespacedName, Arc<ServicePortMap>>,
+    pub(crate) slices: ChangeTracker<SliceKey, Arc<SliceInfo>>,
+    pub(crate) node: Option<NodeInfo>,
+    node_deleted: bool,
+    services_synced: bool,
+    slices_synced: bool,
+    nodes_synced: bool,
+    warnings: Warnings,
+    counters: ChangeCounters,
+    oldest_pending: Option<Instant>,
+}
+
+/// Monotonic counters for the `sync_proxy_rules_*_changes_total` metrics and skipped input.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChangeCounters {
+    /// Service events received.
+    pub service_changes_total: u64,
+    /// EndpointSlice events received.
+    pub endpoint_changes_total: u64,
+    /// Conversion warnings: values, endpoints, ports or objects skipped as invalid.
+    pub conversion_warnings_total: u64,
+}
+
+impl PendingChanges {
+    /// Changes for `family` on the node named `node_name`, programming Services `filter` accepts.
+    pub fn new(family: IpFamily, node_name: impl Into<String>, filter: ServiceFilter) -> Self {
+        Self {
+            family,
+            node_name: node_name.into(),
+            filter,
+            services: ChangeTracker::new(),
+            slices: ChangeTracker::new(),
+            node: None,
+            node_deleted: false,
+            services_synced: false,
+            slices_synced: false,
+            nodes_synced: false,
+            warnings: Warnings::new(),
+            counters: ChangeCounters::default(),
+            oldest_pending: None,
+        }
+    }
+
+    /// The IP family these changes are for.
+    pub fn family(&self) -> IpFamily {
+        self.family
+    }
+
+    /// The node these changes are for.
+    pub fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    /// Whether the initial Service and EndpointSlice lists are in. Syncing earlier would program a
+    /// partial cluster and, for a restarting proxy, delete rules for Services not listed yet.
+    pub fn is_synced(&self) -> bool {
+        self.services_synced && self.slices_synced
+    }
+
+    /// Whether the initial Node list is in (topology needs the node's labels).
+    pub fn node_synced(&self) -> bool {
+        self.nodes_synced
+    }
+
+    /// Whether this node's Node object was deleted (healthz then reports unhealthy).
+    pub fn node_deleted(&self) -> bool {
+        self.node_deleted
+    }
+
+    /// Service objects with a change pending (`sync_proxy_rules_service_changes_pending`).
+    pub fn pending_service_changes(&self) -> usize {
+        self.services.len()
+    }
+
+    /// EndpointSlices with a change pending (`sync_proxy_rules_endpoint_changes_pending`).
+    pub fn pending_endpoint_changes(&self) -> usize {
+        self.slices.len()
+    }
+
+    /// Whether anything waits for a sync.
+    pub fn has_pending(&self) -> bool {
+        !self.services.is_empty() || !self.slices.is_empty() || self.node.is_some()
+    }
+
+    /// When the oldest change still waiting was recorded; healthz compares it to 2 × syncPeriod.
+    pub fn oldest_pending(&self) -> Option<Instant> {
+        self.oldest_pending
+    }
+
+    /// The counters so far.
+    pub fn counters(&self) -> ChangeCounters {
+        self.counters
+    }
+
+    /// Takes the conversion warnings recorded since the last call (each was also logged).
+    pub fn take_warnings(&mut self) -> Vec<ConversionWarning> {
+        self.warnings.drain().collect()
+    }
+
+    /// Called by [`ProxyState::apply`](crate::ProxyState::apply) once it has drained the trackers.
+    pub(crate) fn mark_applied(&mut self) {
+        self.oldest_pending = None;
+    }
+
+    fn note_pending(&mut self, pending: bool) {
+        if pending && self.oldest_pending.is_none() {
+            self.oldest_pending = Some(Instant::now());
+        }
+        if !self.has_pending() {
+            self.oldest_pending = None;
+        }
+    }
+
+    fn keep_warnings(&mut self, mut fresh: Warnings) {
+        for w in fresh.drain() {
+            tracing::warn!(family = %self.family, "skipping invalid input: {w}");
+            self.counters.conversion_warnings_total += 1;
+            if self.warnings.len() < MAX_KEPT_WARNINGS {
+                self.warnings.push(w);
+            }
+        }
+    }
+
+    /// Converts a Service; an empty port map is "nothing to program", i.e. `None`.
+    fn convert_service(&self, service: &Service, warnings: &mut Warnings) -> Option<Arc<ServicePortMap>> {
+        let ports = service_ports(service, self.family, &self.filter, warnings);
+        (!ports.is_empty()).then(|| Arc::new(ports))
+    }
+
+    fn record_service(&mut self, old: Option<&Service>, new: Option<&Service>) {
+        self.counters.service_changes_total += 1;
+        let key_source = new.or(old).expect("an event carries at least one object");
+        let mut scratch = Warnings::new();
+        let Some(key) = crate::convert::object_name(
+            &key_source.metadata,
+            crate::convert::ObjectKind::Service,
+            &mut scratch,
+        ) else {
+            self.keep_warnings(scratch);
+            return;
+        };
+        // Warnings about the old object were reported when it arrived; only the new one's count.
+        let previous = old.and_then(|s| self.convert_service(s, &mut Warnings::new()));
+        let mut warnings = Warnings::new();
+        let current = new.and_then(|s| self.convert_service(s, &mut warnings));
+        self.keep_warnings(warnings);
+        let pending = self.services.record(key, previous, current);
+        self.note_pending(pending);
+    }
+
+    fn record_slice(&mut self, old: Option<&EndpointSlice>, new: Option<&EndpointSlice>) {
+        self.counters.endpoint_changes_total += 1;
+        let source = new.or(old).expect("an event carries at least one object");
+        let mut scratch = Warnings::new();
+        let Some(key) = crate::convert::object_name(
+            &source.metadata,
+            crate::convert::ObjectKind::EndpointSlice,
+            &mut scratch,
+        ) else {
+            self.keep_warnings(scratch);
+            return;
+        };
+        let convert = |s: &EndpointSlice, w: &mut Warnings| {
+            slice_info(s, self.family, w).map(|(_, info)| Arc::new(info))
+        };
+        let previous = old.and_then(|s| convert(s, &mut Warnings::new()));
+        let mut warnings = Warnings::new();
+        let current = new.and_then(|s| convert(s, &mut warnings));
+        self.keep_warnings(warnings);
+        let pending = self.slices.record(key, previous, current);
+        self.note_pending(pending);
+    }
+}
+
+impl ServiceHandler for PendingChanges {
+    fn on_service_add(&mut self, service: &Service) {
+        self.record_service(None, Some(service));
+    }
+
+    fn on_service_update(&mut self, old: &Service, new: &Service) {
+        self.record_service(Some(old), Some(new));
+    }
+
+    fn on_service_delete(&mut self, service: &Service) {
+        self.record_service(Some(service), None);
+    }
+
+    fn on_service_synced(&mut self) {
+        self.services_synced = true;
+    }
+}
+
+impl EndpointSliceHandler for PendingChanges {
+    fn on_endpoint_slice_add(&mut self, slice: &EndpointSlice) {
+        self.record_slice(None, Some(slice));
+    }
+
+    fn on_endpoint_slice_update(&mut self, old: &EndpointSlice, new: &EndpointSlice) {
+        self.record_slice(Some(old), Some(new));
+    }
+
+    fn on_endpoint_slice_delete(&mut self, slice: &EndpointSlice) {
+        self.record_slice(Some(slice), None);
+    }
+
+    fn on_endpoint_slice_synced(&mut self) {
+        self.slices_synced = true;
+    }
+}
+
+impl NodeHandler for PendingChanges {
+    fn on_node_change(&mut self, node: &Node) {
+        if node.metadata.name.as_deref() != Some(self.node_name.as_str()) {
+            return; // not this node: the watch should not deliver it, but a file source might
+        }
+        let mut warnings = Warnings::new();
+        let info = node_info(node, &mut warnings);
+        self.keep_warnings(warnings);
+        if let Some(info) = info {
+            self.node_deleted = false;
+            self.node = Some(info);
+            self.note_pending(true);
+        }
+    }
+
+    fn on_node_delete(&mut self, node: &Node) {
+        if node.metadata.name.as_deref() != Some(self.node_name.as_str()) {
+            return;
+        }
+        // Upstream forgets the labels of a deleted node: topology falls back to no hints.
+        self.node_deleted = true;
+        self.node = Some(NodeInfo::named(self.node_name.clone()));
+        self.note_pending(true);
+    }
+
+    fn on_node_synced(&mut self) {
+        self.nodes_synced = true;
+    }
+}
