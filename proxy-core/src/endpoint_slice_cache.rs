@@ -98,9 +98,7 @@ fn merge_slices(slices: &BTreeMap<SliceKey, Arc<SliceInfo>>) -> ServiceEndpoints
                 serving: e.serving,
                 terminating: e.terminating,
                 node_name: e.node_name.clone(),
-                zone: e.zone.clone(),
-                zone_hints: e.zone_hints.clone(),
-                node_hints: e.node_hints.clone(),
+                topology: e.topology.clone(),
             }));
         }
     }

@@ -34,6 +34,7 @@
 
 pub mod change_tracker;
 pub mod convert;
+pub mod describe;
 pub mod diff;
 mod endpoint_slice_cache;
 pub mod handler;
@@ -45,6 +46,7 @@ pub mod state;
 
 pub use change_tracker::{Change, ChangeTracker};
 pub use convert::{ConversionWarning, ServiceFilter};
+pub use describe::describe;
 pub use diff::{ConntrackCleanup, ConntrackTarget, PortChange, StateDiff};
 pub use handler::{EndpointSliceHandler, NodeHandler, ServiceHandler};
 pub use model::{

@@ -8,8 +8,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::change_tracker::ChangeTracker;
 use crate::convert::{
-    node_info, service_ports, slice_info, ConversionWarning, ServiceFilter, ServicePortMap,
-    SliceInfo, SliceKey, Warnings,
+    node_info, service_ports, slice_info, ConversionWarning, Interner, ServiceFilter,
+    ServicePortMap, SliceInfo, SliceKey, Warnings,
 };
 use crate::handler::{EndpointSliceHandler, NodeHandler, ServiceHandler};
 use crate::model::{IpFamily, NamespacedName, NodeInfo};
@@ -40,6 +40,7 @@ pub struct PendingChanges {
     warnings: Warnings,
     counters: ChangeCounters,
     oldest_pending: Option<Instant>,
+    names: Interner,
 }
 
 /// Monotonic counters for the `sync_proxy_rules_*_changes_total` metrics and skipped input.
@@ -70,6 +71,7 @@ impl PendingChanges {
             warnings: Warnings::new(),
             counters: ChangeCounters::default(),
             oldest_pending: None,
+            names: Interner::new(),
         }
     }
 
@@ -192,8 +194,10 @@ impl PendingChanges {
             self.keep_warnings(scratch);
             return;
         };
-        let convert = |s: &EndpointSlice, w: &mut Warnings| {
-            slice_info(s, self.family, w).map(|(_, info)| Arc::new(info))
+        let family = self.family;
+        let names = &mut self.names;
+        let mut convert = |s: &EndpointSlice, w: &mut Warnings| {
+            slice_info(s, family, names, w).map(|(_, info)| Arc::new(info))
         };
         let previous = old.and_then(|s| convert(s, &mut Warnings::new()));
         let mut warnings = Warnings::new();
@@ -248,7 +252,9 @@ impl NodeHandler for PendingChanges {
         let mut warnings = Warnings::new();
         let info = node_info(node, &mut warnings);
         self.keep_warnings(warnings);
-        if let Some(info) = info {
+        if let Some(mut info) = info {
+            // The state is per family; so are the node addresses it exposes.
+            info.addresses.retain(|a| self.family.contains(a));
             self.node_deleted = false;
             self.node = Some(info);
             self.note_pending(true);

@@ -144,12 +144,12 @@ fn topology_mode(endpoints: &[Endpoint], node: &NodeInfo) -> TopologyMode {
     let (mut all_zone_hints, mut zone_hint_matches) = (true, false);
     for e in endpoints.iter().filter(|e| e.ready) {
         any_ready = true;
-        if e.node_hints.is_empty() {
+        if e.node_hints().is_empty() {
             all_node_hints = false;
         } else if e.has_node_hint(&node.name) {
             node_hint_matches = true;
         }
-        if e.zone_hints.is_empty() {
+        if e.zone_hints().is_empty() {
             all_zone_hints = false;
         } else if zone.is_some_and(|z| e.has_zone_hint(z)) {
             zone_hint_matches = true;

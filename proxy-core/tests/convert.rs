@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use fixtures::builder::{EndpointBuilder, NodeBuilder, ServiceBuilder, SliceBuilder};
 use proxy_core::convert::{
-    node_info, service_ports, slice_info, ObjectKind, ServiceFilter, Skipped, Warnings,
+    node_info, service_ports, slice_info, Interner, ObjectKind, ServiceFilter, Skipped, Warnings,
 };
 use proxy_core::{IpFamily, NamespacedName, Protocol, ServicePortName, ServiceType, SessionAffinity};
 
@@ -304,7 +304,7 @@ fn slice_conditions_node_zone_and_hints() {
         .endpoint(EndpointBuilder::with_conditions("10.0.0.2", false, true, true).node_hints(&["n2"]))
         .build();
     let mut w = Warnings::new();
-    let (key, info) = slice_info(&slice, IpFamily::V4, &mut w).unwrap();
+    let (key, info) = slice_info(&slice, IpFamily::V4, &mut Interner::new(), &mut w).unwrap();
     assert!(w.is_empty());
     assert_eq!(key, NamespacedName::new("ns1", "web-1"));
     assert_eq!(info.service, NamespacedName::new("ns1", "web"));
@@ -312,10 +312,13 @@ fn slice_conditions_node_zone_and_hints() {
     let (a, b) = (&info.endpoints[0], &info.endpoints[1]);
     assert!(a.ready && a.serving && !a.terminating, "absent conditions: ready, serving, not terminating");
     assert_eq!(a.node_name.as_deref(), Some("n1"));
-    assert_eq!(a.zone.as_deref(), Some("z1"));
-    assert_eq!(a.zone_hints, ["z0", "z1"]);
+    let topology = a.topology.as_ref().unwrap();
+    assert_eq!(topology.zone.as_deref(), Some("z1"));
+    let hints: Vec<&str> = topology.zone_hints.iter().map(|h| &**h).collect();
+    assert_eq!(hints, ["z0", "z1"]);
     assert!(!b.ready && b.serving && b.terminating);
-    assert_eq!(b.node_hints, ["n2"]);
+    let hints: Vec<&str> = b.topology.as_ref().unwrap().node_hints.iter().map(|h| &**h).collect();
+    assert_eq!(hints, ["n2"]);
 }
 
 #[test]
@@ -323,9 +326,9 @@ fn slice_of_other_family_or_fqdn_is_not_ours() {
     let mut w = Warnings::new();
     let v6 = SliceBuilder::new("ns1", "s6", "svc").address_type("IPv6").build();
     let fqdn = SliceBuilder::new("ns1", "sf", "svc").address_type("FQDN").build();
-    assert!(slice_info(&v6, IpFamily::V4, &mut w).is_none());
-    assert!(slice_info(&fqdn, IpFamily::V4, &mut w).is_none());
-    assert!(slice_info(&v6, IpFamily::V6, &mut w).is_some());
+    assert!(slice_info(&v6, IpFamily::V4, &mut Interner::new(), &mut w).is_none());
+    assert!(slice_info(&fqdn, IpFamily::V4, &mut Interner::new(), &mut w).is_none());
+    assert!(slice_info(&v6, IpFamily::V6, &mut Interner::new(), &mut w).is_some());
     assert!(w.is_empty());
 }
 
@@ -347,7 +350,7 @@ fn slice_odd_input_is_skipped_piecewise() {
     });
     slice.endpoints.as_mut().unwrap().push(k8s_openapi::api::discovery::v1::Endpoint::default());
     let mut w = Warnings::new();
-    let (_, info) = slice_info(&slice, IpFamily::V4, &mut w).unwrap();
+    let (_, info) = slice_info(&slice, IpFamily::V4, &mut Interner::new(), &mut w).unwrap();
     assert_eq!(info.ports.len(), 1);
     assert_eq!(info.endpoints.len(), 1);
     let kinds: Vec<Skipped> = w.as_slice().iter().map(|w| w.skipped).collect();
@@ -364,7 +367,7 @@ fn slice_without_service_label_is_skipped_with_warning() {
     let mut slice = SliceBuilder::new("ns1", "orphan", "x").build();
     slice.metadata.labels = None;
     let mut w = Warnings::new();
-    assert!(slice_info(&slice, IpFamily::V4, &mut w).is_none());
+    assert!(slice_info(&slice, IpFamily::V4, &mut Interner::new(), &mut w).is_none());
     assert_eq!(w.len(), 1);
     assert!(w.as_slice()[0].to_string().contains("EndpointSlice ns1/orphan"));
 }

@@ -1,7 +1,9 @@
 //! Endpoint selection: readiness, terminating fallback, traffic policies and topology hints.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
+use proxy_core::model::EndpointTopology;
 use proxy_core::{
     select_endpoints, Endpoint, NodeInfo, Protocol, ServicePort, ServiceType, SessionAffinity,
     TopologyMode,
@@ -35,15 +37,8 @@ fn local_external(p: ServicePort) -> ServicePort {
 
 fn ep(ip: &str, node: &str) -> Endpoint {
     Endpoint {
-        ip: ip.parse::<IpAddr>().unwrap(),
-        port: 8080,
-        ready: true,
-        serving: true,
-        terminating: false,
         node_name: Some(node.into()),
-        zone: None,
-        zone_hints: vec![],
-        node_hints: vec![],
+        ..Endpoint::new(ip.parse::<IpAddr>().unwrap(), 8080)
     }
 }
 
@@ -60,8 +55,21 @@ fn not_ready(mut e: Endpoint) -> Endpoint {
     e
 }
 
+fn names(list: &[&str]) -> Vec<Arc<str>> {
+    list.iter().map(|s| Arc::from(*s)).collect()
+}
+
 fn zoned(mut e: Endpoint, hints: &[&str]) -> Endpoint {
-    e.zone_hints = hints.iter().map(|s| s.to_string()).collect();
+    let mut t = e.topology.as_deref().cloned().unwrap_or_default();
+    t.zone_hints = names(hints);
+    e.topology = Some(Arc::new(t));
+    e
+}
+
+fn node_hinted(mut e: Endpoint, hints: &[&str]) -> Endpoint {
+    let mut t: EndpointTopology = e.topology.as_deref().cloned().unwrap_or_default();
+    t.node_hints = names(hints);
+    e.topology = Some(Arc::new(t));
     e
 }
 
@@ -184,10 +192,8 @@ fn hints_of_not_ready_endpoints_do_not_count() {
 
 #[test]
 fn node_hints_win_over_zone_hints() {
-    let mut a = zoned(ep("10.0.0.1", "a"), &["z1"]);
-    a.node_hints = vec!["a".into()];
-    let mut b = zoned(ep("10.0.0.2", "b"), &["z1"]);
-    b.node_hints = vec!["b".into()];
+    let a = node_hinted(zoned(ep("10.0.0.1", "a"), &["z1"]), &["a"]);
+    let b = node_hinted(zoned(ep("10.0.0.2", "b"), &["z1"]), &["b"]);
     let s = select_endpoints(&port(), &[a.clone(), b.clone()], &node("a", Some("z1")));
     assert_eq!(s.topology, TopologyMode::Node);
     assert_eq!(s.cluster, [0]);

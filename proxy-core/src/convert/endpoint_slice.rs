@@ -1,13 +1,15 @@
 //! `EndpointSlice` → [`SliceInfo`]: the parts of a slice that endpoint selection needs.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::service::port_number;
 use super::warning::{ObjectKind, Skipped, Warnings};
+use super::intern::Interner;
 use super::object_name;
-use crate::model::{IpFamily, NamespacedName, Protocol};
+use crate::model::{EndpointTopology, IpFamily, NamespacedName, Protocol};
 
 /// The label through which an EndpointSlice names its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -34,14 +36,10 @@ pub struct SliceEndpoint {
     pub serving: bool,
     /// `conditions.terminating` (absent = false).
     pub terminating: bool,
-    /// `nodeName`.
-    pub node_name: Option<String>,
-    /// `zone`.
-    pub zone: Option<String>,
-    /// `hints.forZones[].name`, sorted and deduplicated.
-    pub zone_hints: Vec<String>,
-    /// `hints.forNodes[].name`, sorted and deduplicated.
-    pub node_hints: Vec<String>,
+    /// `nodeName`, interned.
+    pub node_name: Option<Arc<str>>,
+    /// `zone` and `hints`; `None` when the slice gives none.
+    pub topology: Option<Arc<EndpointTopology>>,
 }
 
 /// What kproxy keeps of one EndpointSlice of one IP family.
@@ -58,7 +56,7 @@ pub struct SliceInfo {
 /// The key of an EndpointSlice: its own namespace and name (not its Service's).
 pub type SliceKey = NamespacedName;
 
-/// Converts an EndpointSlice for `family`.
+/// Converts an EndpointSlice for `family`, sharing node and zone names through `names`.
 ///
 /// Returns `None` for slices kproxy does not use: those of the other address family or FQDN slices,
 /// and slices without a `kubernetes.io/service-name` label (with a warning). Invalid ports and
@@ -66,6 +64,7 @@ pub type SliceKey = NamespacedName;
 pub fn slice_info(
     slice: &EndpointSlice,
     family: IpFamily,
+    names: &mut Interner,
     warnings: &mut Warnings,
 ) -> Option<(SliceKey, SliceInfo)> {
     let key = object_name(&slice.metadata, ObjectKind::EndpointSlice, warnings)?;
@@ -92,11 +91,11 @@ pub fn slice_info(
 
     let mut ports = Vec::new();
     for (i, p) in slice.ports.as_deref().unwrap_or_default().iter().enumerate() {
-        let field = format!("ports[{i}]");
+        let field = || format!("ports[{i}]");
         let protocol = match p.protocol.as_deref().unwrap_or("TCP").parse::<Protocol>() {
             Ok(protocol) => protocol,
             Err(e) => {
-                warnings.add(ObjectKind::EndpointSlice, &key, field, e.to_string(), Skipped::Port);
+                warnings.add(ObjectKind::EndpointSlice, &key, field(), e.to_string(), Skipped::Port);
                 continue;
             }
         };
@@ -109,7 +108,7 @@ pub fn slice_info(
                     warnings.add(
                         ObjectKind::EndpointSlice,
                         &key,
-                        field,
+                        field(),
                         format!("port {n} is outside 1-65535"),
                         Skipped::Port,
                     );
@@ -159,33 +158,42 @@ pub fn slice_info(
                 continue;
             }
         };
-        let conditions = ep.conditions.clone().unwrap_or_default();
+        let conditions = ep.conditions.as_ref();
         let hints = ep.hints.as_ref();
-        let mut zone_hints: Vec<String> = hints
-            .and_then(|h| h.for_zones.as_deref())
-            .unwrap_or_default()
-            .iter()
-            .map(|z| z.name.clone())
-            .collect();
-        zone_hints.sort_unstable();
-        zone_hints.dedup();
-        let mut node_hints: Vec<String> = hints
-            .and_then(|h| h.for_nodes.as_deref())
-            .unwrap_or_default()
-            .iter()
-            .map(|n| n.name.clone())
-            .collect();
-        node_hints.sort_unstable();
-        node_hints.dedup();
+        let topology = EndpointTopology {
+            zone: ep
+                .zone
+                .as_deref()
+                .filter(|z| !z.is_empty())
+                .map(|z| names.intern(z)),
+            zone_hints: sorted_names(
+                names,
+                hints
+                    .and_then(|h| h.for_zones.as_deref())
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|z| z.name.as_str()),
+            ),
+            node_hints: sorted_names(
+                names,
+                hints
+                    .and_then(|h| h.for_nodes.as_deref())
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|n| n.name.as_str()),
+            ),
+        };
         endpoints.push(SliceEndpoint {
             ip,
-            ready: conditions.ready.unwrap_or(true),
-            serving: conditions.serving.unwrap_or(true),
-            terminating: conditions.terminating.unwrap_or(false),
-            node_name: ep.node_name.clone().filter(|n| !n.is_empty()),
-            zone: ep.zone.clone().filter(|z| !z.is_empty()),
-            zone_hints,
-            node_hints,
+            ready: conditions.and_then(|c| c.ready).unwrap_or(true),
+            serving: conditions.and_then(|c| c.serving).unwrap_or(true),
+            terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
+            node_name: ep
+                .node_name
+                .as_deref()
+                .filter(|n| !n.is_empty())
+                .map(|n| names.intern(n)),
+            topology: (!topology.is_empty()).then(|| Arc::new(topology)),
         });
     }
 
@@ -197,4 +205,12 @@ pub fn slice_info(
             endpoints,
         },
     ))
+}
+
+/// Interned, sorted and deduplicated names (no allocation when there are none).
+fn sorted_names<'a>(names: &mut Interner, list: impl Iterator<Item = &'a str>) -> Vec<Arc<str>> {
+    let mut v: Vec<&str> = list.collect();
+    v.sort_unstable();
+    v.dedup();
+    v.into_iter().map(|n| names.intern(n)).collect()
 }

@@ -6,6 +6,7 @@
 //! skipped while every other Service still syncs.
 
 mod endpoint_slice;
+mod intern;
 mod node;
 mod service;
 mod warning;
@@ -17,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 pub use endpoint_slice::{
     slice_info, SliceEndpoint, SliceInfo, SliceKey, SlicePort, SERVICE_NAME_LABEL,
 };
+pub use intern::Interner;
 pub use node::node_info;
 pub use service::{
     service_ports, ServicePortMap, HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL,

@@ -193,22 +193,24 @@ pub fn service_ports(
 
     for (i, port) in spec.ports.as_deref().unwrap_or_default().iter().enumerate() {
         let port_name = port.name.clone().unwrap_or_default();
-        let field = if port_name.is_empty() {
-            format!("spec.ports[{i}]")
-        } else {
-            format!("spec.ports[{i}] ({port_name:?})")
+        let field = || {
+            if port_name.is_empty() {
+                format!("spec.ports[{i}]")
+            } else {
+                format!("spec.ports[{i}] ({port_name:?})")
+            }
         };
         let protocol = match port.protocol.as_deref().unwrap_or("TCP").parse::<Protocol>() {
             Ok(p) => p,
             Err(e) => {
-                warn(warnings, field, e.to_string(), Skipped::Port);
+                warn(warnings, field(), e.to_string(), Skipped::Port);
                 continue;
             }
         };
         let Some(number) = port_number(port.port) else {
             warn(
                 warnings,
-                field,
+                field(),
                 format!("port {} is outside 1-65535", port.port),
                 Skipped::Port,
             );
@@ -222,7 +224,7 @@ pub fn service_ports(
                     None => {
                         warn(
                             warnings,
-                            field,
+                            field(),
                             format!("nodePort {p} is outside 1-65535"),
                             Skipped::Port,
                         );
@@ -233,11 +235,11 @@ pub fn service_ports(
         } else {
             None
         };
-        let key = ServicePortName::new(name.clone(), port_name, protocol);
+        let key = ServicePortName::new(name.clone(), port_name.clone(), protocol);
         if out.contains_key(&key) {
             warn(
                 warnings,
-                field,
+                field(),
                 format!(
                     "duplicate port name {:?} for {protocol}; every port of a multi-port Service needs its own name",
                     key.port

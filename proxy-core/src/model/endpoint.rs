@@ -1,6 +1,28 @@
 //! One endpoint of one Service port.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+/// Where an endpoint is and where it should serve: its zone and its topology hints.
+///
+/// Kept apart from [`Endpoint`] behind one `Arc` because it is the same for every port of an
+/// endpoint and usually absent or repeated: at 200,000 endpoints, sharing it keeps the state small.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointTopology {
+    /// `zone`.
+    pub zone: Option<Arc<str>>,
+    /// `hints.forZones[].name`, sorted and deduplicated.
+    pub zone_hints: Vec<Arc<str>>,
+    /// `hints.forNodes[].name`, sorted and deduplicated.
+    pub node_hints: Vec<Arc<str>>,
+}
+
+impl EndpointTopology {
+    /// Whether nothing is set (such endpoints carry no topology at all).
+    pub fn is_empty(&self) -> bool {
+        self.zone.is_none() && self.zone_hints.is_empty() && self.node_hints.is_empty()
+    }
+}
 
 /// One address:port that serves a Service port, with the EndpointSlice conditions and topology that
 /// endpoint selection needs.
@@ -19,17 +41,27 @@ pub struct Endpoint {
     pub serving: bool,
     /// `conditions.terminating`; an absent condition means not terminating.
     pub terminating: bool,
-    /// `nodeName`: the node the endpoint runs on, which decides whether it is local.
-    pub node_name: Option<String>,
-    /// `zone`.
-    pub zone: Option<String>,
-    /// `hints.forZones[].name`, sorted and deduplicated.
-    pub zone_hints: Vec<String>,
-    /// `hints.forNodes[].name`, sorted and deduplicated.
-    pub node_hints: Vec<String>,
+    /// `nodeName`: the node the endpoint runs on, which decides whether it is local. Interned: all
+    /// endpoints on one node share one string.
+    pub node_name: Option<Arc<str>>,
+    /// Zone and hints; `None` when the slice gives none.
+    pub topology: Option<Arc<EndpointTopology>>,
 }
 
 impl Endpoint {
+    /// A ready endpoint with no node and no topology (mostly for tests).
+    pub fn new(ip: IpAddr, port: u16) -> Self {
+        Self {
+            ip,
+            port,
+            ready: true,
+            serving: true,
+            terminating: false,
+            node_name: None,
+            topology: None,
+        }
+    }
+
     /// The endpoint as a socket address (`ip:port`, `[ip]:port` for IPv6): what a datapath targets,
     /// and the form upstream hashes into `KUBE-SEP-*` chain names.
     pub fn socket_addr(&self) -> SocketAddr {
@@ -46,13 +78,32 @@ impl Endpoint {
         self.serving && self.terminating
     }
 
+    /// The endpoint's zone.
+    pub fn zone(&self) -> Option<&str> {
+        self.topology.as_ref()?.zone.as_deref()
+    }
+
+    /// `hints.forZones` names.
+    pub fn zone_hints(&self) -> &[Arc<str>] {
+        self.topology.as_ref().map_or(&[], |t| &t.zone_hints)
+    }
+
+    /// `hints.forNodes` names.
+    pub fn node_hints(&self) -> &[Arc<str>] {
+        self.topology.as_ref().map_or(&[], |t| &t.node_hints)
+    }
+
     /// Whether the endpoint has a zone hint naming `zone`.
     pub fn has_zone_hint(&self, zone: &str) -> bool {
-        self.zone_hints.binary_search_by(|z| z.as_str().cmp(zone)).is_ok()
+        self.zone_hints()
+            .binary_search_by(|z| (**z).cmp(zone))
+            .is_ok()
     }
 
     /// Whether the endpoint has a node hint naming `node`.
     pub fn has_node_hint(&self, node: &str) -> bool {
-        self.node_hints.binary_search_by(|n| n.as_str().cmp(node)).is_ok()
+        self.node_hints()
+            .binary_search_by(|n| (**n).cmp(node))
+            .is_ok()
     }
 }

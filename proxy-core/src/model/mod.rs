@@ -10,7 +10,7 @@ mod node;
 mod protocol;
 mod service_port;
 
-pub use endpoint::Endpoint;
+pub use endpoint::{Endpoint, EndpointTopology};
 pub use names::{NamespacedName, ServicePortName};
 pub use node::{NodeInfo, ZONE_LABEL};
 pub use protocol::{IpFamily, Protocol, UnknownProtocol};

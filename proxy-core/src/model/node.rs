@@ -17,7 +17,8 @@ pub struct NodeInfo {
     pub name: String,
     /// The node's labels.
     pub labels: BTreeMap<String, String>,
-    /// `status.addresses` that parse as IPs (InternalIP and ExternalIP), in the order listed.
+    /// `status.addresses` that parse as IPs (InternalIP and ExternalIP), in the order listed; in a
+    /// [`ProxyState`](crate::ProxyState), only those of the state's family.
     pub addresses: Vec<IpAddr>,
 }
 
