@@ -7,8 +7,13 @@ use crate::change_tracker::Change;
 use crate::convert::{SliceInfo, SliceKey};
 use crate::model::{Endpoint, NamespacedName, ServicePortName};
 
-/// Endpoints of one Service, per port.
-pub(crate) type ServiceEndpoints = BTreeMap<ServicePortName, Arc<[Endpoint]>>;
+/// Endpoints of one Service, per port, sorted by port name. A sorted `Vec` rather than a map: a
+/// Service has a handful of ports, and an empty-ish `BTreeMap` node costs hundreds of bytes, which
+/// adds up at 20,000 Services.
+pub(crate) type ServiceEndpoints = Vec<(ServicePortName, Arc<[Endpoint]>)>;
+
+/// The slices of one Service, sorted by slice key (small, like [`ServiceEndpoints`]).
+type ServiceSlices = Vec<(SliceKey, Arc<SliceInfo>)>;
 
 /// Every EndpointSlice applied so far, grouped by Service, and the merged endpoints they give.
 ///
@@ -16,7 +21,7 @@ pub(crate) type ServiceEndpoints = BTreeMap<ServicePortName, Arc<[Endpoint]>>;
 /// size of the Service, not of the cluster.
 #[derive(Debug, Default)]
 pub(crate) struct EndpointSliceCache {
-    slices: HashMap<NamespacedName, BTreeMap<SliceKey, Arc<SliceInfo>>>,
+    slices: HashMap<NamespacedName, ServiceSlices>,
     owner: HashMap<SliceKey, NamespacedName>,
     merged: HashMap<NamespacedName, ServiceEndpoints>,
 }
@@ -32,7 +37,7 @@ impl EndpointSliceCache {
             // The slice's previous owner, from what was applied (not from the event).
             if let Some(old_service) = self.owner.remove(&key) {
                 if let Some(slices) = self.slices.get_mut(&old_service) {
-                    slices.remove(&key);
+                    slices.retain(|(k, _)| *k != key);
                     if slices.is_empty() {
                         self.slices.remove(&old_service);
                     }
@@ -42,10 +47,9 @@ impl EndpointSliceCache {
             if let Some(info) = change.current {
                 let service = info.service.clone();
                 self.owner.insert(key.clone(), service.clone());
-                self.slices
-                    .entry(service.clone())
-                    .or_default()
-                    .insert(key, info);
+                let slices = self.slices.entry(service.clone()).or_default();
+                let at = slices.partition_point(|(k, _)| *k < key);
+                slices.insert(at, (key, info));
                 services.insert(service);
             }
         }
@@ -55,16 +59,16 @@ impl EndpointSliceCache {
             let merged = self
                 .slices
                 .get(&service)
-                .map(merge_slices)
+                .map(|s| merge_slices(s))
                 .unwrap_or_default();
             let old = self.merged.remove(&service).unwrap_or_default();
             for (name, endpoints) in &old {
-                if merged.get(name) != Some(endpoints) {
+                if lookup(&merged, name) != Some(endpoints) {
                     changed_ports.insert(name.clone());
                 }
             }
-            for name in merged.keys() {
-                if !old.contains_key(name) {
+            for (name, _) in &merged {
+                if lookup(&old, name).is_none() {
                     changed_ports.insert(name.clone());
                 }
             }
@@ -77,16 +81,23 @@ impl EndpointSliceCache {
 
     /// The merged endpoints of one Service port (`None`: no slice lists that port).
     pub(crate) fn endpoints(&self, port: &ServicePortName) -> Option<&Arc<[Endpoint]>> {
-        self.merged.get(&port.service)?.get(port)
+        lookup(self.merged.get(&port.service)?, port)
     }
+}
+
+fn lookup<'a>(ports: &'a ServiceEndpoints, name: &ServicePortName) -> Option<&'a Arc<[Endpoint]>> {
+    ports
+        .binary_search_by(|(n, _)| n.cmp(name))
+        .ok()
+        .map(|i| &ports[i].1)
 }
 
 /// Merges the slices of one Service. Endpoints are paired with every slice port; each port's list is
 /// sorted by `(ip, port)`, and an address listed by two slices counts once (a ready copy is preferred,
 /// then the slice whose name sorts first).
-fn merge_slices(slices: &BTreeMap<SliceKey, Arc<SliceInfo>>) -> ServiceEndpoints {
+fn merge_slices(slices: &ServiceSlices) -> ServiceEndpoints {
     let mut by_port: BTreeMap<ServicePortName, Vec<Endpoint>> = BTreeMap::new();
-    for info in slices.values() {
+    for (_, info) in slices {
         for port in &info.ports {
             let name = ServicePortName::new(info.service.clone(), port.name.clone(), port.protocol);
             let list = by_port.entry(name).or_default();
