@@ -32,7 +32,9 @@ pub(crate) fn load(args: &ManifestArgs) -> anyhow::Result<Input> {
     let node_name = match (&args.hostname_override, args.files.is_empty()) {
         (Some(n), _) => n.trim().to_lowercase(),
         (None, true) => fixtures::EXAMPLE_NODE.to_owned(),
-        (None, false) => host_name().context("cannot tell this host's name; pass --hostname-override")?,
+        (None, false) => {
+            host_name().context("cannot tell this host's name; pass --hostname-override")?
+        }
     };
     Ok(Input {
         manifests,
@@ -76,6 +78,7 @@ pub(crate) fn is_bad_input(err: &anyhow::Error) -> bool {
 /// This host's name, lower-cased as kube-proxy does.
 fn host_name() -> anyhow::Result<String> {
     let path = PathBuf::from("/proc/sys/kernel/hostname");
-    let name = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let name =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     Ok(name.trim().to_lowercase())
 }

@@ -61,7 +61,11 @@ fn describe_port(out: &mut String, name: &ServicePortName, entry: &ServicePortEn
         let _ = writeln!(out, "  external IPs {}", join(svc.external_ips.iter()));
     }
     if !svc.load_balancer_ips.is_empty() {
-        let _ = writeln!(out, "  load-balancer IPs {}", join(svc.load_balancer_ips.iter()));
+        let _ = writeln!(
+            out,
+            "  load-balancer IPs {}",
+            join(svc.load_balancer_ips.iter())
+        );
     }
     if !svc.load_balancer_source_ranges.is_empty() {
         let _ = writeln!(
@@ -73,7 +77,10 @@ fn describe_port(out: &mut String, name: &ServicePortName, entry: &ServicePortEn
     if svc.external_policy_local {
         match svc.health_check_node_port {
             Some(p) => {
-                let _ = writeln!(out, "  external traffic policy Local, health check node port {p}");
+                let _ = writeln!(
+                    out,
+                    "  external traffic policy Local, health check node port {p}"
+                );
             }
             None => {
                 let _ = writeln!(out, "  external traffic policy Local");
@@ -90,7 +97,10 @@ fn describe_port(out: &mut String, name: &ServicePortName, entry: &ServicePortEn
     if !sel.has_any_endpoints {
         let _ = writeln!(out, "  no usable endpoints: REJECT");
     } else if svc.uses_local_endpoints() && sel.local.is_empty() {
-        let _ = writeln!(out, "  no usable local endpoints: local-policy traffic DROPs");
+        let _ = writeln!(
+            out,
+            "  no usable local endpoints: local-policy traffic DROPs"
+        );
     }
     if sel.topology != crate::TopologyMode::None {
         let _ = writeln!(out, "  topology hints in use: {:?}", sel.topology);

@@ -59,7 +59,7 @@ impl EndpointSliceCache {
             let merged = self
                 .slices
                 .get(&service)
-                .map(|s| merge_slices(s))
+                .map(merge_slices)
                 .unwrap_or_default();
             let old = self.merged.remove(&service).unwrap_or_default();
             for (name, endpoints) in &old {
@@ -117,7 +117,7 @@ fn merge_slices(slices: &ServiceSlices) -> ServiceEndpoints {
         .into_iter()
         .map(|(name, mut list)| {
             // Stable sort: among duplicates, ready first, then slice order.
-            list.sort_by(|a, b| (a.ip, a.port, !a.ready).cmp(&(b.ip, b.port, !b.ready)));
+            list.sort_by_key(|e| (e.ip, e.port, !e.ready));
             list.dedup_by(|later, first| later.ip == first.ip && later.port == first.port);
             (name, Arc::from(list))
         })

@@ -4,7 +4,7 @@
 //! # The key decision: an incremental desired state
 //!
 //! The sources call the [handlers](handler) for each API event; they convert the object to the
-//! [model](model) at once and record the change in [`PendingChanges`], nothing more. At sync time
+//! [model] at once and record the change in [`PendingChanges`], nothing more. At sync time
 //! [`ProxyState::apply`] drains the pending changes into a long-lived [`ProxyState`] and returns a
 //! [`StateDiff`]: the Service ports added, changed and removed, and the conntrack entries left stale.
 //! Both steps cost O(changes), not O(cluster), which is what lets a sync at 20,000 Services touch

@@ -156,7 +156,11 @@ impl PendingChanges {
     }
 
     /// Converts a Service; an empty port map is "nothing to program", i.e. `None`.
-    fn convert_service(&self, service: &Service, warnings: &mut Warnings) -> Option<Arc<ServicePortMap>> {
+    fn convert_service(
+        &self,
+        service: &Service,
+        warnings: &mut Warnings,
+    ) -> Option<Arc<ServicePortMap>> {
         let ports = service_ports(service, self.family, &self.filter, warnings);
         (!ports.is_empty()).then(|| Arc::new(ports))
     }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use crate::diff::{ConntrackCleanup, ConntrackTarget, PortChange, StateDiff};
 use crate::endpoint_slice_cache::EndpointSliceCache;
-use crate::model::{Endpoint, IpFamily, NamespacedName, NodeInfo, Protocol, ServicePort, ServicePortName};
+use crate::model::{
+    Endpoint, IpFamily, NamespacedName, NodeInfo, Protocol, ServicePort, ServicePortName,
+};
 use crate::pending::PendingChanges;
 use crate::selection::{select_endpoints, EndpointSelection};
 
@@ -96,7 +98,9 @@ impl ProxyState {
     }
 
     /// Every Service port, in name order.
-    pub fn service_ports(&self) -> impl ExactSizeIterator<Item = (&ServicePortName, &ServicePortEntry)> + '_ {
+    pub fn service_ports(
+        &self,
+    ) -> impl ExactSizeIterator<Item = (&ServicePortName, &ServicePortEntry)> + '_ {
         self.ports.iter()
     }
 

@@ -6,7 +6,9 @@ use fixtures::builder::{EndpointBuilder, NodeBuilder, ServiceBuilder, SliceBuild
 use proxy_core::convert::{
     node_info, service_ports, slice_info, Interner, ObjectKind, ServiceFilter, Skipped, Warnings,
 };
-use proxy_core::{IpFamily, NamespacedName, Protocol, ServicePortName, ServiceType, SessionAffinity};
+use proxy_core::{
+    IpFamily, NamespacedName, Protocol, ServicePortName, ServiceType, SessionAffinity,
+};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -16,7 +18,9 @@ fn spn(ns: &str, name: &str, port: &str, protocol: Protocol) -> ServicePortName 
     ServicePortName::new(NamespacedName::new(ns, name), port, protocol)
 }
 
-fn convert(svc: &k8s_openapi::api::core::v1::Service) -> (proxy_core::convert::ServicePortMap, Warnings) {
+fn convert(
+    svc: &k8s_openapi::api::core::v1::Service,
+) -> (proxy_core::convert::ServicePortMap, Warnings) {
     let mut w = Warnings::new();
     let m = service_ports(svc, IpFamily::V4, &ServiceFilter::default(), &mut w);
     (m, w)
@@ -44,7 +48,9 @@ fn cluster_ip_service_with_two_ports() {
 
 #[test]
 fn unnamed_single_port_and_default_protocol() {
-    let mut svc = ServiceBuilder::new("ns1", "a", "172.30.0.1").port("", 80, "TCP").build();
+    let mut svc = ServiceBuilder::new("ns1", "a", "172.30.0.1")
+        .port("", 80, "TCP")
+        .build();
     svc.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].protocol = None;
     let (m, w) = convert(&svc);
     assert!(w.is_empty());
@@ -61,7 +67,12 @@ fn node_port_and_load_balancer_fields() {
         .ingress_ip("203.0.113.30")
         .ingress_ip_proxy_mode("203.0.113.31")
         .ingress_ip("2001:db8::1")
-        .source_ranges(&["198.51.100.0/24", " 192.0.2.0/25 ", "10.0.0.1/8", "2001:db8::/32"])
+        .source_ranges(&[
+            "198.51.100.0/24",
+            " 192.0.2.0/25 ",
+            "10.0.0.1/8",
+            "2001:db8::/32",
+        ])
         .external_traffic_local()
         .health_check_node_port(32000)
         .build();
@@ -70,13 +81,24 @@ fn node_port_and_load_balancer_fields() {
     let p = &m[&spn("ns1", "lb", "https", Protocol::Tcp)];
     assert_eq!(p.service_type, ServiceType::LoadBalancer);
     assert_eq!(p.node_port, Some(30443));
-    assert_eq!(p.load_balancer_ips, vec![ip("203.0.113.30")], "Proxy-mode and v6 ingresses are not programmed");
-    let ranges: Vec<String> = p.load_balancer_source_ranges.iter().map(|r| r.to_string()).collect();
+    assert_eq!(
+        p.load_balancer_ips,
+        vec![ip("203.0.113.30")],
+        "Proxy-mode and v6 ingresses are not programmed"
+    );
+    let ranges: Vec<String> = p
+        .load_balancer_source_ranges
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
     assert_eq!(ranges, ["198.51.100.0/24", "192.0.2.0/25", "10.0.0.0/8"]);
     assert!(p.external_policy_local);
     assert_eq!(p.health_check_node_port, Some(32000));
     assert!(p.externally_accessible());
-    assert!(p.uses_cluster_endpoints(), "internal traffic still uses the cluster policy");
+    assert!(
+        p.uses_cluster_endpoints(),
+        "internal traffic still uses the cluster policy"
+    );
     assert!(p.uses_local_endpoints());
 }
 
@@ -89,7 +111,10 @@ fn node_port_of_a_cluster_ip_service_is_ignored() {
     let (m, _) = convert(&svc);
     let p = m.values().next().unwrap();
     assert_eq!(p.node_port, None);
-    assert!(!p.external_policy_local, "Local external policy needs external reachability");
+    assert!(
+        !p.external_policy_local,
+        "Local external policy needs external reachability"
+    );
 }
 
 #[test]
@@ -130,9 +155,15 @@ fn invalid_source_range_is_dropped_with_a_warning() {
         .source_ranges(&["198.51.100.0/24", "300.0.0.0/8", "10.0.0.1"])
         .build();
     let (m, w) = convert(&svc);
-    assert_eq!(m.values().next().unwrap().load_balancer_source_ranges.len(), 1);
+    assert_eq!(
+        m.values().next().unwrap().load_balancer_source_ranges.len(),
+        1
+    );
     assert_eq!(w.len(), 2);
-    assert!(w.as_slice().iter().all(|w| w.field.starts_with("spec.loadBalancerSourceRanges[")));
+    assert!(w
+        .as_slice()
+        .iter()
+        .all(|w| w.field.starts_with("spec.loadBalancerSourceRanges[")));
 }
 
 #[test]
@@ -153,7 +184,9 @@ fn dual_stack_gives_one_port_per_family() {
     assert_eq!(v4.external_ips, vec![ip("192.0.2.1")]);
     assert_eq!(v6.external_ips, vec![ip("2001:db8::1")]);
 
-    let single = ServiceBuilder::new("ns1", "v4only", "172.30.0.1").port("p", 80, "TCP").build();
+    let single = ServiceBuilder::new("ns1", "v4only", "172.30.0.1")
+        .port("p", 80, "TCP")
+        .build();
     assert!(service_ports(&single, IpFamily::V6, &filter, &mut w).is_empty());
     assert!(w.is_empty(), "another family is not an error");
 }
@@ -163,12 +196,27 @@ fn session_affinity_timeout_default_explicit_and_invalid() {
     let base = || ServiceBuilder::new("ns1", "s", "172.30.0.60").port("p", 80, "TCP");
     let timeout = |svc| {
         let (m, w) = convert(&svc);
-        (m.values().next().unwrap().affinity_timeout_seconds(), w.len())
+        (
+            m.values().next().unwrap().affinity_timeout_seconds(),
+            w.len(),
+        )
     };
-    assert_eq!(timeout(base().client_ip_affinity(None).build()), (Some(10_800), 0));
-    assert_eq!(timeout(base().client_ip_affinity(Some(600)).build()), (Some(600), 0));
-    assert_eq!(timeout(base().client_ip_affinity(Some(0)).build()), (Some(10_800), 1));
-    assert_eq!(timeout(base().client_ip_affinity(Some(86_401)).build()), (Some(10_800), 1));
+    assert_eq!(
+        timeout(base().client_ip_affinity(None).build()),
+        (Some(10_800), 0)
+    );
+    assert_eq!(
+        timeout(base().client_ip_affinity(Some(600)).build()),
+        (Some(600), 0)
+    );
+    assert_eq!(
+        timeout(base().client_ip_affinity(Some(0)).build()),
+        (Some(10_800), 1)
+    );
+    assert_eq!(
+        timeout(base().client_ip_affinity(Some(86_401)).build()),
+        (Some(10_800), 1)
+    );
     assert_eq!(timeout(base().build()), (None, 0));
 }
 
@@ -188,9 +236,15 @@ fn internal_traffic_policy_local() {
 #[test]
 fn services_that_produce_nothing_and_say_nothing() {
     let cases = [
-        ServiceBuilder::new("ns1", "headless", "None").port("p", 80, "TCP").build(),
-        ServiceBuilder::new("ns1", "en", "").type_("ExternalName").build(),
-        ServiceBuilder::new("ns1", "unallocated", "").port("p", 80, "TCP").build(),
+        ServiceBuilder::new("ns1", "headless", "None")
+            .port("p", 80, "TCP")
+            .build(),
+        ServiceBuilder::new("ns1", "en", "")
+            .type_("ExternalName")
+            .build(),
+        ServiceBuilder::new("ns1", "unallocated", "")
+            .port("p", 80, "TCP")
+            .build(),
         ServiceBuilder::new("ns1", "other", "172.30.0.90")
             .port("p", 80, "TCP")
             .label("service.kubernetes.io/service-proxy-name", "other-proxy")
@@ -202,7 +256,11 @@ fn services_that_produce_nothing_and_say_nothing() {
     ];
     for svc in &cases {
         let (m, w) = convert(svc);
-        assert!(m.is_empty(), "{:?} should produce nothing", svc.metadata.name);
+        assert!(
+            m.is_empty(),
+            "{:?} should produce nothing",
+            svc.metadata.name
+        );
         assert!(w.is_empty(), "{:?}: {:?}", svc.metadata.name, w.as_slice());
     }
 }
@@ -218,23 +276,35 @@ fn proxy_name_filter_selects_labelled_services_only() {
             .label("service.kubernetes.io/service-proxy-name", v)
             .build()
     };
-    let plain = ServiceBuilder::new("ns1", "s", "172.30.0.1").port("p", 80, "TCP").build();
+    let plain = ServiceBuilder::new("ns1", "s", "172.30.0.1")
+        .port("p", 80, "TCP")
+        .build();
     let mut w = Warnings::new();
-    assert_eq!(service_ports(&labelled("kproxy"), IpFamily::V4, &ours, &mut w).len(), 1);
+    assert_eq!(
+        service_ports(&labelled("kproxy"), IpFamily::V4, &ours, &mut w).len(),
+        1
+    );
     assert!(service_ports(&labelled("other"), IpFamily::V4, &ours, &mut w).is_empty());
     assert!(service_ports(&plain, IpFamily::V4, &ours, &mut w).is_empty());
 }
 
 #[test]
 fn invalid_cluster_ip_skips_the_service_with_a_warning() {
-    let svc = ServiceBuilder::new("ns1", "broken", "172.30.0.999").port("p", 80, "TCP").build();
+    let svc = ServiceBuilder::new("ns1", "broken", "172.30.0.999")
+        .port("p", 80, "TCP")
+        .build();
     let (m, w) = convert(&svc);
     assert!(m.is_empty());
     assert_eq!(w.len(), 1);
     let warning = &w.as_slice()[0];
     assert_eq!(warning.skipped, Skipped::Object);
     assert_eq!(warning.object, NamespacedName::new("ns1", "broken"));
-    assert!(warning.to_string().starts_with("Service ns1/broken: spec.clusterIPs[0]: invalid IP"), "{warning}");
+    assert!(
+        warning
+            .to_string()
+            .starts_with("Service ns1/broken: spec.clusterIPs[0]: invalid IP"),
+        "{warning}"
+    );
 }
 
 #[test]
@@ -300,8 +370,15 @@ fn unknown_service_type_skips_the_service() {
 fn slice_conditions_node_zone_and_hints() {
     let slice = SliceBuilder::new("ns1", "web-1", "web")
         .port("http", 8080, "TCP")
-        .endpoint(EndpointBuilder::ready("10.0.0.1").node("n1").zone("z1").zone_hints(&["z1", "z0", "z1"]))
-        .endpoint(EndpointBuilder::with_conditions("10.0.0.2", false, true, true).node_hints(&["n2"]))
+        .endpoint(
+            EndpointBuilder::ready("10.0.0.1")
+                .node("n1")
+                .zone("z1")
+                .zone_hints(&["z1", "z0", "z1"]),
+        )
+        .endpoint(
+            EndpointBuilder::with_conditions("10.0.0.2", false, true, true).node_hints(&["n2"]),
+        )
         .build();
     let mut w = Warnings::new();
     let (key, info) = slice_info(&slice, IpFamily::V4, &mut Interner::new(), &mut w).unwrap();
@@ -310,22 +387,36 @@ fn slice_conditions_node_zone_and_hints() {
     assert_eq!(info.service, NamespacedName::new("ns1", "web"));
     assert_eq!(info.ports[0].port, 8080);
     let (a, b) = (&info.endpoints[0], &info.endpoints[1]);
-    assert!(a.ready && a.serving && !a.terminating, "absent conditions: ready, serving, not terminating");
+    assert!(
+        a.ready && a.serving && !a.terminating,
+        "absent conditions: ready, serving, not terminating"
+    );
     assert_eq!(a.node_name.as_deref(), Some("n1"));
     let topology = a.topology.as_ref().unwrap();
     assert_eq!(topology.zone.as_deref(), Some("z1"));
     let hints: Vec<&str> = topology.zone_hints.iter().map(|h| &**h).collect();
     assert_eq!(hints, ["z0", "z1"]);
     assert!(!b.ready && b.serving && b.terminating);
-    let hints: Vec<&str> = b.topology.as_ref().unwrap().node_hints.iter().map(|h| &**h).collect();
+    let hints: Vec<&str> = b
+        .topology
+        .as_ref()
+        .unwrap()
+        .node_hints
+        .iter()
+        .map(|h| &**h)
+        .collect();
     assert_eq!(hints, ["n2"]);
 }
 
 #[test]
 fn slice_of_other_family_or_fqdn_is_not_ours() {
     let mut w = Warnings::new();
-    let v6 = SliceBuilder::new("ns1", "s6", "svc").address_type("IPv6").build();
-    let fqdn = SliceBuilder::new("ns1", "sf", "svc").address_type("FQDN").build();
+    let v6 = SliceBuilder::new("ns1", "s6", "svc")
+        .address_type("IPv6")
+        .build();
+    let fqdn = SliceBuilder::new("ns1", "sf", "svc")
+        .address_type("FQDN")
+        .build();
     assert!(slice_info(&v6, IpFamily::V4, &mut Interner::new(), &mut w).is_none());
     assert!(slice_info(&fqdn, IpFamily::V4, &mut Interner::new(), &mut w).is_none());
     assert!(slice_info(&v6, IpFamily::V6, &mut Interner::new(), &mut w).is_some());
@@ -342,13 +433,21 @@ fn slice_odd_input_is_skipped_piecewise() {
         .endpoint(EndpointBuilder::ready("10.0.0.300"))
         .endpoint(EndpointBuilder::ready("fd00::1"))
         .build();
-    slice.ports.as_mut().unwrap().push(k8s_openapi::api::discovery::v1::EndpointPort {
-        name: Some("all".into()),
-        port: None,
-        protocol: None,
-        app_protocol: None,
-    });
-    slice.endpoints.as_mut().unwrap().push(k8s_openapi::api::discovery::v1::Endpoint::default());
+    slice
+        .ports
+        .as_mut()
+        .unwrap()
+        .push(k8s_openapi::api::discovery::v1::EndpointPort {
+            name: Some("all".into()),
+            port: None,
+            protocol: None,
+            app_protocol: None,
+        });
+    slice
+        .endpoints
+        .as_mut()
+        .unwrap()
+        .push(k8s_openapi::api::discovery::v1::Endpoint::default());
     let mut w = Warnings::new();
     let (_, info) = slice_info(&slice, IpFamily::V4, &mut Interner::new(), &mut w).unwrap();
     assert_eq!(info.ports.len(), 1);
@@ -356,10 +455,19 @@ fn slice_odd_input_is_skipped_piecewise() {
     let kinds: Vec<Skipped> = w.as_slice().iter().map(|w| w.skipped).collect();
     assert_eq!(
         kinds,
-        [Skipped::Port, Skipped::Port, Skipped::Endpoint, Skipped::Endpoint, Skipped::Endpoint]
+        [
+            Skipped::Port,
+            Skipped::Port,
+            Skipped::Endpoint,
+            Skipped::Endpoint,
+            Skipped::Endpoint
+        ]
     );
-    assert!(w.as_slice().iter().all(|w| w.kind == ObjectKind::EndpointSlice
-        && w.object == NamespacedName::new("ns1", "odd-1")));
+    assert!(w
+        .as_slice()
+        .iter()
+        .all(|w| w.kind == ObjectKind::EndpointSlice
+            && w.object == NamespacedName::new("ns1", "odd-1")));
 }
 
 #[test]
@@ -369,7 +477,9 @@ fn slice_without_service_label_is_skipped_with_warning() {
     let mut w = Warnings::new();
     assert!(slice_info(&slice, IpFamily::V4, &mut Interner::new(), &mut w).is_none());
     assert_eq!(w.len(), 1);
-    assert!(w.as_slice()[0].to_string().contains("EndpointSlice ns1/orphan"));
+    assert!(w.as_slice()[0]
+        .to_string()
+        .contains("EndpointSlice ns1/orphan"));
 }
 
 #[test]
@@ -387,5 +497,8 @@ fn node_name_labels_and_addresses() {
     assert_eq!(info.zone(), Some("zone-a"));
     assert_eq!(info.addresses, vec![ip("192.168.0.10"), ip("2001:db8::10")]);
     assert_eq!(w.len(), 1);
-    assert_eq!(w.as_slice()[0].to_string(), "Node node-a: status.addresses[2]: invalid IP address \"bogus\" (value ignored)");
+    assert_eq!(
+        w.as_slice()[0].to_string(),
+        "Node node-a: status.addresses[2]: invalid IP address \"bogus\" (value ignored)"
+    );
 }

@@ -9,7 +9,9 @@ fn state_of_examples(family: IpFamily) -> ProxyState {
     let m = fixtures::examples();
     let mut p = PendingChanges::new(family, fixtures::EXAMPLE_NODE, ServiceFilter::default());
     m.services.iter().for_each(|s| p.on_service_add(s));
-    m.endpoint_slices.iter().for_each(|s| p.on_endpoint_slice_add(s));
+    m.endpoint_slices
+        .iter()
+        .for_each(|s| p.on_endpoint_slice_add(s));
     m.nodes.iter().for_each(|n| p.on_node_change(n));
     let mut s = ProxyState::new(family, NodeInfo::named(fixtures::EXAMPLE_NODE));
     s.apply(&mut p);

@@ -106,7 +106,10 @@ fn build_node(v: u8) -> Node {
     match v {
         0 => NodeBuilder::new(NODE).build(),
         1 => NodeBuilder::new(NODE).zone("z1").build(),
-        _ => NodeBuilder::new(NODE).zone("z2").address("InternalIP", "192.168.0.1").build(),
+        _ => NodeBuilder::new(NODE)
+            .zone("z2")
+            .address("InternalIP", "192.168.0.1")
+            .build(),
     }
 }
 
@@ -119,14 +122,13 @@ fn service_variant() -> impl Strategy<Value = ServiceVariant> {
 }
 
 fn slice_variant() -> impl Strategy<Value = SliceVariant> {
-    let endpoint = (0u8..6, 0u8..3, 0u8..4, 0u8..3).prop_map(|(ip, node, condition, hint)| {
-        EndpointVariant {
+    let endpoint =
+        (0u8..6, 0u8..3, 0u8..4, 0u8..3).prop_map(|(ip, node, condition, hint)| EndpointVariant {
             ip,
             node,
             condition,
             hint,
-        }
-    });
+        });
     (0..SERVICES, 0u8..3, prop::collection::vec(endpoint, 0..4)).prop_map(
         |(service, ports, endpoints)| SliceVariant {
             service,
@@ -164,7 +166,10 @@ fn replay(mirror: &mut Entries, diff: &StateDiff, state: &ProxyState) -> Result<
     }
     for change in &diff.changed {
         prop_assert_eq!(mirror.get(&change.name), Some(&change.previous));
-        mirror.insert(change.name.clone(), state.get(&change.name).unwrap().clone());
+        mirror.insert(
+            change.name.clone(),
+            state.get(&change.name).unwrap().clone(),
+        );
     }
     for change in &diff.removed {
         let removed = mirror.remove(&change.name);

@@ -76,14 +76,19 @@ fn node_hinted(mut e: Endpoint, hints: &[&str]) -> Endpoint {
 fn node(name: &str, zone: Option<&str>) -> NodeInfo {
     let mut n = NodeInfo::named(name);
     if let Some(z) = zone {
-        n.labels.insert("topology.kubernetes.io/zone".into(), z.into());
+        n.labels
+            .insert("topology.kubernetes.io/zone".into(), z.into());
     }
     n
 }
 
 #[test]
 fn ready_endpoints_only() {
-    let eps = [ep("10.0.0.1", "a"), not_ready(ep("10.0.0.2", "b")), ep("10.0.0.3", "b")];
+    let eps = [
+        ep("10.0.0.1", "a"),
+        not_ready(ep("10.0.0.2", "b")),
+        ep("10.0.0.3", "b"),
+    ];
     let s = select_endpoints(&port(), &eps, &node("a", None));
     assert_eq!(s.cluster, [0, 2]);
     assert!(s.local.is_empty(), "no Local policy, no local list");
@@ -102,7 +107,11 @@ fn serving_terminating_used_only_without_ready() {
     assert_eq!(s.cluster, [2], "a ready endpoint exists: no fallback");
 
     let s = select_endpoints(&port(), &eps[..2], &node("a", None));
-    assert_eq!(s.cluster, [0], "fallback to serving+terminating, never to non-serving");
+    assert_eq!(
+        s.cluster,
+        [0],
+        "fallback to serving+terminating, never to non-serving"
+    );
     assert!(s.has_any_endpoints);
 
     let s = select_endpoints(&port(), &eps[1..2], &node("a", None));
@@ -130,7 +139,10 @@ fn internal_policy_local_picks_this_nodes_endpoints_only() {
 
     let s = select_endpoints(&p, &eps, &node("c", None));
     assert!(s.local.is_empty());
-    assert!(s.has_any_endpoints, "endpoints exist elsewhere: DROP, not REJECT");
+    assert!(
+        s.has_any_endpoints,
+        "endpoints exist elsewhere: DROP, not REJECT"
+    );
 }
 
 #[test]
@@ -149,7 +161,11 @@ fn local_falls_back_to_local_serving_terminating() {
     let eps = [ep("10.0.0.1", "b"), terminating(ep("10.0.0.2", "a"), true)];
     let s = select_endpoints(&p, &eps, &node("a", None));
     assert_eq!(s.cluster, [0]);
-    assert_eq!(s.local, [1], "no ready local endpoint: the serving terminating one");
+    assert_eq!(
+        s.local,
+        [1],
+        "no ready local endpoint: the serving terminating one"
+    );
     assert_eq!(s.all_reachable(), [0, 1]);
 }
 
@@ -175,7 +191,10 @@ fn zone_hints_ignored_when_one_endpoint_lacks_them() {
 
 #[test]
 fn zone_hints_ignored_when_node_has_no_zone_or_no_hint_matches() {
-    let eps = [zoned(ep("10.0.0.1", "a"), &["z1"]), zoned(ep("10.0.0.2", "b"), &["z2"])];
+    let eps = [
+        zoned(ep("10.0.0.1", "a"), &["z1"]),
+        zoned(ep("10.0.0.2", "b"), &["z2"]),
+    ];
     let s = select_endpoints(&port(), &eps, &node("a", None));
     assert_eq!((s.topology, s.cluster.len()), (TopologyMode::None, 2));
     let s = select_endpoints(&port(), &eps, &node("a", Some("z9")));
@@ -184,7 +203,10 @@ fn zone_hints_ignored_when_node_has_no_zone_or_no_hint_matches() {
 
 #[test]
 fn hints_of_not_ready_endpoints_do_not_count() {
-    let eps = [zoned(ep("10.0.0.1", "a"), &["z1"]), not_ready(ep("10.0.0.2", "b"))];
+    let eps = [
+        zoned(ep("10.0.0.1", "a"), &["z1"]),
+        not_ready(ep("10.0.0.2", "b")),
+    ];
     let s = select_endpoints(&port(), &eps, &node("a", Some("z1")));
     assert_eq!(s.topology, TopologyMode::Zone);
     assert_eq!(s.cluster, [0]);

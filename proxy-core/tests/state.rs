@@ -29,11 +29,15 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn svc(name: &str, ip: &str) -> Service {
-    ServiceBuilder::new("ns1", name, ip).port("p80", 80, "TCP").build()
+    ServiceBuilder::new("ns1", name, ip)
+        .port("p80", 80, "TCP")
+        .build()
 }
 
 fn udp_svc(name: &str, ip: &str) -> Service {
-    ServiceBuilder::new("ns1", name, ip).port("dns", 53, "UDP").build()
+    ServiceBuilder::new("ns1", name, ip)
+        .port("dns", 53, "UDP")
+        .build()
 }
 
 fn slice(name: &str, service: &str, port: (&str, i32, &str), ips: &[&str]) -> EndpointSlice {
@@ -58,16 +62,38 @@ fn first_apply_adds_everything_and_asks_for_full_sync() {
     let mut p = pending();
     p.on_service_add(&svc("a", "172.30.0.1"));
     p.on_service_add(&svc("b", "172.30.0.2"));
-    p.on_endpoint_slice_add(&slice("a-1", "a", ("p80", 8080, "TCP"), &["10.0.0.2", "10.0.0.1"]));
+    p.on_endpoint_slice_add(&slice(
+        "a-1",
+        "a",
+        ("p80", 8080, "TCP"),
+        &["10.0.0.2", "10.0.0.1"],
+    ));
     let mut s = state();
     let diff = s.apply(&mut p);
     assert!(diff.full);
-    assert_eq!(diff.added, [spn("a", "p80", Protocol::Tcp), spn("b", "p80", Protocol::Tcp)]);
+    assert_eq!(
+        diff.added,
+        [
+            spn("a", "p80", Protocol::Tcp),
+            spn("b", "p80", Protocol::Tcp)
+        ]
+    );
     assert!(diff.changed.is_empty() && diff.removed.is_empty());
-    assert_eq!(endpoint_ips(&s, &spn("a", "p80", Protocol::Tcp)), ["10.0.0.1:8080", "10.0.0.2:8080"]);
-    assert!(!s.get(&spn("b", "p80", Protocol::Tcp)).unwrap().selection.has_any_endpoints);
+    assert_eq!(
+        endpoint_ips(&s, &spn("a", "p80", Protocol::Tcp)),
+        ["10.0.0.1:8080", "10.0.0.2:8080"]
+    );
+    assert!(
+        !s.get(&spn("b", "p80", Protocol::Tcp))
+            .unwrap()
+            .selection
+            .has_any_endpoints
+    );
     assert!(!p.has_pending());
-    assert!(s.apply(&mut p).is_empty(), "nothing pending: empty diff, not full");
+    assert!(
+        s.apply(&mut p).is_empty(),
+        "nothing pending: empty diff, not full"
+    );
 }
 
 #[test]
@@ -80,7 +106,11 @@ fn add_then_delete_before_a_sync_is_no_change() {
     p.on_service_delete(&a);
     p.on_endpoint_slice_delete(&sl);
     assert!(!p.has_pending());
-    assert_eq!(p.counters().service_changes_total, 2, "events are still counted");
+    assert_eq!(
+        p.counters().service_changes_total,
+        2,
+        "events are still counted"
+    );
     let mut s = state();
     let diff = s.apply(&mut p);
     assert!(diff.added.is_empty() && s.is_empty());
@@ -90,7 +120,10 @@ fn add_then_delete_before_a_sync_is_no_change() {
 fn update_to_an_equal_object_is_no_change() {
     let mut p = pending();
     let mut s = state();
-    let v1 = ServiceBuilder::new("ns1", "a", "172.30.0.1").port("p80", 80, "TCP").resource_version("1").build();
+    let v1 = ServiceBuilder::new("ns1", "a", "172.30.0.1")
+        .port("p80", 80, "TCP")
+        .resource_version("1")
+        .build();
     p.on_service_add(&v1);
     s.apply(&mut p);
     let v2 = ServiceBuilder::new("ns1", "a", "172.30.0.1")
@@ -107,8 +140,17 @@ fn update_to_an_equal_object_is_no_change() {
 fn one_broken_service_is_skipped_the_others_sync() {
     let mut p = pending();
     p.on_service_add(&svc("good-1", "172.30.0.1"));
-    p.on_service_add(&ServiceBuilder::new("ns1", "broken", "bogus").port("p", 80, "TCP").build());
-    p.on_service_add(&ServiceBuilder::new("ns1", "half", "172.30.0.3").port("zero", 0, "TCP").port("ok", 81, "TCP").build());
+    p.on_service_add(
+        &ServiceBuilder::new("ns1", "broken", "bogus")
+            .port("p", 80, "TCP")
+            .build(),
+    );
+    p.on_service_add(
+        &ServiceBuilder::new("ns1", "half", "172.30.0.3")
+            .port("zero", 0, "TCP")
+            .port("ok", 81, "TCP")
+            .build(),
+    );
     p.on_service_add(&svc("good-2", "172.30.0.2"));
     let mut s = state();
     let diff = s.apply(&mut p);
@@ -126,15 +168,33 @@ fn one_broken_service_is_skipped_the_others_sync() {
 fn slices_merge_and_duplicates_count_once() {
     let mut p = pending();
     p.on_service_add(&svc("a", "172.30.0.1"));
-    p.on_endpoint_slice_add(&slice("a-1", "a", ("p80", 8080, "TCP"), &["10.0.0.1", "10.0.0.2"]));
-    p.on_endpoint_slice_add(&slice("a-2", "a", ("p80", 8080, "TCP"), &["10.0.0.2", "10.0.0.3"]));
+    p.on_endpoint_slice_add(&slice(
+        "a-1",
+        "a",
+        ("p80", 8080, "TCP"),
+        &["10.0.0.1", "10.0.0.2"],
+    ));
+    p.on_endpoint_slice_add(&slice(
+        "a-2",
+        "a",
+        ("p80", 8080, "TCP"),
+        &["10.0.0.2", "10.0.0.3"],
+    ));
     let mut s = state();
     s.apply(&mut p);
     let name = spn("a", "p80", Protocol::Tcp);
-    assert_eq!(endpoint_ips(&s, &name), ["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080"]);
+    assert_eq!(
+        endpoint_ips(&s, &name),
+        ["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080"]
+    );
 
     // Removing one slice keeps the other's copy of the shared address.
-    p.on_endpoint_slice_delete(&slice("a-1", "a", ("p80", 8080, "TCP"), &["10.0.0.1", "10.0.0.2"]));
+    p.on_endpoint_slice_delete(&slice(
+        "a-1",
+        "a",
+        ("p80", 8080, "TCP"),
+        &["10.0.0.1", "10.0.0.2"],
+    ));
     let diff = s.apply(&mut p);
     assert_eq!(diff.changed.len(), 1);
     assert_eq!(endpoint_ips(&s, &name), ["10.0.0.2:8080", "10.0.0.3:8080"]);
@@ -145,7 +205,10 @@ fn slices_merge_and_duplicates_count_once() {
 fn slice_ports_match_service_ports_by_name_and_protocol() {
     let mut p = pending();
     p.on_service_add(
-        &ServiceBuilder::new("ns1", "m", "172.30.0.1").port("http", 80, "TCP").port("dns", 53, "UDP").build(),
+        &ServiceBuilder::new("ns1", "m", "172.30.0.1")
+            .port("http", 80, "TCP")
+            .port("dns", 53, "UDP")
+            .build(),
     );
     let sl = SliceBuilder::new("ns1", "m-1", "m")
         .port("http", 8080, "TCP")
@@ -156,8 +219,14 @@ fn slice_ports_match_service_ports_by_name_and_protocol() {
     p.on_endpoint_slice_add(&sl);
     let mut s = state();
     s.apply(&mut p);
-    assert_eq!(endpoint_ips(&s, &spn("m", "http", Protocol::Tcp)), ["10.0.0.1:8080"]);
-    assert_eq!(endpoint_ips(&s, &spn("m", "dns", Protocol::Udp)), ["10.0.0.1:5353"]);
+    assert_eq!(
+        endpoint_ips(&s, &spn("m", "http", Protocol::Tcp)),
+        ["10.0.0.1:8080"]
+    );
+    assert_eq!(
+        endpoint_ips(&s, &spn("m", "dns", Protocol::Udp)),
+        ["10.0.0.1:5353"]
+    );
     assert!(s.get(&spn("m", "http", Protocol::Udp)).is_none());
 }
 
@@ -170,18 +239,26 @@ fn endpoints_arriving_before_their_service_are_kept() {
     p.on_service_add(&svc("a", "172.30.0.1"));
     let diff = s.apply(&mut p);
     assert_eq!(diff.added, [spn("a", "p80", Protocol::Tcp)]);
-    assert_eq!(endpoint_ips(&s, &spn("a", "p80", Protocol::Tcp)), ["10.0.0.1:8080"]);
+    assert_eq!(
+        endpoint_ips(&s, &spn("a", "p80", Protocol::Tcp)),
+        ["10.0.0.1:8080"]
+    );
 }
 
 #[test]
 fn removing_a_port_and_deleting_a_service() {
     let mut p = pending();
     let mut s = state();
-    let two = ServiceBuilder::new("ns1", "a", "172.30.0.1").port("x", 80, "TCP").port("y", 81, "TCP").build();
+    let two = ServiceBuilder::new("ns1", "a", "172.30.0.1")
+        .port("x", 80, "TCP")
+        .port("y", 81, "TCP")
+        .build();
     p.on_service_add(&two);
     p.on_service_add(&svc("ab", "172.30.0.2")); // sorts right after "a": must not be touched
     s.apply(&mut p);
-    let one = ServiceBuilder::new("ns1", "a", "172.30.0.1").port("x", 80, "TCP").build();
+    let one = ServiceBuilder::new("ns1", "a", "172.30.0.1")
+        .port("x", 80, "TCP")
+        .build();
     p.on_service_update(&two, &one);
     let diff = s.apply(&mut p);
     assert_eq!(diff.removed.len(), 1);
@@ -212,7 +289,10 @@ fn service_change_is_reported_with_its_previous_entry() {
     assert!(!diff.full);
     assert_eq!(diff.changed.len(), 1);
     assert!(diff.changed[0].previous.service.external_ips.is_empty());
-    assert_eq!(s.get(&diff.changed[0].name).unwrap().service.external_ips, [ip("192.0.2.1")]);
+    assert_eq!(
+        s.get(&diff.changed[0].name).unwrap().service.external_ips,
+        [ip("192.0.2.1")]
+    );
 }
 
 #[test]
@@ -220,7 +300,12 @@ fn udp_endpoint_removal_asks_for_conntrack_cleanup_of_that_endpoint() {
     let mut p = pending();
     let mut s = state();
     p.on_service_add(&udp_svc("dns", "172.30.0.10"));
-    let before = slice("dns-1", "dns", ("dns", 5353, "UDP"), &["10.0.0.1", "10.0.0.2"]);
+    let before = slice(
+        "dns-1",
+        "dns",
+        ("dns", 5353, "UDP"),
+        &["10.0.0.1", "10.0.0.2"],
+    );
     p.on_endpoint_slice_add(&before);
     let first = s.apply(&mut p);
     // Newly active UDP service: flows to it are flushed.
@@ -228,18 +313,29 @@ fn udp_endpoint_removal_asks_for_conntrack_cleanup_of_that_endpoint() {
         first.conntrack,
         [ConntrackCleanup {
             protocol: Protocol::Udp,
-            target: ConntrackTarget::ServiceIp { ip: ip("172.30.0.10"), port: 53 },
+            target: ConntrackTarget::ServiceIp {
+                ip: ip("172.30.0.10"),
+                port: 53
+            },
             endpoint: None,
         }]
     );
-    let after = slice("dns-1", "dns", ("dns", 5353, "UDP"), &["10.0.0.2", "10.0.0.3"]);
+    let after = slice(
+        "dns-1",
+        "dns",
+        ("dns", 5353, "UDP"),
+        &["10.0.0.2", "10.0.0.3"],
+    );
     p.on_endpoint_slice_update(&before, &after);
     let diff = s.apply(&mut p);
     assert_eq!(
         diff.conntrack,
         [ConntrackCleanup {
             protocol: Protocol::Udp,
-            target: ConntrackTarget::ServiceIp { ip: ip("172.30.0.10"), port: 53 },
+            target: ConntrackTarget::ServiceIp {
+                ip: ip("172.30.0.10"),
+                port: 53
+            },
             endpoint: Some(ip("10.0.0.1")),
         }]
     );
@@ -254,7 +350,9 @@ fn udp_endpoint_turning_not_serving_is_stale() {
         SliceBuilder::new("ns1", "dns-1", "dns")
             .port("dns", 53, "UDP")
             .endpoint(EndpointBuilder::ready("10.0.0.1"))
-            .endpoint(EndpointBuilder::with_conditions("10.0.0.2", serving, serving, false))
+            .endpoint(EndpointBuilder::with_conditions(
+                "10.0.0.2", serving, serving, false,
+            ))
             .build()
     };
     p.on_endpoint_slice_add(&b(true));
@@ -282,8 +380,14 @@ fn udp_service_removal_flushes_all_its_addresses() {
     assert_eq!(
         targets,
         [
-            ConntrackTarget::ServiceIp { ip: ip("172.30.0.20"), port: 53 },
-            ConntrackTarget::ServiceIp { ip: ip("192.0.2.20"), port: 53 },
+            ConntrackTarget::ServiceIp {
+                ip: ip("172.30.0.20"),
+                port: 53
+            },
+            ConntrackTarget::ServiceIp {
+                ip: ip("192.0.2.20"),
+                port: 53
+            },
             ConntrackTarget::NodePort { port: 30053 },
         ]
     );
@@ -331,7 +435,12 @@ fn node_zone_change_reselects_topology() {
     // Another node's events are ignored; an address change is a node change without reselection.
     p.on_node_change(&NodeBuilder::new("node-b").zone("z1").build());
     assert!(!p.has_pending());
-    p.on_node_change(&NodeBuilder::new(NODE).zone("z2").address("InternalIP", "192.168.0.1").build());
+    p.on_node_change(
+        &NodeBuilder::new(NODE)
+            .zone("z2")
+            .address("InternalIP", "192.168.0.1")
+            .build(),
+    );
     let diff = s.apply(&mut p);
     assert!(diff.node_changed && diff.changed.is_empty());
     assert_eq!(s.node().addresses, [ip("192.168.0.1")]);
@@ -339,7 +448,11 @@ fn node_zone_change_reselects_topology() {
     p.on_node_delete(&NodeBuilder::new(NODE).build());
     assert!(p.node_deleted());
     s.apply(&mut p);
-    assert_eq!(endpoint_ips(&s, &name), ["10.0.0.1:8080", "10.0.0.2:8080"], "no zone: no hints");
+    assert_eq!(
+        endpoint_ips(&s, &name),
+        ["10.0.0.1:8080", "10.0.0.2:8080"],
+        "no zone: no hints"
+    );
 }
 
 #[test]
@@ -361,10 +474,16 @@ fn pending_counts_and_age() {
     assert!(p.oldest_pending().is_none());
     p.on_service_add(&svc("a", "172.30.0.1"));
     p.on_endpoint_slice_add(&slice("a-1", "a", ("p80", 8080, "TCP"), &["10.0.0.1"]));
-    assert_eq!((p.pending_service_changes(), p.pending_endpoint_changes()), (1, 1));
+    assert_eq!(
+        (p.pending_service_changes(), p.pending_endpoint_changes()),
+        (1, 1)
+    );
     assert!(p.oldest_pending().is_some());
     state().apply(&mut p);
-    assert_eq!((p.pending_service_changes(), p.pending_endpoint_changes()), (0, 0));
+    assert_eq!(
+        (p.pending_service_changes(), p.pending_endpoint_changes()),
+        (0, 0)
+    );
     assert!(p.oldest_pending().is_none());
 }
 
@@ -378,7 +497,11 @@ fn resync_diff_asks_for_full_sync_only() {
 #[test]
 fn bundled_examples_build_the_expected_state() {
     let m = fixtures::examples();
-    let mut p = PendingChanges::new(IpFamily::V4, fixtures::EXAMPLE_NODE, ServiceFilter::default());
+    let mut p = PendingChanges::new(
+        IpFamily::V4,
+        fixtures::EXAMPLE_NODE,
+        ServiceFilter::default(),
+    );
     for svc in &m.services {
         p.on_service_add(svc);
     }
@@ -391,7 +514,10 @@ fn bundled_examples_build_the_expected_state() {
     let mut s = ProxyState::new(IpFamily::V4, NodeInfo::named(fixtures::EXAMPLE_NODE));
     s.apply(&mut p);
     assert!(p.take_warnings().is_empty());
-    let names: Vec<String> = s.service_ports().map(|(n, _)| format!("{n}/{}", n.protocol)).collect();
+    let names: Vec<String> = s
+        .service_ports()
+        .map(|(n, _)| format!("{n}/{}", n.protocol))
+        .collect();
     assert_eq!(
         names,
         [
@@ -412,20 +538,39 @@ fn bundled_examples_build_the_expected_state() {
         ]
     );
     let get = |n: &str, port: &str, proto| s.get(&spn(n, port, proto)).unwrap();
-    assert_eq!(endpoint_ips(&s, &spn("draining", "http", Protocol::Tcp)), ["10.244.1.71:8080"]);
-    assert_eq!(endpoint_ips(&s, &spn("zonal", "http", Protocol::Tcp)), ["10.244.3.82:8080"]);
+    assert_eq!(
+        endpoint_ips(&s, &spn("draining", "http", Protocol::Tcp)),
+        ["10.244.1.71:8080"]
+    );
+    assert_eq!(
+        endpoint_ips(&s, &spn("zonal", "http", Protocol::Tcp)),
+        ["10.244.3.82:8080"]
+    );
     let lb_local = get("lb-local", "http", Protocol::Tcp);
     assert_eq!(lb_local.local_endpoints().count(), 1);
     let remote = get("lb-local-remote", "http", Protocol::Tcp);
     assert_eq!(remote.local_endpoints().count(), 0);
     assert!(remote.selection.has_any_endpoints);
-    assert!(!get("empty", "http", Protocol::Tcp).selection.has_any_endpoints);
+    assert!(
+        !get("empty", "http", Protocol::Tcp)
+            .selection
+            .has_any_endpoints
+    );
     assert_eq!(get("web", "http", Protocol::Tcp).endpoints.len(), 3);
-    assert_eq!(get("web", "http", Protocol::Tcp).cluster_endpoints().count(), 2);
+    assert_eq!(
+        get("web", "http", Protocol::Tcp)
+            .cluster_endpoints()
+            .count(),
+        2
+    );
     assert_eq!(s.node().addresses, [ip("192.168.56.10")]);
 
     // The IPv6 proxier sees the dual-stack Service only.
-    let mut p6 = PendingChanges::new(IpFamily::V6, fixtures::EXAMPLE_NODE, ServiceFilter::default());
+    let mut p6 = PendingChanges::new(
+        IpFamily::V6,
+        fixtures::EXAMPLE_NODE,
+        ServiceFilter::default(),
+    );
     for svc in &m.services {
         p6.on_service_add(svc);
     }
@@ -435,5 +580,8 @@ fn bundled_examples_build_the_expected_state() {
     let mut s6 = ProxyState::new(IpFamily::V6, NodeInfo::named(fixtures::EXAMPLE_NODE));
     s6.apply(&mut p6);
     assert_eq!(s6.len(), 1);
-    assert_eq!(endpoint_ips(&s6, &spn("dual", "http", Protocol::Tcp)), ["[fd00:244:1::81]:8080"]);
+    assert_eq!(
+        endpoint_ips(&s6, &spn("dual", "http", Protocol::Tcp)),
+        ["[fd00:244:1::81]:8080"]
+    );
 }

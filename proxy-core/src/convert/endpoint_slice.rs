@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use super::service::port_number;
-use super::warning::{ObjectKind, Skipped, Warnings};
 use super::intern::Interner;
 use super::object_name;
+use super::service::port_number;
+use super::warning::{ObjectKind, Skipped, Warnings};
 use crate::model::{EndpointTopology, IpFamily, NamespacedName, Protocol};
 
 /// The label through which an EndpointSlice names its Service.
@@ -90,12 +90,24 @@ pub fn slice_info(
     let service = NamespacedName::new(key.namespace.clone(), service_name.clone());
 
     let mut ports = Vec::new();
-    for (i, p) in slice.ports.as_deref().unwrap_or_default().iter().enumerate() {
+    for (i, p) in slice
+        .ports
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
         let field = || format!("ports[{i}]");
         let protocol = match p.protocol.as_deref().unwrap_or("TCP").parse::<Protocol>() {
             Ok(protocol) => protocol,
             Err(e) => {
-                warnings.add(ObjectKind::EndpointSlice, &key, field(), e.to_string(), Skipped::Port);
+                warnings.add(
+                    ObjectKind::EndpointSlice,
+                    &key,
+                    field(),
+                    e.to_string(),
+                    Skipped::Port,
+                );
                 continue;
             }
         };
@@ -124,7 +136,13 @@ pub fn slice_info(
     }
 
     let mut endpoints = Vec::new();
-    for (i, ep) in slice.endpoints.as_deref().unwrap_or_default().iter().enumerate() {
+    for (i, ep) in slice
+        .endpoints
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
         let Some(raw) = ep.addresses.first() else {
             warnings.add(
                 ObjectKind::EndpointSlice,

@@ -20,9 +20,7 @@ pub use endpoint_slice::{
 };
 pub use intern::Interner;
 pub use node::node_info;
-pub use service::{
-    service_ports, ServicePortMap, HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL,
-};
+pub use service::{service_ports, ServicePortMap, HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL};
 pub use warning::{ConversionWarning, ObjectKind, Skipped, Warnings};
 
 use crate::model::NamespacedName;

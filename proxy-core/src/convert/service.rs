@@ -10,8 +10,8 @@ use k8s_openapi::api::core::v1::Service;
 use super::warning::{ObjectKind, Skipped, Warnings};
 use super::{object_name, ServiceFilter};
 use crate::model::{
-    IpFamily, NamespacedName, Protocol, ServicePort, ServicePortName, ServiceType,
-    SessionAffinity, DEFAULT_AFFINITY_TIMEOUT_SECONDS, MAX_AFFINITY_TIMEOUT_SECONDS,
+    IpFamily, NamespacedName, Protocol, ServicePort, ServicePortName, ServiceType, SessionAffinity,
+    DEFAULT_AFFINITY_TIMEOUT_SECONDS, MAX_AFFINITY_TIMEOUT_SECONDS,
 };
 
 /// The label that marks a Service as handled by another proxy.
@@ -133,27 +133,26 @@ pub fn service_ports(
         externally_reachable_type && spec.external_traffic_policy.as_deref() == Some("Local");
     let internal_policy_local = spec.internal_traffic_policy.as_deref() == Some("Local");
 
-    let health_check_node_port = if service_type == ServiceType::LoadBalancer
-        && external_policy_local
-    {
-        match spec.health_check_node_port {
-            None | Some(0) => None,
-            Some(p) => match port_number(p) {
-                Some(p) => Some(p),
-                None => {
-                    warn(
-                        warnings,
-                        "spec.healthCheckNodePort".into(),
-                        format!("port {p} is outside 1-65535"),
-                        Skipped::Value,
-                    );
-                    None
-                }
-            },
-        }
-    } else {
-        None
-    };
+    let health_check_node_port =
+        if service_type == ServiceType::LoadBalancer && external_policy_local {
+            match spec.health_check_node_port {
+                None | Some(0) => None,
+                Some(p) => match port_number(p) {
+                    Some(p) => Some(p),
+                    None => {
+                        warn(
+                            warnings,
+                            "spec.healthCheckNodePort".into(),
+                            format!("port {p} is outside 1-65535"),
+                            Skipped::Value,
+                        );
+                        None
+                    }
+                },
+            }
+        } else {
+            None
+        };
 
     let session_affinity = match spec.session_affinity.as_deref() {
         Some("ClientIP") => {
@@ -200,7 +199,12 @@ pub fn service_ports(
                 format!("spec.ports[{i}] ({port_name:?})")
             }
         };
-        let protocol = match port.protocol.as_deref().unwrap_or("TCP").parse::<Protocol>() {
+        let protocol = match port
+            .protocol
+            .as_deref()
+            .unwrap_or("TCP")
+            .parse::<Protocol>()
+        {
             Ok(p) => p,
             Err(e) => {
                 warn(warnings, field(), e.to_string(), Skipped::Port);

@@ -81,8 +81,7 @@ impl ServicePort {
     /// Whether some traffic to this port is spread over all endpoints of the cluster (a Cluster
     /// internal policy, or a Cluster external policy on an externally reachable port).
     pub fn uses_cluster_endpoints(&self) -> bool {
-        !self.internal_policy_local
-            || (self.externally_accessible() && !self.external_policy_local)
+        !self.internal_policy_local || (self.externally_accessible() && !self.external_policy_local)
     }
 
     /// Whether some traffic to this port goes only to endpoints on this node.
