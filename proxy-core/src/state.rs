@@ -73,6 +73,7 @@ pub struct ProxyState {
     ports: BTreeMap<ServicePortName, ServicePortEntry>,
     slices: EndpointSliceCache,
     applied_once: bool,
+    endpoint_count: usize,
 }
 
 impl ProxyState {
@@ -84,6 +85,7 @@ impl ProxyState {
             ports: BTreeMap::new(),
             slices: EndpointSliceCache::default(),
             applied_once: false,
+            endpoint_count: 0,
         }
     }
 
@@ -117,6 +119,12 @@ impl ProxyState {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.ports.is_empty()
+    }
+
+    /// The number of endpoints summed over all Service ports (ready or not), kept up to date by
+    /// [`apply`](Self::apply). Upstream switches the iptables "large cluster mode" on it.
+    pub fn total_endpoints(&self) -> usize {
+        self.endpoint_count
     }
 
     /// A diff that asks for a full resync and lists no change: for the periodic `syncPeriod` resync
@@ -180,6 +188,7 @@ impl ProxyState {
             };
             let Some(service) = service else {
                 if let Some(previous) = self.ports.remove(&name) {
+                    self.endpoint_count -= previous.endpoints.len();
                     stale_flows(&name, Some(&previous), None, &mut conntrack);
                     diff.removed.push(PortChange { name, previous });
                 }
@@ -199,12 +208,15 @@ impl ProxyState {
             match self.ports.get(&name) {
                 None => {
                     stale_flows(&name, None, Some(&entry), &mut conntrack);
+                    self.endpoint_count += entry.endpoints.len();
                     self.ports.insert(name.clone(), entry);
                     diff.added.push(name);
                 }
                 Some(previous) if *previous != entry => {
                     let previous = previous.clone();
                     stale_flows(&name, Some(&previous), Some(&entry), &mut conntrack);
+                    self.endpoint_count =
+                        self.endpoint_count - previous.endpoints.len() + entry.endpoints.len();
                     self.ports.insert(name.clone(), entry);
                     diff.changed.push(PortChange { name, previous });
                 }

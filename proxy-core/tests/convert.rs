@@ -502,3 +502,31 @@ fn node_name_labels_and_addresses() {
         "Node node-a: status.addresses[2]: invalid IP address \"bogus\" (value ignored)"
     );
 }
+
+#[test]
+fn names_that_could_break_rule_text_are_rejected() {
+    let bad_name = ServiceBuilder::new("ns1", "evil\" -j ACCEPT", "172.30.0.9")
+        .port("p", 80, "TCP")
+        .build();
+    let (m, w) = convert(&bad_name);
+    assert!(m.is_empty());
+    assert_eq!(w.as_slice()[0].skipped, Skipped::Object);
+    assert!(
+        !w.as_slice()[0].to_string().contains('"'),
+        "{}",
+        w.as_slice()[0]
+    );
+
+    let bad_ns = ServiceBuilder::new("Upper", "s", "172.30.0.9")
+        .port("p", 80, "TCP")
+        .build();
+    assert!(convert(&bad_ns).0.is_empty());
+
+    let bad_port = ServiceBuilder::new("ns1", "s", "172.30.0.9")
+        .port("a b", 80, "TCP")
+        .port("ok", 81, "TCP")
+        .build();
+    let (m, w) = convert(&bad_port);
+    assert_eq!(m.len(), 1);
+    assert_eq!(w.as_slice()[0].field, "spec.ports[0].name");
+}

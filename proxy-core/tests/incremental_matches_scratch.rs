@@ -227,6 +227,8 @@ fn run(events: Vec<Event>) -> Result<(), TestCaseError> {
                 let diff = state.apply(&mut pending);
                 replay(&mut mirror, &diff, &state)?;
                 prop_assert_eq!(&mirror, &entries(&state));
+                let counted: usize = mirror.values().map(|e| e.endpoints.len()).sum();
+                prop_assert_eq!(state.total_endpoints(), counted);
             }
         }
     }

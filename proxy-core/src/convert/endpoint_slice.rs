@@ -76,13 +76,13 @@ pub fn slice_info(
         .labels
         .as_ref()
         .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        .filter(|n| !n.is_empty())
+        .filter(|n| super::is_dns_subdomain(n))
     else {
         warnings.add(
             ObjectKind::EndpointSlice,
             &key,
             format!("metadata.labels[{SERVICE_NAME_LABEL:?}]"),
-            "missing: the slice names no Service",
+            "missing or not a valid name: the slice names no Service",
             Skipped::Object,
         );
         return None;

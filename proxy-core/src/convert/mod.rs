@@ -68,12 +68,67 @@ pub(crate) fn object_name(
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| "default".to_owned())
     };
-    match meta.name.as_deref() {
-        Some(name) if !name.is_empty() => Some(NamespacedName::new(namespace, name)),
+    let name = match meta.name.as_deref() {
+        Some(name) if !name.is_empty() => name,
         _ => {
             let object = NamespacedName::new(namespace, "<unnamed>");
             warnings.add(kind, &object, "metadata.name", "missing", Skipped::Object);
-            None
+            return None;
+        }
+    };
+    // Names end up in rule comments and chain-name hashes; anything but a valid Kubernetes name
+    // (which the API server would have refused) is rejected rather than escaped.
+    for (field, value) in [
+        ("metadata.namespace", &namespace),
+        ("metadata.name", &name.to_owned()),
+    ] {
+        if !(value.is_empty() && field == "metadata.namespace") && !is_dns_subdomain(value) {
+            let object = NamespacedName::new(printable(&namespace), printable(name));
+            warnings.add(
+                kind,
+                &object,
+                field,
+                "not a valid Kubernetes name (lower-case letters, digits, '-' and '.')",
+                Skipped::Object,
+            );
+            return None;
         }
     }
+    Some(NamespacedName::new(namespace, name))
+}
+
+/// Whether `s` is a DNS-1123 subdomain: what the API server accepts as a namespace or object name.
+pub(crate) fn is_dns_subdomain(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 253
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'.')
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+}
+
+/// Whether `s` is a valid Service port name: a DNS-1123 label (`[a-z0-9-]`, at most 63).
+pub(crate) fn is_port_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+}
+
+/// `s` with anything but letters, digits and `-._:/` replaced by `?`: safe to quote in a log line
+/// or a warning without letting the input forge structure (quotes, newlines, escapes).
+pub(crate) fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-._:/".contains(c) {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
 }

@@ -199,6 +199,18 @@ pub fn service_ports(
                 format!("spec.ports[{i}] ({port_name:?})")
             }
         };
+        if !port_name.is_empty() && !super::is_port_name(&port_name) {
+            warn(
+                warnings,
+                format!("spec.ports[{i}].name"),
+                format!(
+                    "{:?} is not a valid port name (lower-case letters, digits and '-')",
+                    super::printable(&port_name)
+                ),
+                Skipped::Port,
+            );
+            continue;
+        }
         let protocol = match port
             .protocol
             .as_deref()
