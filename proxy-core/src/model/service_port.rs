@@ -78,10 +78,12 @@ impl ServicePort {
             || !self.load_balancer_ips.is_empty()
     }
 
-    /// Whether some traffic to this port is spread over all endpoints of the cluster (a Cluster
-    /// internal policy, or a Cluster external policy on an externally reachable port).
+    /// Whether some traffic to this port is spread over all endpoints of the cluster: a Cluster
+    /// internal policy, or any external reachability. Even with a Local external policy, traffic
+    /// from pods and from the node itself to an external address short-circuits to the cluster
+    /// endpoints (upstream's "short circuiting"), so they are needed.
     pub fn uses_cluster_endpoints(&self) -> bool {
-        !self.internal_policy_local || (self.externally_accessible() && !self.external_policy_local)
+        !self.internal_policy_local || self.externally_accessible()
     }
 
     /// Whether some traffic to this port goes only to endpoints on this node.

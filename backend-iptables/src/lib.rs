@@ -1,0 +1,15 @@
+//! iptables mode: rendering a [`proxy_core::ProxyState`] into iptables-restore input in upstream
+//! kube-proxy's layout, partial renders that grow with the change rather than the cluster, and a
+//! packet-flow evaluator that walks packets through rendered rules without root.
+//!
+//! The rendered text is the product of this mode: it is deterministic (same state, same bytes),
+//! snapshot-tested, and evaluated as packet flow in tests.
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+#![deny(rustdoc::broken_intra_doc_links)]
+
+pub mod chain_name;
+pub mod config;
+pub mod render;
+
+pub use config::{ConfigError, NodePortAddresses, RenderConfig};
+pub use render::{Renderer, RestoreText, RuleCounts, SharedChain, Table};

@@ -1,0 +1,631 @@
+//! Rendering a [`ProxyState`] into iptables-restore input: full and partial.
+//!
+//! The layout is upstream kube-proxy's, rule for rule (see `docs/iptables.md`). A full render writes
+//! every chain kproxy owns; a partial render, given a [`StateDiff`], writes only what changed:
+//! rewritten per-service chains, `-X` for chains that are gone, and rule-by-rule `-D`/`-I`/`-A`
+//! edits of the shared chains, so its size follows the change, not the cluster.
+
+mod names;
+mod service;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fmt::Write as _;
+use std::io;
+
+use proxy_core::{ProxyState, ServicePortEntry, ServicePortName, StateDiff};
+
+use crate::chain_name::ChainName;
+use crate::config::{ConfigError, NodePortAddresses, RenderConfig};
+use names::NameCache;
+use service::{render_service, Context};
+
+/// Endpoint count above which comments are left out of endpoint rules (upstream's threshold).
+pub const LARGE_CLUSTER_ENDPOINTS: usize = 1000;
+
+/// nat: the chain that marks packets for masquerading.
+pub const KUBE_MARK_MASQ: &str = "KUBE-MARK-MASQ";
+/// nat: masquerades marked packets; jumped to from POSTROUTING.
+pub const KUBE_POSTROUTING: &str = "KUBE-POSTROUTING";
+/// filter: the CVE-2020-8558 guard for localhost NodePorts.
+pub const KUBE_FIREWALL: &str = "KUBE-FIREWALL";
+/// filter: accepts forwarded service traffic.
+pub const KUBE_FORWARD: &str = "KUBE-FORWARD";
+
+/// A table kproxy writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Table {
+    /// `filter`: REJECT / DROP / ACCEPT decisions.
+    Filter,
+    /// `nat`: DNAT to endpoints and masquerade marks.
+    Nat,
+}
+
+impl Table {
+    /// The table's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Filter => "filter",
+            Table::Nat => "nat",
+        }
+    }
+}
+
+/// A chain shared by all Services, which partial syncs edit rule by rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SharedChain {
+    /// `KUBE-SERVICES` (nat: dispatch by service address; filter: REJECT for no endpoints).
+    Services,
+    /// `KUBE-EXTERNAL-SERVICES` (filter): REJECT/DROP for external addresses without endpoints.
+    ExternalServices,
+    /// `KUBE-NODEPORTS` (nat: dispatch by node port; filter: health-check ACCEPT).
+    NodePorts,
+    /// `KUBE-PROXY-FIREWALL` (filter): DROP for load-balancer traffic outside source ranges.
+    ProxyFirewall,
+}
+
+impl SharedChain {
+    /// The chain's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            SharedChain::Services => "KUBE-SERVICES",
+            SharedChain::ExternalServices => "KUBE-EXTERNAL-SERVICES",
+            SharedChain::NodePorts => "KUBE-NODEPORTS",
+            SharedChain::ProxyFirewall => "KUBE-PROXY-FIREWALL",
+        }
+    }
+
+    const FILTER: [SharedChain; 4] = [
+        SharedChain::NodePorts,
+        SharedChain::Services,
+        SharedChain::ExternalServices,
+        SharedChain::ProxyFirewall,
+    ];
+}
+
+/// Where a service render puts its rules: straight into the restore buffers (full render) or into
+/// a per-service collection to diff (partial render).
+pub(crate) trait Sink {
+    /// A rule (`spec` = everything after `-A CHAIN `) in a shared chain.
+    fn shared(&mut self, table: Table, chain: SharedChain, spec: &str);
+    /// Declares a per-service nat chain (once per chain).
+    fn chain(&mut self, chain: ChainName);
+    /// A rule in a per-service nat chain, in order.
+    fn rule(&mut self, chain: ChainName, spec: &str);
+}
+
+/// Lines written per table, for `sync_proxy_rules_iptables_total{table}`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleCounts {
+    /// Rules in kproxy's filter chains.
+    pub filter: usize,
+    /// Rules in kproxy's nat chains.
+    pub nat: usize,
+}
+
+/// The full render's buffers, kept between renders so a resync reuses their capacity.
+#[derive(Debug, Default)]
+struct FullBuffers {
+    filter_chains: String,
+    filter_shared: [String; 4],
+    filter_fixed: String,
+    nat_chains: String,
+    nat_node_ports: String,
+    nat_services: String,
+    nat_fixed: String,
+    nat_rules: String,
+    nat_delete: String,
+}
+
+impl FullBuffers {
+    fn clear(&mut self) {
+        self.filter_chains.clear();
+        self.filter_shared.iter_mut().for_each(String::clear);
+        self.filter_fixed.clear();
+        self.nat_chains.clear();
+        self.nat_node_ports.clear();
+        self.nat_services.clear();
+        self.nat_fixed.clear();
+        self.nat_rules.clear();
+        self.nat_delete.clear();
+    }
+}
+
+fn filter_index(chain: SharedChain) -> usize {
+    SharedChain::FILTER
+        .iter()
+        .position(|c| *c == chain)
+        .expect("every shared chain has a filter buffer")
+}
+
+/// The full render's sink: writes lines into the buffers and records active chains.
+struct FullSink<'a> {
+    buffers: &'a mut FullBuffers,
+    active: &'a mut HashSet<ChainName>,
+    counts: RuleCounts,
+}
+
+impl Sink for FullSink<'_> {
+    fn shared(&mut self, table: Table, chain: SharedChain, spec: &str) {
+        let buf = match (table, chain) {
+            (Table::Filter, c) => &mut self.buffers.filter_shared[filter_index(c)],
+            (Table::Nat, SharedChain::NodePorts) => &mut self.buffers.nat_node_ports,
+            (Table::Nat, _) => &mut self.buffers.nat_services,
+        };
+        push_rule(buf, chain.name(), spec);
+        match table {
+            Table::Filter => self.counts.filter += 1,
+            Table::Nat => self.counts.nat += 1,
+        }
+    }
+
+    fn chain(&mut self, chain: ChainName) {
+        push_chain_decl(&mut self.buffers.nat_chains, chain);
+        self.active.insert(chain);
+    }
+
+    fn rule(&mut self, chain: ChainName, spec: &str) {
+        let buf = &mut self.buffers.nat_rules;
+        buf.push_str("-A ");
+        chain.write_to(buf);
+        buf.push(' ');
+        buf.push_str(spec);
+        buf.push('\n');
+        self.counts.nat += 1;
+    }
+}
+
+fn push_rule(buf: &mut String, chain: &str, spec: &str) {
+    buf.push_str("-A ");
+    buf.push_str(chain);
+    buf.push(' ');
+    buf.push_str(spec);
+    buf.push('\n');
+}
+
+fn push_chain_decl(buf: &mut String, chain: ChainName) {
+    buf.push(':');
+    chain.write_to(buf);
+    buf.push_str(" - [0:0]\n");
+}
+
+/// One Service port's rules, collected for diffing in a partial render.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Collected {
+    shared: Vec<(Table, SharedChain, String)>,
+    chains: BTreeMap<ChainName, String>,
+    counts: RuleCounts,
+}
+
+impl Sink for Collected {
+    fn shared(&mut self, table: Table, chain: SharedChain, spec: &str) {
+        self.shared.push((table, chain, spec.to_owned()));
+        match table {
+            Table::Filter => self.counts.filter += 1,
+            Table::Nat => self.counts.nat += 1,
+        }
+    }
+
+    fn chain(&mut self, chain: ChainName) {
+        self.chains.entry(chain).or_default();
+    }
+
+    fn rule(&mut self, chain: ChainName, spec: &str) {
+        let text = self.chains.entry(chain).or_default();
+        text.push_str("-A ");
+        chain.write_to(text);
+        text.push(' ');
+        text.push_str(spec);
+        text.push('\n');
+        self.counts.nat += 1;
+    }
+}
+
+/// iptables-restore input produced by a render: borrowed pieces of the renderer's buffers, to be
+/// written out in order (no concatenation into one more big string).
+#[derive(Debug)]
+pub struct RestoreText<'a> {
+    parts: Vec<&'a str>,
+    full: bool,
+    counts: RuleCounts,
+}
+
+impl RestoreText<'_> {
+    /// Writes the text, e.g. to iptables-restore's stdin or to stdout.
+    pub fn write_to(&self, out: &mut dyn io::Write) -> io::Result<()> {
+        for p in &self.parts {
+            out.write_all(p.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// The size in bytes.
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(|p| p.len()).sum()
+    }
+
+    /// Whether there is nothing to restore (a partial render of an empty diff).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether this is a full render (rewrites every chain) rather than a partial one.
+    pub fn is_full(&self) -> bool {
+        self.full
+    }
+
+    /// The total rules kproxy has in each table once this text is applied.
+    pub fn counts(&self) -> RuleCounts {
+        self.counts
+    }
+}
+
+impl std::fmt::Display for RestoreText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.parts.iter().try_for_each(|p| f.write_str(p))
+    }
+}
+
+/// Renders states into iptables-restore input, remembering what it rendered last so the next
+/// render can be partial.
+///
+/// One renderer per IP family. The caller must tell it when a restore failed
+/// ([`Renderer::invalidate`]): the next render is then full.
+#[derive(Debug)]
+pub struct Renderer {
+    config: RenderConfig,
+    mark: String,
+    names: NameCache,
+    probabilities: Vec<String>,
+    spec: String,
+    full: FullBuffers,
+    partial: String,
+    partial_nat: String,
+    /// Per-service nat chains believed to exist in the kernel.
+    active: HashSet<ChainName>,
+    /// Whether the last render was applied and can be the base of a partial one.
+    baseline: bool,
+    large_cluster: bool,
+    counts: RuleCounts,
+    fixed_counts: RuleCounts,
+}
+
+impl Renderer {
+    /// A renderer with `config`.
+    pub fn new(config: RenderConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let mark = config.masquerade_mark();
+        Ok(Self {
+            config,
+            mark,
+            names: NameCache::default(),
+            probabilities: Vec::new(),
+            spec: String::with_capacity(256),
+            full: FullBuffers::default(),
+            partial: String::new(),
+            partial_nat: String::new(),
+            active: HashSet::new(),
+            baseline: false,
+            large_cluster: false,
+            counts: RuleCounts::default(),
+            fixed_counts: RuleCounts::default(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RenderConfig {
+        &self.config
+    }
+
+    /// Forget what was applied: the next render is full. Call after a failed restore.
+    pub fn invalidate(&mut self) {
+        self.baseline = false;
+    }
+
+    /// Adds chains found in the kernel (e.g. by `iptables-save` at start-up) so the next full render
+    /// deletes those no longer needed. Names that are not per-service chains are ignored.
+    pub fn note_existing_chains<'n>(&mut self, names: impl IntoIterator<Item = &'n str>) {
+        for n in names {
+            if let Some(chain) = crate::chain_name::parse_chain_name(n) {
+                self.active.insert(chain);
+            }
+        }
+    }
+
+    /// The rule counts of the last render.
+    pub fn counts(&self) -> RuleCounts {
+        self.counts
+    }
+
+    /// Renders everything. Chains rendered before (or noted as existing) that the state no longer
+    /// needs are flushed and deleted in the same restore.
+    pub fn render_full(&mut self, state: &ProxyState) -> RestoreText<'_> {
+        debug_assert_eq!(state.family(), self.config.family);
+        self.large_cluster = state.total_endpoints() > LARGE_CLUSTER_ENDPOINTS;
+        self.names.begin_pass();
+        self.full.clear();
+        let previous_active = std::mem::take(&mut self.active);
+        self.active.reserve(previous_active.len());
+
+        let mut sink = FullSink {
+            buffers: &mut self.full,
+            active: &mut self.active,
+            counts: RuleCounts::default(),
+        };
+        let mut ctx = Context {
+            config: &self.config,
+            large_cluster: self.large_cluster,
+            probabilities: &mut self.probabilities,
+            spec: &mut self.spec,
+        };
+        for (name, entry) in state.service_ports() {
+            self.names.trim_endpoints(name, entry);
+            let names = self.names.service(name, entry);
+            render_service(&mut ctx, names, entry, &mut sink);
+        }
+        let service_counts = sink.counts;
+        self.names.evict_unseen();
+
+        let fixed = write_fixed(&self.config, &self.mark, &mut self.full);
+        self.fixed_counts = fixed;
+        self.counts = RuleCounts {
+            filter: service_counts.filter + fixed.filter,
+            nat: service_counts.nat + fixed.nat,
+        };
+
+        // Chains that existed and are no longer used: flush (declare) and delete.
+        let mut stale: Vec<ChainName> = previous_active
+            .into_iter()
+            .filter(|c| !self.active.contains(c))
+            .collect();
+        stale.sort_unstable();
+        for chain in stale {
+            push_chain_decl(&mut self.full.nat_chains, chain);
+            self.full.nat_delete.push_str("-X ");
+            chain.write_to(&mut self.full.nat_delete);
+            self.full.nat_delete.push('\n');
+        }
+        self.baseline = true;
+
+        let b = &self.full;
+        let mut parts = vec!["*filter\n", b.filter_chains.as_str()];
+        parts.extend(b.filter_shared.iter().map(String::as_str));
+        parts.extend([
+            b.filter_fixed.as_str(),
+            "COMMIT\n*nat\n",
+            b.nat_chains.as_str(),
+            b.nat_node_ports.as_str(),
+            b.nat_services.as_str(),
+            b.nat_fixed.as_str(),
+            b.nat_rules.as_str(),
+            b.nat_delete.as_str(),
+            "COMMIT\n",
+        ]);
+        RestoreText {
+            parts,
+            full: true,
+            counts: self.counts,
+        }
+    }
+
+    /// Renders only what `diff` changed, or everything when a partial render is not safe: the diff
+    /// asks for a full sync, the node changed, the last render was not applied
+    /// ([`invalidate`](Self::invalidate)), or large-cluster mode flips (every comment changes).
+    pub fn render_partial(&mut self, state: &ProxyState, diff: &StateDiff) -> RestoreText<'_> {
+        let large_cluster = state.total_endpoints() > LARGE_CLUSTER_ENDPOINTS;
+        if diff.full || diff.node_changed || !self.baseline || large_cluster != self.large_cluster {
+            return self.render_full(state);
+        }
+
+        let mut old_shared: Vec<(Table, SharedChain, String)> = Vec::new();
+        let mut new_shared: Vec<(Table, SharedChain, String)> = Vec::new();
+        let mut old_chains: BTreeMap<ChainName, String> = BTreeMap::new();
+        let mut new_chains: BTreeMap<ChainName, String> = BTreeMap::new();
+        let mut counts_delta: (isize, isize) = (0, 0);
+
+        let collect = |this: &mut Self, name: &ServicePortName, entry: &ServicePortEntry| {
+            let mut c = Collected::default();
+            let names = this.names.service(name, entry);
+            let mut ctx = Context {
+                config: &this.config,
+                large_cluster: this.large_cluster,
+                probabilities: &mut this.probabilities,
+                spec: &mut this.spec,
+            };
+            render_service(&mut ctx, names, entry, &mut c);
+            c
+        };
+        let changed_old = diff.changed.iter().map(|c| (&c.name, &c.previous));
+        let removed_old = diff.removed.iter().map(|c| (&c.name, &c.previous));
+        for (name, previous) in changed_old.chain(removed_old) {
+            let c = collect(self, name, previous);
+            counts_delta.0 -= c.counts.filter as isize;
+            counts_delta.1 -= c.counts.nat as isize;
+            old_shared.extend(c.shared);
+            old_chains.extend(c.chains);
+        }
+        let current = diff
+            .added
+            .iter()
+            .chain(diff.changed.iter().map(|c| &c.name));
+        for name in current {
+            let Some(entry) = state.get(name) else {
+                continue; // the diff and the state disagree; the caller's bug, nothing to render
+            };
+            let c = collect(self, name, entry);
+            counts_delta.0 += c.counts.filter as isize;
+            counts_delta.1 += c.counts.nat as isize;
+            new_shared.extend(c.shared);
+            new_chains.extend(c.chains);
+            self.names.trim_endpoints(name, entry);
+        }
+        for change in &diff.removed {
+            self.names.remove(&change.name);
+        }
+
+        // Shared chains: delete what is no longer rendered, add what is new.
+        let old_set: BTreeSet<&(Table, SharedChain, String)> = old_shared.iter().collect();
+        let new_set: BTreeSet<&(Table, SharedChain, String)> = new_shared.iter().collect();
+        let deletes: Vec<_> = old_shared.iter().filter(|r| !new_set.contains(r)).collect();
+        let inserts: Vec<_> = new_shared.iter().filter(|r| !old_set.contains(r)).collect();
+
+        self.partial.clear();
+        self.partial_nat.clear();
+        let filter = &mut self.partial;
+        let nat = &mut self.partial_nat;
+        let mut nat_decls = String::new();
+        let mut nat_body = String::new();
+        let mut nat_tail = String::new();
+
+        for (table, chain, spec) in &deletes {
+            let buf = match table {
+                Table::Filter => &mut *filter,
+                Table::Nat => &mut nat_body,
+            };
+            let _ = writeln!(buf, "-D {} {spec}", chain.name());
+        }
+        // Per-service chains: rewrite those whose rules changed, delete those that are gone.
+        for (chain, rules) in &new_chains {
+            if old_chains.get(chain) != Some(rules) || !self.active.contains(chain) {
+                push_chain_decl(&mut nat_decls, *chain);
+                nat_body.push_str(rules);
+                self.active.insert(*chain);
+            }
+        }
+        for chain in old_chains.keys() {
+            if !new_chains.contains_key(chain) {
+                push_chain_decl(&mut nat_decls, *chain);
+                let _ = writeln!(nat_tail, "-X {chain}");
+                self.active.remove(chain);
+            }
+        }
+        for (table, chain, spec) in &inserts {
+            match (table, chain) {
+                // KUBE-SERVICES ends with the NodePorts jump, which must stay last: insert at the top.
+                (Table::Nat, SharedChain::Services) => {
+                    let _ = writeln!(nat_body, "-I {} 1 {spec}", chain.name());
+                }
+                (Table::Nat, _) => {
+                    let _ = writeln!(nat_body, "-A {} {spec}", chain.name());
+                }
+                (Table::Filter, _) => {
+                    let _ = writeln!(filter, "-A {} {spec}", chain.name());
+                }
+            }
+        }
+
+        if !filter.is_empty() {
+            filter.insert_str(0, "*filter\n");
+            filter.push_str("COMMIT\n");
+        }
+        if !nat_decls.is_empty() || !nat_body.is_empty() || !nat_tail.is_empty() {
+            nat.push_str("*nat\n");
+            nat.push_str(&nat_decls);
+            nat.push_str(&nat_body);
+            nat.push_str(&nat_tail);
+            nat.push_str("COMMIT\n");
+        }
+        self.counts = RuleCounts {
+            filter: (self.counts.filter as isize + counts_delta.0) as usize,
+            nat: (self.counts.nat as isize + counts_delta.1) as usize,
+        };
+        RestoreText {
+            parts: vec![self.partial.as_str(), self.partial_nat.as_str()],
+            full: false,
+            counts: self.counts,
+        }
+    }
+}
+
+/// The chains and rules that do not depend on Services: declarations of the shared chains,
+/// KUBE-MARK-MASQ, KUBE-POSTROUTING, KUBE-FORWARD, the localnet guard and the NodePorts jump.
+fn write_fixed(config: &RenderConfig, mark: &str, b: &mut FullBuffers) -> RuleCounts {
+    let mut counts = RuleCounts::default();
+    let guard = config.localhost_node_ports_active();
+
+    for chain in SharedChain::FILTER {
+        let _ = writeln!(b.filter_chains, ":{} - [0:0]", chain.name());
+    }
+    let _ = writeln!(b.filter_chains, ":{KUBE_FORWARD} - [0:0]");
+    if guard {
+        let _ = writeln!(b.filter_chains, ":{KUBE_FIREWALL} - [0:0]");
+        // CVE-2020-8558: route_localnet would let other hosts reach 127.0.0.1 services.
+        let _ = writeln!(
+            b.filter_fixed,
+            "-A {KUBE_FIREWALL} -m comment --comment \"block incoming localnet connections\" \
+             -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"
+        );
+        counts.filter += 1;
+    }
+    if !config.conntrack_tcp_liberal {
+        let _ = writeln!(
+            b.filter_fixed,
+            "-A {KUBE_FORWARD} -m conntrack --ctstate INVALID -j DROP"
+        );
+        counts.filter += 1;
+    }
+    let _ = writeln!(
+        b.filter_fixed,
+        "-A {KUBE_FORWARD} -m comment --comment \"kubernetes forwarding rules\" \
+         -m mark --mark {mark}/{mark} -j ACCEPT"
+    );
+    let _ = writeln!(
+        b.filter_fixed,
+        "-A {KUBE_FORWARD} -m comment --comment \"kubernetes forwarding conntrack rule\" \
+         -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+    );
+    counts.filter += 2;
+
+    // nat: the shared chains are declared ahead of the per-service ones.
+    let mut decls = String::new();
+    for chain in [SharedChain::NodePorts, SharedChain::Services] {
+        let _ = writeln!(decls, ":{} - [0:0]", chain.name());
+    }
+    let _ = writeln!(decls, ":{KUBE_MARK_MASQ} - [0:0]");
+    let _ = writeln!(decls, ":{KUBE_POSTROUTING} - [0:0]");
+    b.nat_chains.insert_str(0, &decls);
+
+    let services = SharedChain::Services.name();
+    let node_ports = SharedChain::NodePorts.name();
+    let jump_comment = "-m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\"";
+    match &config.node_port_addresses {
+        NodePortAddresses::All => {
+            let exclude = match config.family {
+                proxy_core::IpFamily::V6 => " ! -d ::1/128",
+                proxy_core::IpFamily::V4 if !config.localhost_node_ports => " ! -d 127.0.0.0/8",
+                proxy_core::IpFamily::V4 => "",
+            };
+            let _ = writeln!(
+                b.nat_services,
+                "-A {services} {jump_comment} -m addrtype --dst-type LOCAL{exclude} -j {node_ports}"
+            );
+            counts.nat += 1;
+        }
+        NodePortAddresses::Only(ips) => {
+            for ip in ips.iter().filter(|ip| config.family.contains(ip)) {
+                if ip.is_loopback() && !config.localhost_node_ports_active() {
+                    continue;
+                }
+                let _ = writeln!(
+                    b.nat_services,
+                    "-A {services} {jump_comment} -d {ip} -j {node_ports}"
+                );
+                counts.nat += 1;
+            }
+        }
+    }
+
+    let _ = writeln!(
+        b.nat_fixed,
+        "-A {KUBE_MARK_MASQ} -j MARK --or-mark {mark}\n\
+         -A {KUBE_POSTROUTING} -m mark ! --mark {mark}/{mark} -j RETURN\n\
+         -A {KUBE_POSTROUTING} -j MARK --xor-mark {mark}\n\
+         -A {KUBE_POSTROUTING} -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE{}",
+        if config.masquerade_random_fully {
+            " --random-fully"
+        } else {
+            ""
+        }
+    );
+    counts.nat += 4;
+    counts
+}

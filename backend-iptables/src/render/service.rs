@@ -1,0 +1,394 @@
+//! The rules of one Service port: kube-proxy's per-service logic, written into a [`Sink`].
+
+use std::fmt::Write;
+
+use proxy_core::{Endpoint, ServicePortEntry};
+
+use super::names::ServiceNames;
+use super::{SharedChain, Sink, Table, KUBE_MARK_MASQ};
+use crate::chain_name::{ChainKind, ChainName};
+use crate::config::RenderConfig;
+
+/// What a service render needs besides the entry.
+pub(crate) struct Context<'a> {
+    pub(crate) config: &'a RenderConfig,
+    /// Comments are left out of endpoint rules over 1000 endpoints (upstream's large cluster mode).
+    pub(crate) large_cluster: bool,
+    pub(crate) probabilities: &'a mut Vec<String>,
+    pub(crate) spec: &'a mut String,
+}
+
+impl Context<'_> {
+    /// `1/n` with ten decimals, as kube-proxy prints it; cached.
+    fn probability(&mut self, n: usize) -> &str {
+        while self.probabilities.len() <= n {
+            let k = self.probabilities.len();
+            let text = if k == 0 {
+                String::new()
+            } else {
+                format!("{:.10}", 1.0 / k as f64)
+            };
+            self.probabilities.push(text);
+        }
+        &self.probabilities[n]
+    }
+}
+
+/// Appends `-m comment --comment "<text>"`.
+fn comment(spec: &mut String, text: std::fmt::Arguments<'_>) {
+    spec.push_str("-m comment --comment \"");
+    let _ = spec.write_fmt(text);
+    spec.push_str("\" ");
+}
+
+/// Appends `-m <proto> -p <proto> `.
+fn protocol(spec: &mut String, proto: &str) {
+    spec.push_str("-m ");
+    spec.push_str(proto);
+    spec.push_str(" -p ");
+    spec.push_str(proto);
+    spec.push(' ');
+}
+
+/// Renders every rule and chain of one Service port.
+pub(crate) fn render_service(
+    ctx: &mut Context<'_>,
+    names: &ServiceNames,
+    entry: &ServicePortEntry,
+    sink: &mut dyn Sink,
+) {
+    let svc = &*entry.service;
+    let sel = &*entry.selection;
+    let name = names.text.as_str();
+    let proto = svc.protocol.as_lower_str();
+
+    let cluster_chain = names.chain(ChainKind::Service);
+    let local_chain = names.chain(ChainKind::ServiceLocal);
+    let external_chain = names.chain(ChainKind::External);
+    let firewall_chain = names.chain(ChainKind::Firewall);
+
+    let has_endpoints = sel.has_any_endpoints;
+    let uses_cluster_chain = !sel.cluster.is_empty() && svc.uses_cluster_endpoints();
+    let uses_local_chain = !sel.local.is_empty() && svc.uses_local_endpoints();
+
+    let (internal_chain, has_internal) = if svc.internal_policy_local {
+        (local_chain, has_endpoints && !sel.local.is_empty())
+    } else {
+        (cluster_chain, has_endpoints)
+    };
+    let (external_policy_chain, has_external) = if svc.external_policy_local {
+        (local_chain, has_endpoints && !sel.local.is_empty())
+    } else {
+        (cluster_chain, has_endpoints)
+    };
+    let uses_external_chain = has_endpoints && svc.externally_accessible();
+    let uses_firewall_chain = has_endpoints
+        && !svc.load_balancer_ips.is_empty()
+        && !svc.load_balancer_source_ranges.is_empty();
+    let lb_chain = if uses_firewall_chain {
+        firewall_chain
+    } else {
+        external_chain
+    };
+
+    // What traffic that cannot be served gets, and the comment saying why.
+    let (internal_filter, external_filter, filter_comment) = if !has_endpoints {
+        ("REJECT", "REJECT", "has no endpoints")
+    } else {
+        ("DROP", "DROP", "has no local endpoints")
+    };
+
+    let cluster_ip = svc.cluster_ip;
+    let port = svc.port;
+
+    // The cluster IP.
+    {
+        let spec = &mut *ctx.spec;
+        spec.clear();
+        if has_internal {
+            comment(spec, format_args!("{name} cluster IP"));
+        } else {
+            comment(spec, format_args!("{name} {filter_comment}"));
+        }
+        protocol(spec, proto);
+        let _ = write!(spec, "-d {cluster_ip} --dport {port} -j ");
+        if has_internal {
+            internal_chain.write_to(spec);
+            sink.shared(Table::Nat, SharedChain::Services, spec);
+        } else {
+            spec.push_str(internal_filter);
+            sink.shared(Table::Filter, SharedChain::Services, spec);
+        }
+    }
+
+    // External IPs.
+    for ip in &svc.external_ips {
+        let spec = &mut *ctx.spec;
+        if has_endpoints {
+            spec.clear();
+            comment(spec, format_args!("{name} external IP"));
+            protocol(spec, proto);
+            let _ = write!(spec, "-d {ip} --dport {port} -j ");
+            external_chain.write_to(spec);
+            sink.shared(Table::Nat, SharedChain::Services, spec);
+        }
+        if !has_external {
+            spec.clear();
+            comment(spec, format_args!("{name} {filter_comment}"));
+            protocol(spec, proto);
+            let _ = write!(spec, "-d {ip} --dport {port} -j {external_filter}");
+            sink.shared(Table::Filter, SharedChain::ExternalServices, spec);
+        }
+    }
+
+    // Load-balancer IPs.
+    for ip in &svc.load_balancer_ips {
+        let spec = &mut *ctx.spec;
+        if has_endpoints {
+            spec.clear();
+            comment(spec, format_args!("{name} loadbalancer IP"));
+            protocol(spec, proto);
+            let _ = write!(spec, "-d {ip} --dport {port} -j ");
+            lb_chain.write_to(spec);
+            sink.shared(Table::Nat, SharedChain::Services, spec);
+        }
+        if uses_firewall_chain {
+            spec.clear();
+            comment(
+                spec,
+                format_args!("{name} traffic not accepted by {firewall_chain}"),
+            );
+            protocol(spec, proto);
+            let _ = write!(spec, "-d {ip} --dport {port} -j DROP");
+            sink.shared(Table::Filter, SharedChain::ProxyFirewall, spec);
+        }
+    }
+    if !has_external {
+        for ip in &svc.load_balancer_ips {
+            let spec = &mut *ctx.spec;
+            spec.clear();
+            comment(spec, format_args!("{name} {filter_comment}"));
+            protocol(spec, proto);
+            let _ = write!(spec, "-d {ip} --dport {port} -j {external_filter}");
+            sink.shared(Table::Filter, SharedChain::ExternalServices, spec);
+        }
+    }
+
+    // The node port.
+    if let Some(node_port) = svc.node_port {
+        let spec = &mut *ctx.spec;
+        if has_endpoints {
+            spec.clear();
+            let _ = write!(spec, "-m comment --comment {name} ");
+            protocol(spec, proto);
+            let _ = write!(spec, "--dport {node_port} -j ");
+            external_chain.write_to(spec);
+            sink.shared(Table::Nat, SharedChain::NodePorts, spec);
+        }
+        if !has_external {
+            spec.clear();
+            comment(spec, format_args!("{name} {filter_comment}"));
+            spec.push_str("-m addrtype --dst-type LOCAL ");
+            protocol(spec, proto);
+            let _ = write!(spec, "--dport {node_port} -j {external_filter}");
+            sink.shared(Table::Filter, SharedChain::ExternalServices, spec);
+        }
+    }
+
+    // The health-check node port: accepted whether or not there are local endpoints, so the load
+    // balancer can ask and be told.
+    if let Some(hc) = svc.health_check_node_port {
+        let spec = &mut *ctx.spec;
+        spec.clear();
+        comment(spec, format_args!("{name} health check node port"));
+        let _ = write!(spec, "-m tcp -p tcp --dport {hc} -j ACCEPT");
+        sink.shared(Table::Filter, SharedChain::NodePorts, spec);
+    }
+
+    // External traffic: the EXT chain.
+    if uses_external_chain {
+        sink.chain(external_chain);
+        let spec = &mut *ctx.spec;
+        if !svc.external_policy_local {
+            spec.clear();
+            comment(
+                spec,
+                format_args!("masquerade traffic for {name} external destinations"),
+            );
+            let _ = write!(spec, "-j {KUBE_MARK_MASQ}");
+            sink.rule(external_chain, spec);
+        } else {
+            if let Some(cidr) = ctx.config.cluster_cidr {
+                spec.clear();
+                comment(
+                    spec,
+                    format_args!("pod traffic for {name} external destinations"),
+                );
+                let _ = write!(spec, "-s {cidr} -j ");
+                cluster_chain.write_to(spec);
+                sink.rule(external_chain, spec);
+            }
+            spec.clear();
+            comment(
+                spec,
+                format_args!("masquerade LOCAL traffic for {name} external destinations"),
+            );
+            let _ = write!(spec, "-m addrtype --src-type LOCAL -j {KUBE_MARK_MASQ}");
+            sink.rule(external_chain, spec);
+            spec.clear();
+            comment(
+                spec,
+                format_args!("route LOCAL traffic for {name} external destinations"),
+            );
+            spec.push_str("-m addrtype --src-type LOCAL -j ");
+            cluster_chain.write_to(spec);
+            sink.rule(external_chain, spec);
+        }
+        if has_external {
+            spec.clear();
+            spec.push_str("-j ");
+            external_policy_chain.write_to(spec);
+            sink.rule(external_chain, spec);
+        }
+    }
+
+    // Source ranges: the FW chain.
+    if uses_firewall_chain {
+        sink.chain(firewall_chain);
+        let allow_from_node = svc
+            .load_balancer_source_ranges
+            .iter()
+            .any(|r| ctx.config.node_ips.iter().any(|ip| r.contains(*ip)));
+        let sources = svc
+            .load_balancer_source_ranges
+            .iter()
+            .map(|r| r.to_string())
+            .chain(
+                allow_from_node
+                    .then(|| svc.load_balancer_ips.iter().map(|ip| ip.to_string()))
+                    .into_iter()
+                    .flatten(),
+            );
+        for source in sources {
+            let spec = &mut *ctx.spec;
+            spec.clear();
+            comment(spec, format_args!("{name} loadbalancer IP"));
+            let _ = write!(spec, "-s {source} -j ");
+            external_chain.write_to(spec);
+            sink.rule(firewall_chain, spec);
+        }
+        let spec = &mut *ctx.spec;
+        spec.clear();
+        comment(
+            spec,
+            format_args!("other traffic to {name} will be dropped by KUBE-PROXY-FIREWALL"),
+        );
+        spec.pop(); // a rule with no target: nothing follows the comment
+        sink.rule(firewall_chain, spec);
+    }
+
+    // Masquerade off-cluster traffic to the cluster IP, in the internal chain.
+    if has_internal {
+        let masquerade = ctx.config.masquerade_all || ctx.config.cluster_cidr.is_some();
+        if masquerade {
+            let spec = &mut *ctx.spec;
+            spec.clear();
+            comment(spec, format_args!("{name} cluster IP"));
+            protocol(spec, proto);
+            let _ = write!(spec, "-d {cluster_ip} --dport {port} ");
+            if !ctx.config.masquerade_all {
+                if let Some(cidr) = ctx.config.cluster_cidr {
+                    let _ = write!(spec, "! -s {cidr} ");
+                }
+            }
+            let _ = write!(spec, "-j {KUBE_MARK_MASQ}");
+            // The chain itself is declared with its endpoint jumps below; this rule leads it.
+            sink.rule(internal_chain, spec);
+        }
+    }
+
+    if uses_cluster_chain {
+        sink.chain(cluster_chain);
+        endpoint_jumps(ctx, names, entry, cluster_chain, &sel.cluster, sink);
+    }
+    if uses_local_chain {
+        sink.chain(local_chain);
+        endpoint_jumps(ctx, names, entry, local_chain, &sel.local, sink);
+    }
+
+    // One chain per reachable endpoint.
+    let affinity = svc.affinity_timeout_seconds().is_some();
+    for i in sel.all_reachable() {
+        let ep = &entry.endpoints[i as usize];
+        let chain = names.endpoint_chain(ep.socket_addr());
+        sink.chain(chain);
+        let spec = &mut *ctx.spec;
+        spec.clear();
+        if !ctx.large_cluster {
+            let _ = write!(spec, "-m comment --comment {name} ");
+        }
+        let _ = write!(spec, "-s {} -j {KUBE_MARK_MASQ}", ep.ip);
+        sink.rule(chain, spec);
+        spec.clear();
+        if !ctx.large_cluster {
+            let _ = write!(spec, "-m comment --comment {name} ");
+        }
+        if affinity {
+            spec.push_str("-m recent --name ");
+            chain.write_to(spec);
+            spec.push_str(" --set ");
+        }
+        protocol(spec, proto);
+        let _ = write!(spec, "-j DNAT --to-destination {}", ep.socket_addr());
+        sink.rule(chain, spec);
+    }
+}
+
+/// The jumps from a SVC or SVL chain to its endpoints: affinity checks first, then the random spread
+/// (probability 1/(n-i) for endpoint i; the last one unconditional).
+fn endpoint_jumps(
+    ctx: &mut Context<'_>,
+    names: &ServiceNames,
+    entry: &ServicePortEntry,
+    chain: ChainName,
+    selected: &[u32],
+    sink: &mut dyn Sink,
+) {
+    let name = names.text.as_str();
+    let endpoint = |i: u32| -> &Endpoint { &entry.endpoints[i as usize] };
+    if let Some(timeout) = entry.service.affinity_timeout_seconds() {
+        for &i in selected {
+            let addr = endpoint(i).socket_addr();
+            let target = names.endpoint_chain(addr);
+            let spec = &mut *ctx.spec;
+            spec.clear();
+            if !ctx.large_cluster {
+                comment(spec, format_args!("{name} -> {addr}"));
+            }
+            spec.push_str("-m recent --name ");
+            target.write_to(spec);
+            let _ = write!(spec, " --rcheck --seconds {timeout} --reap -j ");
+            target.write_to(spec);
+            sink.rule(chain, spec);
+        }
+    }
+    let n = selected.len();
+    ctx.probability(n); // fills the cache up to n
+    let (spec, probabilities) = (&mut *ctx.spec, &*ctx.probabilities);
+    for (k, &i) in selected.iter().enumerate() {
+        let addr = endpoint(i).socket_addr();
+        let target = names.endpoint_chain(addr);
+        spec.clear();
+        if !ctx.large_cluster {
+            comment(spec, format_args!("{name} -> {addr}"));
+        }
+        if k + 1 < n {
+            spec.push_str("-m statistic --mode random --probability ");
+            spec.push_str(&probabilities[n - k]);
+            spec.push(' ');
+        }
+        spec.push_str("-j ");
+        target.write_to(spec);
+        sink.rule(chain, spec);
+    }
+}
