@@ -9,7 +9,9 @@
 
 pub mod chain_name;
 pub mod config;
+pub mod jumps;
 pub mod render;
+pub mod ruleset;
 
 pub use config::{ConfigError, NodePortAddresses, RenderConfig};
 pub use render::{Renderer, RestoreText, RuleCounts, SharedChain, Table};

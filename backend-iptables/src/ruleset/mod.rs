@@ -1,0 +1,240 @@
+//! An in-memory iptables: restore input applied with kernel-like semantics, and a packet-flow
+//! evaluator over the result.
+//!
+//! This is the faithful fake of the datapath that lets render and partial-sync logic be tested
+//! without root: `apply_restore` commits a table all or nothing, rejects jumps to missing chains,
+//! `-D` of a rule that does not exist and `-X` of a chain in use, exactly where iptables-restore
+//! would. [`Ruleset::evaluate`] walks a packet through the chains (see [`eval`]).
+
+mod eval;
+mod parse;
+mod rule;
+
+use std::collections::BTreeMap;
+
+pub use eval::{Environment, Origin, Outcome, Packet, Verdict};
+pub use parse::ParseError;
+pub use rule::{Match, Rule, Target};
+
+use crate::jumps::JumpRule;
+
+const BUILTIN: &[(&str, &[&str])] = &[
+    ("filter", &["INPUT", "FORWARD", "OUTPUT"]),
+    ("nat", &["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"]),
+    ("mangle", &["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"]),
+];
+
+fn is_builtin(table: &str, chain: &str) -> bool {
+    BUILTIN
+        .iter()
+        .any(|(t, chains)| *t == table && chains.contains(&chain))
+}
+
+/// One table's chains.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TableRules {
+    chains: BTreeMap<String, Vec<Rule>>,
+}
+
+impl TableRules {
+    /// A chain's rules.
+    pub fn chain(&self, name: &str) -> Option<&[Rule]> {
+        self.chains.get(name).map(Vec::as_slice)
+    }
+
+    /// Every chain, by name.
+    pub fn chains(&self) -> impl Iterator<Item = (&str, &[Rule])> + '_ {
+        self.chains.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+
+    fn references(&self, chain: &str) -> usize {
+        self.chains
+            .values()
+            .flatten()
+            .filter(|r| r.jump_target() == Some(chain))
+            .count()
+    }
+}
+
+/// The filter, nat and mangle tables of one IP family.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ruleset {
+    tables: BTreeMap<String, TableRules>,
+}
+
+impl Default for Ruleset {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn err(line: usize, text: &str, reason: impl Into<String>) -> ParseError {
+    ParseError {
+        line,
+        reason: reason.into(),
+        text: text.to_owned(),
+    }
+}
+
+impl Ruleset {
+    /// Empty tables with their built-in chains.
+    pub fn new() -> Self {
+        let tables = BUILTIN
+            .iter()
+            .map(|(t, chains)| {
+                let chains = chains.iter().map(|c| ((*c).to_owned(), Vec::new())).collect();
+                ((*t).to_owned(), TableRules { chains })
+            })
+            .collect();
+        Self { tables }
+    }
+
+    /// A table.
+    pub fn table(&self, name: &str) -> Option<&TableRules> {
+        self.tables.get(name)
+    }
+
+    /// Applies iptables-restore input with `--noflush` semantics: a `:CHAIN` line creates or
+    /// flushes that chain, other chains are left alone. Each table's section commits all or
+    /// nothing; on error the table is unchanged (sections committed before stay committed, as with
+    /// the real tool).
+    pub fn apply_restore(&mut self, text: &str) -> Result<(), ParseError> {
+        let mut current: Option<(String, TableRules)> = None;
+        for (n, raw) in text.lines().enumerate() {
+            let line_no = n + 1;
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if let Some(table) = line.strip_prefix('*') {
+                if current.is_some() {
+                    return Err(err(line_no, raw, "table started before COMMIT"));
+                }
+                let rules = self
+                    .tables
+                    .get(table)
+                    .cloned()
+                    .ok_or_else(|| err(line_no, raw, "unknown table"))?;
+                current = Some((table.to_owned(), rules));
+                continue;
+            }
+            let Some((table_name, table)) = current.as_mut() else {
+                return Err(err(line_no, raw, "rule outside a table"));
+            };
+            if line == "COMMIT" {
+                let (name, rules) = current.take().expect("inside a table");
+                self.tables.insert(name, rules);
+                continue;
+            }
+            if let Some(decl) = line.strip_prefix(':') {
+                let name = decl.split_whitespace().next().unwrap_or_default();
+                if is_builtin(table_name, name) {
+                    return Err(err(line_no, raw, "refusing to flush a built-in chain"));
+                }
+                table.chains.insert(name.to_owned(), Vec::new());
+                continue;
+            }
+            let words = parse::tokenize(line).map_err(|e| err(line_no, raw, e))?;
+            apply_command(table_name, table, &words).map_err(|e| err(line_no, raw, e))?;
+        }
+        if current.is_some() {
+            return Err(err(0, "", "missing COMMIT"));
+        }
+        Ok(())
+    }
+
+    /// Appends the jumps from built-in chains (what the applier ensures outside the restore).
+    pub fn add_jumps(&mut self, jumps: &[JumpRule]) -> Result<(), ParseError> {
+        for j in jumps {
+            let table = self
+                .tables
+                .get_mut(j.table.name())
+                .ok_or_else(|| err(0, j.from, "unknown table"))?;
+            let line = format!("-A {} {}", j.from, j.spec());
+            let words = parse::tokenize(&line).map_err(|e| err(0, &line, e))?;
+            apply_command(j.table.name(), table, &words).map_err(|e| err(0, &line, e))?;
+        }
+        Ok(())
+    }
+}
+
+fn apply_command(table_name: &str, table: &mut TableRules, words: &[String]) -> Result<(), String> {
+    let (cmd, rest) = words.split_first().ok_or("empty command")?;
+    let (chain, spec) = rest.split_first().ok_or("command without a chain")?;
+    let check_target = |table: &TableRules, rule: &Rule| -> Result<(), String> {
+        match rule.jump_target() {
+            Some(t) if !table.chains.contains_key(t) => {
+                Err(format!("Couldn't load target `{t}': no such chain"))
+            }
+            _ => Ok(()),
+        }
+    };
+    match cmd.as_str() {
+        "-A" | "--append" => {
+            let rule = parse::parse_spec(spec)?;
+            check_target(table, &rule)?;
+            table
+                .chains
+                .get_mut(chain)
+                .ok_or_else(|| format!("no chain {chain} in {table_name}"))?
+                .push(rule);
+        }
+        "-I" | "--insert" => {
+            let (position, spec) = match spec.first().and_then(|w| w.parse::<usize>().ok()) {
+                Some(p) => (p, &spec[1..]),
+                None => (1, spec),
+            };
+            let rule = parse::parse_spec(spec)?;
+            check_target(table, &rule)?;
+            let rules = table
+                .chains
+                .get_mut(chain)
+                .ok_or_else(|| format!("no chain {chain} in {table_name}"))?;
+            if position == 0 || position > rules.len() + 1 {
+                return Err(format!("index {position} out of range"));
+            }
+            rules.insert(position - 1, rule);
+        }
+        "-D" | "--delete" => {
+            let rule = parse::parse_spec(spec)?;
+            let rules = table
+                .chains
+                .get_mut(chain)
+                .ok_or_else(|| format!("no chain {chain} in {table_name}"))?;
+            let at = rules
+                .iter()
+                .position(|r| *r == rule)
+                .ok_or("Bad rule (does a matching rule exist in that chain?)")?;
+            rules.remove(at);
+        }
+        "-N" | "--new-chain" => {
+            if table.chains.contains_key(chain) {
+                return Err(format!("chain {chain} already exists"));
+            }
+            table.chains.insert(chain.clone(), Vec::new());
+        }
+        "-F" | "--flush" => table
+            .chains
+            .get_mut(chain)
+            .ok_or_else(|| format!("no chain {chain} in {table_name}"))?
+            .clear(),
+        "-X" | "--delete-chain" => {
+            if is_builtin(table_name, chain) {
+                return Err("cannot delete a built-in chain".into());
+            }
+            let rules = table
+                .chains
+                .get(chain)
+                .ok_or_else(|| format!("no chain {chain} in {table_name}"))?;
+            if !rules.is_empty() {
+                return Err(format!("chain {chain} is not empty"));
+            }
+            if table.references(chain) > 0 {
+                return Err(format!("chain {chain} is still referenced"));
+            }
+            table.chains.remove(chain);
+        }
+        other => return Err(format!("unsupported command {other}")),
+    }
+    Ok(())
+}

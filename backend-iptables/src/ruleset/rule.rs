@@ -1,0 +1,148 @@
+//! A parsed iptables rule: matches and a target.
+
+use std::net::{IpAddr, SocketAddr};
+
+use ipnetwork::IpNetwork;
+
+/// One match of a rule. Equality is what `-D` uses to find a rule, so every field that iptables
+/// compares is kept, comments included.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Match {
+    /// `-m comment --comment TEXT` (never affects evaluation).
+    Comment(String),
+    /// `-p PROTO` (possibly negated).
+    Protocol {
+        /// Preceded by `!`.
+        negated: bool,
+        /// `tcp`, `udp`, `sctp`.
+        protocol: String,
+    },
+    /// `-s CIDR`.
+    Source {
+        /// Preceded by `!`.
+        negated: bool,
+        /// The network (a bare address is a /32 or /128).
+        net: IpNetwork,
+    },
+    /// `-d CIDR`.
+    Destination {
+        /// Preceded by `!`.
+        negated: bool,
+        /// The network (a bare address is a /32 or /128).
+        net: IpNetwork,
+    },
+    /// `--dport N` (of `-m tcp/udp/sctp`).
+    DestinationPort {
+        /// Preceded by `!`.
+        negated: bool,
+        /// The port.
+        port: u16,
+    },
+    /// `-m addrtype --src-type LOCAL`.
+    SourceLocal {
+        /// Preceded by `!`.
+        negated: bool,
+    },
+    /// `-m addrtype --dst-type LOCAL`.
+    DestinationLocal {
+        /// Preceded by `!`.
+        negated: bool,
+    },
+    /// `-m statistic --mode random --probability P`, kept as text for exact comparison.
+    Probability(String),
+    /// `-m recent --name NAME --rcheck [--seconds S] [--reap]`.
+    RecentCheck {
+        /// The list name (kube-proxy uses the endpoint chain's name).
+        name: String,
+        /// `--seconds`.
+        seconds: Option<u32>,
+    },
+    /// `-m recent --name NAME --set`.
+    RecentSet {
+        /// The list name.
+        name: String,
+    },
+    /// `-m mark [!] --mark VALUE/MASK`.
+    Mark {
+        /// Preceded by `!`.
+        negated: bool,
+        /// The value after masking.
+        value: u32,
+        /// The mask.
+        mask: u32,
+    },
+    /// `-m conntrack [!] --ctstate A,B`.
+    ConnState {
+        /// Preceded by `!`.
+        negated: bool,
+        /// States, any of which matches.
+        states: Vec<String>,
+    },
+    /// A protocol module named with `-m tcp` etc. (implied by `-p`, kept for equality).
+    Module(String),
+}
+
+/// What a rule does when it matches.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Target {
+    /// No `-j`: the rule only counts packets.
+    None,
+    /// `-j CHAIN`.
+    Jump(String),
+    /// `-j ACCEPT`.
+    Accept,
+    /// `-j DROP`.
+    Drop,
+    /// `-j REJECT`.
+    Reject,
+    /// `-j RETURN`.
+    Return,
+    /// `-j DNAT --to-destination ADDR`.
+    Dnat(SocketAddr),
+    /// `-j MASQUERADE [--random-fully]`.
+    Masquerade {
+        /// `--random-fully`.
+        random_fully: bool,
+    },
+    /// `-j MARK --or-mark V`.
+    MarkOr(u32),
+    /// `-j MARK --xor-mark V`.
+    MarkXor(u32),
+    /// `-j MARK --set-xmark V/M`.
+    MarkSet {
+        /// The value.
+        value: u32,
+        /// The mask.
+        mask: u32,
+    },
+}
+
+/// A rule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rule {
+    /// Matches, in the order written.
+    pub matches: Vec<Match>,
+    /// The target.
+    pub target: Target,
+}
+
+impl Rule {
+    /// The chain this rule jumps to, if any.
+    pub fn jump_target(&self) -> Option<&str> {
+        match &self.target {
+            Target::Jump(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The destination address this rule matches on, if it names one.
+    pub fn destination(&self) -> Option<IpAddr> {
+        self.matches.iter().find_map(|m| match m {
+            Match::Destination {
+                negated: false,
+                net,
+            } => Some(net.ip()),
+            _ => None,
+        })
+    }
+}
