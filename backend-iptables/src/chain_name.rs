@@ -125,6 +125,26 @@ pub fn is_service_chain(name: &str) -> bool {
     ChainKind::ALL.iter().any(|k| name.starts_with(k.prefix()))
 }
 
+/// Parses a per-Service or per-endpoint chain name (`KUBE-SEP-` + 16 base32 characters).
+pub fn parse_chain_name(name: &str) -> Option<ChainName> {
+    let kind = ChainKind::ALL
+        .into_iter()
+        .find(|k| name.starts_with(k.prefix()))?;
+    let rest = &name.as_bytes()[kind.prefix().len()..];
+    let valid = rest.len() == 16
+        && rest
+            .iter()
+            .all(|c| c.is_ascii_uppercase() || (b'2'..=b'7').contains(c));
+    valid.then(|| {
+        let mut hash = [0u8; 16];
+        hash.copy_from_slice(rest);
+        ChainName {
+            kind,
+            hash: NameHash(hash),
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,24 +185,14 @@ mod tests {
         assert!(!is_service_chain("KUBE-SERVICES"));
         assert!(!is_service_chain("DOCKER"));
     }
-}
 
-/// Parses a per-Service or per-endpoint chain name (`KUBE-SEP-` + 16 base32 characters).
-pub fn parse_chain_name(name: &str) -> Option<ChainName> {
-    let kind = ChainKind::ALL
-        .into_iter()
-        .find(|k| name.starts_with(k.prefix()))?;
-    let rest = name[kind.prefix().len()..].as_bytes();
-    let valid = rest.len() == 16
-        && rest
-            .iter()
-            .all(|c| c.is_ascii_uppercase() || (b'2'..=b'7').contains(c));
-    valid.then(|| {
-        let mut hash = [0u8; 16];
-        hash.copy_from_slice(rest);
-        ChainName {
-            kind,
-            hash: NameHash(hash),
-        }
-    })
+    #[test]
+    fn parses_chain_names_back() {
+        let c = parse_chain_name("KUBE-SEP-SXIVWICOYRO3J4NJ").unwrap();
+        assert_eq!(c.kind, ChainKind::Endpoint);
+        assert_eq!(c.to_string(), "KUBE-SEP-SXIVWICOYRO3J4NJ");
+        assert!(parse_chain_name("KUBE-SEP-short").is_none());
+        assert!(parse_chain_name("KUBE-SERVICES").is_none());
+        assert!(parse_chain_name("KUBE-SVC-xpgd46qrk7wjzt7o").is_none());
+    }
 }

@@ -57,17 +57,47 @@ pub fn jump_rules(with_localnet_guard: bool) -> Vec<JumpRule> {
     let external = Some("kubernetes externally-visible service portals");
     let mut rules = vec![
         j(Table::Filter, "INPUT", "KUBE-PROXY-FIREWALL", lb, NEW),
-        j(Table::Filter, "INPUT", "KUBE-NODEPORTS", Some("kubernetes health check service ports"), ""),
-        j(Table::Filter, "INPUT", "KUBE-EXTERNAL-SERVICES", external, NEW),
+        j(
+            Table::Filter,
+            "INPUT",
+            "KUBE-NODEPORTS",
+            Some("kubernetes health check service ports"),
+            "",
+        ),
+        j(
+            Table::Filter,
+            "INPUT",
+            "KUBE-EXTERNAL-SERVICES",
+            external,
+            NEW,
+        ),
         j(Table::Filter, "FORWARD", "KUBE-PROXY-FIREWALL", lb, NEW),
-        j(Table::Filter, "FORWARD", KUBE_FORWARD, Some("kubernetes forwarding rules"), ""),
+        j(
+            Table::Filter,
+            "FORWARD",
+            KUBE_FORWARD,
+            Some("kubernetes forwarding rules"),
+            "",
+        ),
         j(Table::Filter, "FORWARD", "KUBE-SERVICES", portals, NEW),
-        j(Table::Filter, "FORWARD", "KUBE-EXTERNAL-SERVICES", external, NEW),
+        j(
+            Table::Filter,
+            "FORWARD",
+            "KUBE-EXTERNAL-SERVICES",
+            external,
+            NEW,
+        ),
         j(Table::Filter, "OUTPUT", "KUBE-PROXY-FIREWALL", lb, NEW),
         j(Table::Filter, "OUTPUT", "KUBE-SERVICES", portals, NEW),
         j(Table::Nat, "PREROUTING", "KUBE-SERVICES", portals, ""),
         j(Table::Nat, "OUTPUT", "KUBE-SERVICES", portals, ""),
-        j(Table::Nat, "POSTROUTING", KUBE_POSTROUTING, Some("kubernetes postrouting rules"), ""),
+        j(
+            Table::Nat,
+            "POSTROUTING",
+            KUBE_POSTROUTING,
+            Some("kubernetes postrouting rules"),
+            "",
+        ),
     ];
     if with_localnet_guard {
         rules.push(j(Table::Filter, "INPUT", KUBE_FIREWALL, None, ""));

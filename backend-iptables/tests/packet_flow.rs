@@ -32,7 +32,9 @@ impl Bed {
         let mut r = Renderer::new(config).unwrap();
         let text = r.render_full(state).to_string();
         let mut rules = Ruleset::new();
-        rules.apply_restore(&text).expect("the fake iptables accepts the render");
+        rules
+            .apply_restore(&text)
+            .expect("the fake iptables accepts the render");
         rules.add_jumps(&jump_rules(guard)).unwrap();
         Self { rules, env }
     }
@@ -90,7 +92,10 @@ fn set(items: &[&str]) -> BTreeSet<String> {
 fn cluster_ip_from_a_pod_is_spread_and_not_masqueraded() {
     let bed = Bed::examples();
     let out = bed.tcp(POD_A, "172.30.0.10:80");
-    assert_eq!(destinations(&out), (set(&["10.244.1.10:8080", "10.244.2.10:8080"]), false));
+    assert_eq!(
+        destinations(&out),
+        (set(&["10.244.1.10:8080", "10.244.2.10:8080"]), false)
+    );
     for o in &out {
         assert!((o.probability - 0.5).abs() < 1e-9, "{o:?}");
         assert!(!o.masqueraded);
@@ -101,7 +106,10 @@ fn cluster_ip_from_a_pod_is_spread_and_not_masqueraded() {
 fn cluster_ip_from_off_cluster_is_masqueraded() {
     let bed = Bed::examples();
     let out = bed.tcp(OUTSIDE, "172.30.0.10:80");
-    assert_eq!(destinations(&out), (set(&["10.244.1.10:8080", "10.244.2.10:8080"]), true));
+    assert_eq!(
+        destinations(&out),
+        (set(&["10.244.1.10:8080", "10.244.2.10:8080"]), true)
+    );
 }
 
 #[test]
@@ -109,7 +117,10 @@ fn cluster_ip_from_the_node_itself() {
     let bed = Bed::examples();
     let out = bed.send(NODE_IP, "172.30.0.10:80", "tcp", Origin::LocalProcess);
     // The node's address is outside the pod network: masqueraded, like any off-cluster source.
-    assert_eq!(destinations(&out), (set(&["10.244.1.10:8080", "10.244.2.10:8080"]), true));
+    assert_eq!(
+        destinations(&out),
+        (set(&["10.244.1.10:8080", "10.244.2.10:8080"]), true)
+    );
 }
 
 #[test]
@@ -125,14 +136,20 @@ fn other_ports_and_addresses_are_not_touched() {
 fn node_port_on_a_node_ip_from_outside() {
     let bed = Bed::examples();
     let out = bed.tcp(OUTSIDE, "192.168.56.10:30080");
-    assert_eq!(destinations(&out), (set(&["10.244.1.20:8080", "10.244.2.20:8080"]), true));
+    assert_eq!(
+        destinations(&out),
+        (set(&["10.244.1.20:8080", "10.244.2.20:8080"]), true)
+    );
 }
 
 #[test]
 fn node_port_on_localhost() {
     let bed = Bed::examples();
     let out = bed.send("127.0.0.1", "127.0.0.1:30080", "tcp", Origin::LocalProcess);
-    assert_eq!(destinations(&out), (set(&["10.244.1.20:8080", "10.244.2.20:8080"]), true));
+    assert_eq!(
+        destinations(&out),
+        (set(&["10.244.1.20:8080", "10.244.2.20:8080"]), true)
+    );
 
     // With localhost NodePorts off, 127.0.0.1 is not a node port address.
     let state = common::examples_state(IpFamily::V4);
@@ -162,14 +179,23 @@ fn external_ip_is_masqueraded_and_spread() {
 fn load_balancer_source_ranges_allow_and_drop() {
     let bed = Bed::examples();
     let allowed = bed.tcp(OUTSIDE, "203.0.113.30:443");
-    assert_eq!(destinations(&allowed), (set(&["10.244.1.30:8443", "10.244.2.30:8443"]), true));
+    assert_eq!(
+        destinations(&allowed),
+        (set(&["10.244.1.30:8443", "10.244.2.30:8443"]), true)
+    );
     let trimmed_range = bed.tcp("192.0.2.5", "203.0.113.30:443");
-    assert_eq!(destinations(&trimmed_range).0, set(&["10.244.1.30:8443", "10.244.2.30:8443"]));
+    assert_eq!(
+        destinations(&trimmed_range).0,
+        set(&["10.244.1.30:8443", "10.244.2.30:8443"])
+    );
     let denied = bed.tcp(DENIED, "203.0.113.30:443");
     assert_eq!(destinations(&denied).0, set(&["DROP"]));
     // Node ports are not subject to source ranges (upstream behaviour).
     let node_port = bed.tcp(DENIED, "192.168.56.10:30443");
-    assert_eq!(destinations(&node_port).0, set(&["10.244.1.30:8443", "10.244.2.30:8443"]));
+    assert_eq!(
+        destinations(&node_port).0,
+        set(&["10.244.1.30:8443", "10.244.2.30:8443"])
+    );
 }
 
 #[test]
@@ -188,10 +214,16 @@ fn external_traffic_policy_local_with_a_local_endpoint_keeps_the_source() {
     assert_eq!(destinations(&out), (set(&["10.244.1.31:8080"]), false));
     // Pods short-circuit to all endpoints (as if via the load balancer), unmasqueraded.
     let out = bed.tcp(POD_A, "203.0.113.32:80");
-    assert_eq!(destinations(&out), (set(&["10.244.1.31:8080", "10.244.2.31:8080"]), false));
+    assert_eq!(
+        destinations(&out),
+        (set(&["10.244.1.31:8080", "10.244.2.31:8080"]), false)
+    );
     // The node itself also reaches all endpoints, masqueraded.
     let out = bed.send(NODE_IP, "203.0.113.32:80", "tcp", Origin::LocalProcess);
-    assert_eq!(destinations(&out), (set(&["10.244.1.31:8080", "10.244.2.31:8080"]), true));
+    assert_eq!(
+        destinations(&out),
+        (set(&["10.244.1.31:8080", "10.244.2.31:8080"]), true)
+    );
     // The health-check node port is accepted.
     let out = bed.tcp(OUTSIDE, "192.168.56.10:32000");
     assert_eq!(destinations(&out).0, set(&["ACCEPT"]));
@@ -200,11 +232,23 @@ fn external_traffic_policy_local_with_a_local_endpoint_keeps_the_source() {
 #[test]
 fn external_traffic_policy_local_without_a_local_endpoint_drops() {
     let bed = Bed::examples();
-    assert_eq!(destinations(&bed.tcp(OUTSIDE, "203.0.113.33:80")).0, set(&["DROP"]));
-    assert_eq!(destinations(&bed.tcp(OUTSIDE, "192.168.56.10:30082")).0, set(&["DROP"]));
+    assert_eq!(
+        destinations(&bed.tcp(OUTSIDE, "203.0.113.33:80")).0,
+        set(&["DROP"])
+    );
+    assert_eq!(
+        destinations(&bed.tcp(OUTSIDE, "192.168.56.10:30082")).0,
+        set(&["DROP"])
+    );
     // ... while the cluster IP still works, and pods still short-circuit.
-    assert_eq!(destinations(&bed.tcp(POD_A, "172.30.0.32:80")).0, set(&["10.244.2.32:8080"]));
-    assert_eq!(destinations(&bed.tcp(POD_A, "203.0.113.33:80")).0, set(&["10.244.2.32:8080"]));
+    assert_eq!(
+        destinations(&bed.tcp(POD_A, "172.30.0.32:80")).0,
+        set(&["10.244.2.32:8080"])
+    );
+    assert_eq!(
+        destinations(&bed.tcp(POD_A, "203.0.113.33:80")).0,
+        set(&["10.244.2.32:8080"])
+    );
 }
 
 #[test]
@@ -222,14 +266,20 @@ fn internal_traffic_policy_local_without_local_endpoint_drops() {
     let m = fixtures::examples();
     let (_, other) = common::state_of(&m, IpFamily::V4, "node-c");
     let bed = Bed::new(&other, config);
-    assert_eq!(destinations(&bed.tcp(POD_A, "172.30.0.50:80")).0, set(&["DROP"]));
+    assert_eq!(
+        destinations(&bed.tcp(POD_A, "172.30.0.50:80")).0,
+        set(&["DROP"])
+    );
     drop(state);
 }
 
 #[test]
 fn no_endpoints_rejects() {
     let bed = Bed::examples();
-    assert_eq!(destinations(&bed.tcp(POD_A, "172.30.0.70:80")).0, set(&["REJECT"]));
+    assert_eq!(
+        destinations(&bed.tcp(POD_A, "172.30.0.70:80")).0,
+        set(&["REJECT"])
+    );
     let out = bed.send(NODE_IP, "172.30.0.70:80", "tcp", Origin::LocalProcess);
     assert_eq!(destinations(&out).0, set(&["REJECT"]));
 }
@@ -245,7 +295,10 @@ fn terminating_endpoints_are_the_fallback() {
 fn client_ip_affinity_sticks() {
     let mut bed = Bed::examples();
     let first = bed.tcp(POD_A, "172.30.0.60:80");
-    assert_eq!(destinations(&first).0, set(&["10.244.1.60:8080", "10.244.2.60:8080"]));
+    assert_eq!(
+        destinations(&first).0,
+        set(&["10.244.1.60:8080", "10.244.2.60:8080"])
+    );
     // Take the outcome that went to 10.244.2.60, and replay with the list it set.
     let chosen = first
         .iter()
@@ -263,7 +316,10 @@ fn client_ip_affinity_sticks() {
 fn udp_and_sctp_ports() {
     let bed = Bed::examples();
     let out = bed.send(POD_A, "172.30.0.10:53", "udp", Origin::External);
-    assert_eq!(destinations(&out).0, set(&["10.244.1.10:5353", "10.244.2.10:5353"]));
+    assert_eq!(
+        destinations(&out).0,
+        set(&["10.244.1.10:5353", "10.244.2.10:5353"])
+    );
     // TCP to the UDP port is not the service.
     let out = bed.tcp(POD_A, "172.30.0.10:53");
     assert_eq!(destinations(&out).0, set(&["ACCEPT"]));
@@ -286,7 +342,10 @@ fn hairpin_to_own_service_is_masqueraded() {
 #[test]
 fn topology_hints_pick_the_zone_endpoint() {
     let bed = Bed::examples();
-    assert_eq!(destinations(&bed.tcp(POD_A, "172.30.0.82:80")).0, set(&["10.244.3.82:8080"]));
+    assert_eq!(
+        destinations(&bed.tcp(POD_A, "172.30.0.82:80")).0,
+        set(&["10.244.3.82:8080"])
+    );
 }
 
 #[test]

@@ -1,6 +1,9 @@
 //! The command line, in kube-proxy's spelling where kube-proxy has the flag.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
+
+use ipnetwork::IpNetwork;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -22,6 +25,67 @@ pub(crate) enum Command {
     /// Print the desired state computed from manifests: every Service port, its endpoints and the
     /// endpoint selection for this node. Needs no cluster and no root.
     State(StateArgs),
+    /// Print exactly what would be fed to iptables-restore for the Services in manifests (the
+    /// bundled examples without -f). Needs no cluster and no root.
+    Render(RenderArgs),
+}
+
+/// The proxy mode (`--proxy-mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ProxyMode {
+    /// iptables-restore rules in kube-proxy's layout.
+    Iptables,
+}
+
+/// `kproxy render`.
+#[derive(Debug, Args)]
+pub(crate) struct RenderArgs {
+    #[command(flatten)]
+    pub(crate) manifests: ManifestArgs,
+
+    /// Which datapath to render for.
+    #[arg(long, value_enum, default_value_t = ProxyMode::Iptables)]
+    pub(crate) proxy_mode: ProxyMode,
+
+    /// The IP family (iptables-restore for ipv4, ip6tables-restore for ipv6).
+    #[arg(long, value_enum, default_value_t = Family::Ipv4)]
+    pub(crate) ip_family: Family,
+
+    /// The pod network(s), comma-separated (kube-proxy's `--cluster-cidr`): traffic from outside
+    /// it to a cluster IP is masqueraded. The CIDR of the rendered family is used.
+    #[arg(long, value_name = "CIDR[,CIDR]", value_delimiter = ',', value_parser = parse_cidr)]
+    pub(crate) cluster_cidr: Vec<IpNetwork>,
+
+    /// Masquerade all traffic to cluster IPs (kube-proxy's `--masquerade-all`).
+    #[arg(long)]
+    pub(crate) masquerade_all: bool,
+
+    /// The node's IP (repeatable). Defaults to the addresses of this node's Node object.
+    #[arg(long, value_name = "IP")]
+    pub(crate) node_ip: Vec<IpAddr>,
+
+    /// Only these node addresses accept NodePorts (kube-proxy's `--nodeport-addresses`,
+    /// comma-separated CIDRs matched against the node IPs). Default: every local address.
+    #[arg(long, value_name = "CIDR[,CIDR]", value_delimiter = ',', value_parser = parse_cidr)]
+    pub(crate) nodeport_addresses: Vec<IpNetwork>,
+
+    /// The fwmark bit for masquerading (kube-proxy's `--iptables-masquerade-bit`).
+    #[arg(long, default_value_t = 14, value_parser = clap::value_parser!(u8).range(0..=31))]
+    pub(crate) iptables_masquerade_bit: u8,
+
+    /// Do not accept NodePorts on 127.0.0.1 (kube-proxy's `iptables.localhostNodePorts: false`).
+    #[arg(long)]
+    pub(crate) no_localhost_nodeports: bool,
+}
+
+/// Parses a CIDR strictly (a bare IP is not a CIDR).
+fn parse_cidr(s: &str) -> Result<IpNetwork, String> {
+    let s = s.trim();
+    if !s.contains('/') {
+        return Err(format!("{s:?} is not a CIDR (expected address/prefix)"));
+    }
+    let net: IpNetwork = s.parse().map_err(|e| format!("{s:?} is not a CIDR: {e}"))?;
+    IpNetwork::new(net.network(), net.prefix()).map_err(|e| e.to_string())
 }
 
 /// The IP family to compute the state for.

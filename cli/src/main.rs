@@ -18,6 +18,7 @@ fn main() -> ExitCode {
     init_logging(cli.verbosity);
     let result = match &cli.command {
         Command::State(a) => commands::state::run(a),
+        Command::Render(a) => commands::render::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -180,7 +180,9 @@ impl Ruleset {
                         next.push(st);
                         continue;
                     }
-                    apply_target(self, table, rule, st, packet, env, depth, &mut next, &mut ends);
+                    apply_target(
+                        self, table, rule, st, packet, env, depth, &mut next, &mut ends,
+                    );
                 }
             }
             active = next;
@@ -256,7 +258,9 @@ fn match_rule(rule: &Rule, st: State, packet: &Packet, env: &Environment) -> Vec
             let flip = |negated: bool, v: bool| v != negated;
             let result = match m {
                 Match::Comment(_) | Match::Module(_) => true,
-                Match::Protocol { negated, protocol } => flip(*negated, protocol == packet.protocol),
+                Match::Protocol { negated, protocol } => {
+                    flip(*negated, protocol == packet.protocol)
+                }
                 Match::Source { negated, net } => flip(*negated, net.contains(packet.source)),
                 Match::Destination { negated, net } => {
                     flip(*negated, net.contains(st.destination.ip()))

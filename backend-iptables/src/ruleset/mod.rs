@@ -10,7 +10,7 @@ mod eval;
 mod parse;
 mod rule;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub use eval::{Environment, Origin, Outcome, Packet, Verdict};
 pub use parse::ParseError;
@@ -21,7 +21,10 @@ use crate::jumps::JumpRule;
 const BUILTIN: &[(&str, &[&str])] = &[
     ("filter", &["INPUT", "FORWARD", "OUTPUT"]),
     ("nat", &["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"]),
-    ("mangle", &["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"]),
+    (
+        "mangle",
+        &["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"],
+    ),
 ];
 
 fn is_builtin(table: &str, chain: &str) -> bool {
@@ -82,7 +85,10 @@ impl Ruleset {
         let tables = BUILTIN
             .iter()
             .map(|(t, chains)| {
-                let chains = chains.iter().map(|c| ((*c).to_owned(), Vec::new())).collect();
+                let chains = chains
+                    .iter()
+                    .map(|c| ((*c).to_owned(), Vec::new()))
+                    .collect();
                 ((*t).to_owned(), TableRules { chains })
             })
             .collect();
@@ -237,4 +243,66 @@ fn apply_command(table_name: &str, table: &mut TableRules, words: &[String]) -> 
         other => return Err(format!("unsupported command {other}")),
     }
     Ok(())
+}
+
+/// Chains whose rule order carries no meaning (each rule matches a different address and port), so
+/// partial syncs may insert into them anywhere; every other chain is compared rule for rule.
+/// nat `KUBE-SERVICES` is the exception's exception: its last rule (the NodePorts jump) must stay
+/// last, and [`Ruleset::equivalent_to`] checks that separately.
+const ORDER_FREE: &[(&str, &str)] = &[
+    ("nat", "KUBE-SERVICES"),
+    ("nat", "KUBE-NODEPORTS"),
+    ("filter", "KUBE-SERVICES"),
+    ("filter", "KUBE-EXTERNAL-SERVICES"),
+    ("filter", "KUBE-NODEPORTS"),
+    ("filter", "KUBE-PROXY-FIREWALL"),
+];
+
+impl Ruleset {
+    /// Whether two rulesets behave the same: the same chains, the same rules in the same order,
+    /// except that the order-free shared chains are compared as multisets (with nat
+    /// `KUBE-SERVICES`' last rule compared in place). Returns the first difference.
+    pub fn equivalent_to(&self, other: &Ruleset) -> Result<(), String> {
+        for (table_name, table) in &self.tables {
+            let Some(other_table) = other.tables.get(table_name) else {
+                return Err(format!("table {table_name} missing"));
+            };
+            let names: BTreeSet<&String> = table
+                .chains
+                .keys()
+                .chain(other_table.chains.keys())
+                .collect();
+            for chain in names {
+                let (Some(a), Some(b)) = (table.chains.get(chain), other_table.chains.get(chain))
+                else {
+                    return Err(format!("{table_name} {chain}: present on one side only"));
+                };
+                let order_free = ORDER_FREE
+                    .iter()
+                    .any(|(t, c)| t == table_name && c == chain);
+                if !order_free {
+                    if a != b {
+                        return Err(format!("{table_name} {chain}: {a:?}\n  vs {b:?}"));
+                    }
+                    continue;
+                }
+                if table_name == "nat" && chain == "KUBE-SERVICES" && a.last() != b.last() {
+                    return Err(format!(
+                        "nat KUBE-SERVICES ends with {:?} vs {:?}",
+                        a.last(),
+                        b.last()
+                    ));
+                }
+                let sorted = |rules: &[Rule]| {
+                    let mut v: Vec<String> = rules.iter().map(|r| format!("{r:?}")).collect();
+                    v.sort();
+                    v
+                };
+                if sorted(a) != sorted(b) {
+                    return Err(format!("{table_name} {chain}: different rules"));
+                }
+            }
+        }
+        Ok(())
+    }
 }

@@ -78,21 +78,25 @@ pub(crate) fn object_name(
     };
     // Names end up in rule comments and chain-name hashes; anything but a valid Kubernetes name
     // (which the API server would have refused) is rejected rather than escaped.
-    for (field, value) in [
-        ("metadata.namespace", &namespace),
-        ("metadata.name", &name.to_owned()),
-    ] {
-        if !(value.is_empty() && field == "metadata.namespace") && !is_dns_subdomain(value) {
-            let object = NamespacedName::new(printable(&namespace), printable(name));
-            warnings.add(
-                kind,
-                &object,
-                field,
-                "not a valid Kubernetes name (lower-case letters, digits, '-' and '.')",
-                Skipped::Object,
-            );
-            return None;
-        }
+    // A Node's namespace is empty (cluster-scoped); anything else must be a valid name.
+    let namespace_ok = namespace.is_empty() || is_dns_subdomain(&namespace);
+    let bad_field = if !namespace_ok {
+        Some("metadata.namespace")
+    } else if !is_dns_subdomain(name) {
+        Some("metadata.name")
+    } else {
+        None
+    };
+    if let Some(field) = bad_field {
+        let object = NamespacedName::new(printable(&namespace), printable(name));
+        warnings.add(
+            kind,
+            &object,
+            field,
+            "not a valid Kubernetes name (lower-case letters, digits, '-' and '.')",
+            Skipped::Object,
+        );
+        return None;
     }
     Some(NamespacedName::new(namespace, name))
 }

@@ -1,0 +1,126 @@
+//! `kproxy render` end to end.
+
+use std::process::{Command, Output};
+
+fn kproxy(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kproxy"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run kproxy")
+}
+
+#[test]
+fn renders_the_bundled_examples_with_no_arguments() {
+    let out = kproxy(&["render"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("*filter\n"));
+    assert!(text.ends_with("COMMIT\n"));
+    assert!(text.contains("-A KUBE-SERVICES -m comment --comment \"ns1/web:http cluster IP\""));
+    assert!(text.contains("\n*nat\n"));
+    // Deterministic: the same bytes twice.
+    assert_eq!(kproxy(&["render"]).stdout, text.as_bytes());
+}
+
+#[test]
+fn flags_shape_the_rules() {
+    let out = kproxy(&[
+        "render",
+        "--proxy-mode",
+        "iptables",
+        "--cluster-cidr",
+        "10.244.0.0/16,fd00::/8",
+        "--node-ip",
+        "192.168.56.10",
+        "--hostname-override",
+        "node-a",
+    ]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("! -s 10.244.0.0/16 -j KUBE-MARK-MASQ"),
+        "{text}"
+    );
+
+    let out = kproxy(&["render", "--masquerade-all"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("--dport 80 -j KUBE-MARK-MASQ"),
+        "masquerade-all has no source match"
+    );
+
+    let out = kproxy(&["render", "--ip-family", "ipv6"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("-d fd00:30::81"));
+    assert!(!text.contains("172.30."));
+}
+
+#[test]
+fn bad_flag_values_exit_2() {
+    assert_eq!(
+        kproxy(&["render", "--cluster-cidr", "10.0.0.0"])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        kproxy(&["render", "--proxy-mode", "bogus"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        kproxy(&["render", "--iptables-masquerade-bit", "40"])
+            .status
+            .code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn broken_manifest_exits_2_naming_file_and_line() {
+    let dir = std::env::temp_dir().join(format!("kproxy-render-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("x.yaml");
+    std::fs::write(
+        &file,
+        "kind: Service\nmetadata: {name: a}\nspec:\n  ports: {port: 1\n",
+    )
+    .unwrap();
+    let out = kproxy(&["render", "-f", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:", file.display())), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn broken_service_is_skipped_and_the_rest_renders() {
+    let dir = std::env::temp_dir().join(format!("kproxy-render-skip-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("svc.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: ok, namespace: ns1}\n\
+         spec: {clusterIP: 172.30.0.1, ports: [{name: p, port: 80}]}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: bad, namespace: ns1}\n\
+         spec: {clusterIP: 172.30.0.2, ports: [{name: p, port: 80, protocol: QUIC}]}\n",
+    )
+    .unwrap();
+    let out = kproxy(&[
+        "render",
+        "-f",
+        dir.to_str().unwrap(),
+        "--hostname-override",
+        "n",
+    ]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(text.contains("ns1/ok:p has no endpoints"), "{text}");
+    assert!(!text.contains("ns1/bad"), "{text}");
+    assert!(err.contains("Service ns1/bad: spec.ports[0]"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
