@@ -14,4 +14,4 @@ pub mod render;
 pub mod ruleset;
 
 pub use config::{ConfigError, NodePortAddresses, RenderConfig};
-pub use render::{Renderer, RestoreText, RuleCounts, SharedChain, Table};
+pub use render::{RenderSummary, Renderer, RuleCounts, SharedChain, Table};

@@ -30,7 +30,7 @@ impl Bed {
             recent: BTreeSet::new(),
         };
         let mut r = Renderer::new(config).unwrap();
-        let text = r.render_full(state).to_string();
+        let text = r.render_full_string(state);
         let mut rules = Ruleset::new();
         rules
             .apply_restore(&text)

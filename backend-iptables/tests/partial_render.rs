@@ -37,8 +37,9 @@ impl Harness {
     /// was full.
     fn sync(&mut self) -> (usize, bool, String) {
         let diff = self.state.apply(&mut self.pending);
-        let text = self.renderer.render_partial(&self.state, &diff);
-        let (len, full, body) = (text.len(), text.is_full(), text.to_string());
+        let (body, summary) = self.renderer.render_string(&self.state, &diff);
+        let (len, full) = (summary.bytes, summary.full);
+        assert_eq!(len, body.len());
         self.kernel
             .apply_restore(&body)
             .unwrap_or_else(|e| panic!("restore failed: {e}\n{body}"));
@@ -50,7 +51,7 @@ impl Harness {
         let mut fresh = Renderer::new(self.config.clone()).unwrap();
         let mut expected = Ruleset::new();
         expected
-            .apply_restore(&fresh.render_full(&self.state).to_string())
+            .apply_restore(&fresh.render_full_string(&self.state))
             .unwrap();
         self.kernel
             .equivalent_to(&expected)
@@ -198,7 +199,7 @@ fn full_render_deletes_chains_it_no_longer_needs() {
     h.sync();
     h.pending.on_service_delete(&a);
     h.state.apply(&mut h.pending);
-    let body = h.renderer.render_full(&h.state).to_string();
+    let body = h.renderer.render_full_string(&h.state);
     assert!(body.contains("-X KUBE-SVC-"), "{body}");
     h.kernel.apply_restore(&body).unwrap();
     h.check();

@@ -126,7 +126,7 @@ fn check_variant(variant: &str) {
     let mut renderer = Renderer::new(config).unwrap();
     let mut fake = Ruleset::new();
 
-    let full = renderer.render_full(&state).to_string();
+    let full = renderer.render_full_string(&state);
     ns.run(&restore, &["--noflush"], &full)
         .unwrap_or_else(|e| panic!("{restore} rejected the full render: {e}"));
     fake.apply_restore(&full).unwrap();
@@ -154,9 +154,8 @@ fn check_variant(variant: &str) {
             .build(),
     );
     let diff = state.apply(&mut pending);
-    let partial = renderer.render_partial(&state, &diff);
-    assert!(!partial.is_full());
-    let partial = partial.to_string();
+    let (partial, summary) = renderer.render_string(&state, &diff);
+    assert!(!summary.full);
     ns.run(&restore, &["--noflush"], &partial)
         .unwrap_or_else(|e| panic!("{restore} rejected the partial render: {e}\n{partial}"));
     fake.apply_restore(&partial).unwrap();

@@ -10,7 +10,7 @@ fn render(family: IpFamily, tweak: impl FnOnce(&mut backend_iptables::RenderConf
     let mut config = common::examples_config(family, &state);
     tweak(&mut config);
     let mut r = Renderer::new(config).unwrap();
-    r.render_full(&state).to_string()
+    r.render_full_string(&state)
 }
 
 #[test]
@@ -49,11 +49,10 @@ fn same_state_same_bytes() {
     let config = common::examples_config(IpFamily::V4, &state);
     let a = Renderer::new(config.clone())
         .unwrap()
-        .render_full(&state)
-        .to_string();
+        .render_full_string(&state);
     let mut r = Renderer::new(config).unwrap();
-    let b = r.render_full(&state).to_string();
-    let c = r.render_full(&state).to_string();
+    let b = r.render_full_string(&state);
+    let c = r.render_full_string(&state);
     assert_eq!(a, b);
     assert_eq!(b, c, "a second render with warm caches is identical");
 }

@@ -33,6 +33,21 @@ pub fn build_state(manifests: &Manifests) -> (PendingChanges, ProxyState) {
     (pending, state)
 }
 
+/// Like [`build_state`], but generating and feeding one Service at a time, so the API objects never
+/// all exist at once: what a proxy's memory looks like after its initial lists.
+pub fn build_state_streaming(services: usize, endpoints: usize) -> (PendingChanges, ProxyState) {
+    let config = ScaleConfig::new(services, endpoints);
+    let mut pending = PendingChanges::new(IpFamily::V4, BENCH_NODE, ServiceFilter::default());
+    for i in 0..services {
+        let (service, slice) = fixtures::generate_one(&config, i);
+        pending.on_service_add(&service);
+        pending.on_endpoint_slice_add(&slice);
+    }
+    let mut state = ProxyState::new(IpFamily::V4, NodeInfo::named(BENCH_NODE));
+    state.apply(&mut pending);
+    (pending, state)
+}
+
 /// The peak resident set size of this process so far, in KiB (`VmHWM`), if the kernel reports it.
 pub fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -40,4 +55,12 @@ pub fn peak_rss_kib() -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The iptables render settings the benches use: a pod network, one node IP, defaults otherwise.
+pub fn iptables_config() -> backend_iptables::RenderConfig {
+    let mut c = backend_iptables::RenderConfig::new(IpFamily::V4);
+    c.cluster_cidr = Some("10.0.0.0/8".parse().expect("valid CIDR"));
+    c.node_ips = vec!["192.168.0.1".parse().expect("valid IP")];
+    c
 }

@@ -1,7 +1,7 @@
 //! Rendering a [`ProxyState`] into iptables-restore input: full and partial.
 //!
 //! The layout is upstream kube-proxy's, rule for rule (see `docs/iptables.md`). A full render writes
-//! every chain kproxy owns; a partial render, given a [`StateDiff`], writes only what changed:
+//! every chain kproxy owns, streamed to a writer; a partial render, given a [`StateDiff`], writes only what changed:
 //! rewritten per-service chains, `-X` for chains that are gone, and rule-by-rule `-D`/`-I`/`-A`
 //! edits of the shared chains, so its size follows the change, not the cluster.
 
@@ -102,32 +102,22 @@ pub struct RuleCounts {
     pub nat: usize,
 }
 
-/// The full render's buffers, kept between renders so a resync reuses their capacity.
+/// Output is written to the caller's writer in chunks of about this size, so a full render at
+/// 20,000 Services (tens of megabytes of text) never sits in memory whole.
+const CHUNK: usize = 1 << 20;
+
+/// The full render's working buffers, kept between renders so a resync reuses their capacity.
 #[derive(Debug, Default)]
 struct FullBuffers {
-    filter_chains: String,
+    /// Output waiting to be written.
+    chunk: String,
+    /// The current Service's chain declarations and rules: declarations must precede any rule
+    /// that jumps to the chain, so a Service's block is assembled here, then appended.
+    service_decls: String,
+    service_rules: String,
+    /// Filter rules per shared chain (few: only Services without endpoints, with source ranges or
+    /// health checks), written as the filter section after nat.
     filter_shared: [String; 4],
-    filter_fixed: String,
-    nat_chains: String,
-    nat_node_ports: String,
-    nat_services: String,
-    nat_fixed: String,
-    nat_rules: String,
-    nat_delete: String,
-}
-
-impl FullBuffers {
-    fn clear(&mut self) {
-        self.filter_chains.clear();
-        self.filter_shared.iter_mut().for_each(String::clear);
-        self.filter_fixed.clear();
-        self.nat_chains.clear();
-        self.nat_node_ports.clear();
-        self.nat_services.clear();
-        self.nat_fixed.clear();
-        self.nat_rules.clear();
-        self.nat_delete.clear();
-    }
 }
 
 fn filter_index(chain: SharedChain) -> usize {
@@ -137,7 +127,8 @@ fn filter_index(chain: SharedChain) -> usize {
         .expect("every shared chain has a filter buffer")
 }
 
-/// The full render's sink: writes lines into the buffers and records active chains.
+/// The full render's sink: a Service's nat lines go to its block, filter lines to their chain's
+/// buffer; active chains are recorded.
 struct FullSink<'a> {
     buffers: &'a mut FullBuffers,
     active: &'a mut HashSet<ChainName>,
@@ -146,25 +137,29 @@ struct FullSink<'a> {
 
 impl Sink for FullSink<'_> {
     fn shared(&mut self, table: Table, chain: SharedChain, spec: &str) {
-        let buf = match (table, chain) {
-            (Table::Filter, c) => &mut self.buffers.filter_shared[filter_index(c)],
-            (Table::Nat, SharedChain::NodePorts) => &mut self.buffers.nat_node_ports,
-            (Table::Nat, _) => &mut self.buffers.nat_services,
-        };
-        push_rule(buf, chain.name(), spec);
         match table {
-            Table::Filter => self.counts.filter += 1,
-            Table::Nat => self.counts.nat += 1,
+            Table::Filter => {
+                push_rule(
+                    &mut self.buffers.filter_shared[filter_index(chain)],
+                    chain.name(),
+                    spec,
+                );
+                self.counts.filter += 1;
+            }
+            Table::Nat => {
+                push_rule(&mut self.buffers.service_rules, chain.name(), spec);
+                self.counts.nat += 1;
+            }
         }
     }
 
     fn chain(&mut self, chain: ChainName) {
-        push_chain_decl(&mut self.buffers.nat_chains, chain);
+        push_chain_decl(&mut self.buffers.service_decls, chain);
         self.active.insert(chain);
     }
 
     fn rule(&mut self, chain: ChainName, spec: &str) {
-        let buf = &mut self.buffers.nat_rules;
+        let buf = &mut self.buffers.service_rules;
         buf.push_str("-A ");
         chain.write_to(buf);
         buf.push(' ');
@@ -186,6 +181,28 @@ fn push_chain_decl(buf: &mut String, chain: ChainName) {
     buf.push(':');
     chain.write_to(buf);
     buf.push_str(" - [0:0]\n");
+}
+
+/// Counts bytes on their way to the writer.
+struct Counting<'a> {
+    out: &'a mut dyn io::Write,
+    bytes: usize,
+}
+
+impl Counting<'_> {
+    fn write(&mut self, s: &str) -> io::Result<()> {
+        self.bytes += s.len();
+        self.out.write_all(s.as_bytes())
+    }
+
+    /// Writes `chunk` out if it has grown past [`CHUNK`] (or `force`), and empties it.
+    fn flush_chunk(&mut self, chunk: &mut String, force: bool) -> io::Result<()> {
+        if force || chunk.len() >= CHUNK {
+            self.write(chunk)?;
+            chunk.clear();
+        }
+        Ok(())
+    }
 }
 
 /// One Service port's rules, collected for diffing in a partial render.
@@ -220,49 +237,15 @@ impl Sink for Collected {
     }
 }
 
-/// iptables-restore input produced by a render: borrowed pieces of the renderer's buffers, to be
-/// written out in order (no concatenation into one more big string).
-#[derive(Debug)]
-pub struct RestoreText<'a> {
-    parts: Vec<&'a str>,
-    full: bool,
-    counts: RuleCounts,
-}
-
-impl RestoreText<'_> {
-    /// Writes the text, e.g. to iptables-restore's stdin or to stdout.
-    pub fn write_to(&self, out: &mut dyn io::Write) -> io::Result<()> {
-        for p in &self.parts {
-            out.write_all(p.as_bytes())?;
-        }
-        Ok(())
-    }
-
-    /// The size in bytes.
-    pub fn len(&self) -> usize {
-        self.parts.iter().map(|p| p.len()).sum()
-    }
-
-    /// Whether there is nothing to restore (a partial render of an empty diff).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Whether this is a full render (rewrites every chain) rather than a partial one.
-    pub fn is_full(&self) -> bool {
-        self.full
-    }
-
-    /// The total rules kproxy has in each table once this text is applied.
-    pub fn counts(&self) -> RuleCounts {
-        self.counts
-    }
-}
-
-impl std::fmt::Display for RestoreText<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.parts.iter().try_for_each(|p| f.write_str(p))
-    }
+/// What a render wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RenderSummary {
+    /// Whether it was a full render (every chain rewritten) rather than a partial one.
+    pub full: bool,
+    /// Bytes written: the restore payload's size.
+    pub bytes: usize,
+    /// The total rules kproxy has in each table once the text is applied.
+    pub counts: RuleCounts,
 }
 
 /// Renders states into iptables-restore input, remembering what it rendered last so the next
@@ -278,15 +261,12 @@ pub struct Renderer {
     probabilities: Vec<String>,
     spec: String,
     full: FullBuffers,
-    partial: String,
-    partial_nat: String,
     /// Per-service nat chains believed to exist in the kernel.
     active: HashSet<ChainName>,
     /// Whether the last render was applied and can be the base of a partial one.
     baseline: bool,
     large_cluster: bool,
     counts: RuleCounts,
-    fixed_counts: RuleCounts,
 }
 
 impl Renderer {
@@ -301,13 +281,10 @@ impl Renderer {
             probabilities: Vec::new(),
             spec: String::with_capacity(256),
             full: FullBuffers::default(),
-            partial: String::new(),
-            partial_nat: String::new(),
             active: HashSet::new(),
             baseline: false,
             large_cluster: false,
             counts: RuleCounts::default(),
-            fixed_counts: RuleCounts::default(),
         })
     }
 
@@ -331,91 +308,146 @@ impl Renderer {
         }
     }
 
-    /// The rule counts of the last render.
+    /// The rule counts after the last render.
     pub fn counts(&self) -> RuleCounts {
         self.counts
     }
 
-    /// Renders everything. Chains rendered before (or noted as existing) that the state no longer
-    /// needs are flushed and deleted in the same restore.
-    pub fn render_full(&mut self, state: &ProxyState) -> RestoreText<'_> {
+    /// A full render as one string (for tests and small states; the proxier streams).
+    pub fn render_full_string(&mut self, state: &ProxyState) -> String {
+        let mut out = Vec::new();
+        self.render_full_to(state, &mut out)
+            .expect("writing to memory cannot fail");
+        String::from_utf8(out).expect("rules are UTF-8")
+    }
+
+    /// A render (partial when possible) as one string, with its summary.
+    pub fn render_string(
+        &mut self,
+        state: &ProxyState,
+        diff: &StateDiff,
+    ) -> (String, RenderSummary) {
+        let mut out = Vec::new();
+        let summary = self
+            .render_to(state, diff, &mut out)
+            .expect("writing to memory cannot fail");
+        (String::from_utf8(out).expect("rules are UTF-8"), summary)
+    }
+
+    /// Renders everything into `out`, streaming. Chains rendered before (or noted as existing) that
+    /// the state no longer needs are flushed and deleted in the same restore.
+    ///
+    /// Layout: the nat table first, each Service's chain declarations just before its rules (a
+    /// declaration must precede every jump to the chain), the NodePorts jump last in
+    /// KUBE-SERVICES, then the filter table.
+    pub fn render_full_to(
+        &mut self,
+        state: &ProxyState,
+        out: &mut dyn io::Write,
+    ) -> io::Result<RenderSummary> {
         debug_assert_eq!(state.family(), self.config.family);
+        // Until this render is applied, nothing is known about the kernel.
+        self.baseline = false;
         self.large_cluster = state.total_endpoints() > LARGE_CLUSTER_ENDPOINTS;
         self.names.begin_pass();
-        self.full.clear();
+        let mut out = Counting { out, bytes: 0 };
+        let b = &mut self.full;
+        b.chunk.clear();
+        b.filter_shared.iter_mut().for_each(String::clear);
+
+        b.chunk.push_str("*nat\n");
+        for chain in [SharedChain::NodePorts, SharedChain::Services] {
+            let _ = writeln!(b.chunk, ":{} - [0:0]", chain.name());
+        }
+        let _ = writeln!(b.chunk, ":{KUBE_MARK_MASQ} - [0:0]");
+        let _ = writeln!(b.chunk, ":{KUBE_POSTROUTING} - [0:0]");
+
         let previous_active = std::mem::take(&mut self.active);
         self.active.reserve(previous_active.len());
-
-        let mut sink = FullSink {
-            buffers: &mut self.full,
-            active: &mut self.active,
-            counts: RuleCounts::default(),
-        };
-        let mut ctx = Context {
-            config: &self.config,
-            large_cluster: self.large_cluster,
-            probabilities: &mut self.probabilities,
-            spec: &mut self.spec,
-        };
+        let mut counts = RuleCounts::default();
         for (name, entry) in state.service_ports() {
             self.names.trim_endpoints(name, entry);
             let names = self.names.service(name, entry);
+            let b = &mut self.full;
+            b.service_decls.clear();
+            b.service_rules.clear();
+            let mut sink = FullSink {
+                buffers: b,
+                active: &mut self.active,
+                counts,
+            };
+            let mut ctx = Context {
+                config: &self.config,
+                large_cluster: self.large_cluster,
+                probabilities: &mut self.probabilities,
+                spec: &mut self.spec,
+            };
             render_service(&mut ctx, names, entry, &mut sink);
+            counts = sink.counts;
+            b.chunk.push_str(&b.service_decls);
+            b.chunk.push_str(&b.service_rules);
+            out.flush_chunk(&mut b.chunk, false)?;
         }
-        let service_counts = sink.counts;
         self.names.evict_unseen();
 
-        let fixed = write_fixed(&self.config, &self.mark, &mut self.full);
-        self.fixed_counts = fixed;
-        self.counts = RuleCounts {
-            filter: service_counts.filter + fixed.filter,
-            nat: service_counts.nat + fixed.nat,
-        };
-
+        let b = &mut self.full;
+        let fixed = write_fixed_nat(&self.config, &self.mark, &mut b.chunk);
+        counts.nat += fixed;
         // Chains that existed and are no longer used: flush (declare) and delete.
         let mut stale: Vec<ChainName> = previous_active
             .into_iter()
             .filter(|c| !self.active.contains(c))
             .collect();
         stale.sort_unstable();
-        for chain in stale {
-            push_chain_decl(&mut self.full.nat_chains, chain);
-            self.full.nat_delete.push_str("-X ");
-            chain.write_to(&mut self.full.nat_delete);
-            self.full.nat_delete.push('\n');
+        for chain in &stale {
+            push_chain_decl(&mut b.chunk, *chain);
         }
-        self.baseline = true;
+        for chain in &stale {
+            let _ = writeln!(b.chunk, "-X {chain}");
+        }
+        b.chunk.push_str("COMMIT\n*filter\n");
+        counts.filter += write_fixed_filter(&self.config, &self.mark, b);
+        b.chunk.push_str("COMMIT\n");
+        out.flush_chunk(&mut b.chunk, true)?;
 
-        let b = &self.full;
-        let mut parts = vec!["*filter\n", b.filter_chains.as_str()];
-        parts.extend(b.filter_shared.iter().map(String::as_str));
-        parts.extend([
-            b.filter_fixed.as_str(),
-            "COMMIT\n*nat\n",
-            b.nat_chains.as_str(),
-            b.nat_node_ports.as_str(),
-            b.nat_services.as_str(),
-            b.nat_fixed.as_str(),
-            b.nat_rules.as_str(),
-            b.nat_delete.as_str(),
-            "COMMIT\n",
-        ]);
-        RestoreText {
-            parts,
+        self.counts = counts;
+        self.baseline = true;
+        Ok(RenderSummary {
             full: true,
-            counts: self.counts,
-        }
+            bytes: out.bytes,
+            counts,
+        })
     }
 
     /// Renders only what `diff` changed, or everything when a partial render is not safe: the diff
     /// asks for a full sync, the node changed, the last render was not applied
     /// ([`invalidate`](Self::invalidate)), or large-cluster mode flips (every comment changes).
-    pub fn render_partial(&mut self, state: &ProxyState, diff: &StateDiff) -> RestoreText<'_> {
+    pub fn render_to(
+        &mut self,
+        state: &ProxyState,
+        diff: &StateDiff,
+        out: &mut dyn io::Write,
+    ) -> io::Result<RenderSummary> {
         let large_cluster = state.total_endpoints() > LARGE_CLUSTER_ENDPOINTS;
         if diff.full || diff.node_changed || !self.baseline || large_cluster != self.large_cluster {
-            return self.render_full(state);
+            return self.render_full_to(state, out);
         }
+        let (filter, nat) = self.partial(state, diff);
+        let mut out = Counting { out, bytes: 0 };
+        let written = out.write(&nat).and_then(|()| out.write(&filter));
+        if let Err(e) = written {
+            self.baseline = false;
+            return Err(e);
+        }
+        Ok(RenderSummary {
+            full: false,
+            bytes: out.bytes,
+            counts: self.counts,
+        })
+    }
 
+    /// Builds the partial payload: (filter section, nat section), each empty when untouched.
+    fn partial(&mut self, state: &ProxyState, diff: &StateDiff) -> (String, String) {
         let mut old_shared: Vec<(Table, SharedChain, String)> = Vec::new();
         let mut new_shared: Vec<(Table, SharedChain, String)> = Vec::new();
         let mut old_chains: BTreeMap<ChainName, String> = BTreeMap::new();
@@ -465,20 +497,16 @@ impl Renderer {
         // Shared chains: delete what is no longer rendered, add what is new.
         let old_set: BTreeSet<&(Table, SharedChain, String)> = old_shared.iter().collect();
         let new_set: BTreeSet<&(Table, SharedChain, String)> = new_shared.iter().collect();
-        let deletes: Vec<_> = old_shared.iter().filter(|r| !new_set.contains(r)).collect();
-        let inserts: Vec<_> = new_shared.iter().filter(|r| !old_set.contains(r)).collect();
+        let deletes = old_shared.iter().filter(|r| !new_set.contains(r));
+        let inserts = new_shared.iter().filter(|r| !old_set.contains(r));
 
-        self.partial.clear();
-        self.partial_nat.clear();
-        let filter = &mut self.partial;
-        let nat = &mut self.partial_nat;
+        let mut filter = String::new();
         let mut nat_decls = String::new();
         let mut nat_body = String::new();
         let mut nat_tail = String::new();
-
-        for (table, chain, spec) in &deletes {
+        for (table, chain, spec) in deletes {
             let buf = match table {
-                Table::Filter => &mut *filter,
+                Table::Filter => &mut filter,
                 Table::Nat => &mut nat_body,
             };
             let _ = writeln!(buf, "-D {} {spec}", chain.name());
@@ -498,7 +526,7 @@ impl Renderer {
                 self.active.remove(chain);
             }
         }
-        for (table, chain, spec) in &inserts {
+        for (table, chain, spec) in inserts {
             match (table, chain) {
                 // KUBE-SERVICES ends with the NodePorts jump, which must stay last: insert at the top.
                 (Table::Nat, SharedChain::Services) => {
@@ -517,7 +545,9 @@ impl Renderer {
             filter.insert_str(0, "*filter\n");
             filter.push_str("COMMIT\n");
         }
+        let mut nat = String::new();
         if !nat_decls.is_empty() || !nat_body.is_empty() || !nat_tail.is_empty() {
+            nat.reserve(nat_decls.len() + nat_body.len() + nat_tail.len() + 16);
             nat.push_str("*nat\n");
             nat.push_str(&nat_decls);
             nat.push_str(&nat_body);
@@ -528,62 +558,14 @@ impl Renderer {
             filter: (self.counts.filter as isize + counts_delta.0) as usize,
             nat: (self.counts.nat as isize + counts_delta.1) as usize,
         };
-        RestoreText {
-            parts: vec![self.partial.as_str(), self.partial_nat.as_str()],
-            full: false,
-            counts: self.counts,
-        }
+        (filter, nat)
     }
 }
 
-/// The chains and rules that do not depend on Services: declarations of the shared chains,
-/// KUBE-MARK-MASQ, KUBE-POSTROUTING, KUBE-FORWARD, the localnet guard and the NodePorts jump.
-fn write_fixed(config: &RenderConfig, mark: &str, b: &mut FullBuffers) -> RuleCounts {
-    let mut counts = RuleCounts::default();
-    let guard = config.localhost_node_ports_active();
-
-    for chain in SharedChain::FILTER {
-        let _ = writeln!(b.filter_chains, ":{} - [0:0]", chain.name());
-    }
-    let _ = writeln!(b.filter_chains, ":{KUBE_FORWARD} - [0:0]");
-    if guard {
-        let _ = writeln!(b.filter_chains, ":{KUBE_FIREWALL} - [0:0]");
-        // CVE-2020-8558: route_localnet would let other hosts reach 127.0.0.1 services.
-        let _ = writeln!(
-            b.filter_fixed,
-            "-A {KUBE_FIREWALL} -m comment --comment \"block incoming localnet connections\" \
-             -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"
-        );
-        counts.filter += 1;
-    }
-    if !config.conntrack_tcp_liberal {
-        let _ = writeln!(
-            b.filter_fixed,
-            "-A {KUBE_FORWARD} -m conntrack --ctstate INVALID -j DROP"
-        );
-        counts.filter += 1;
-    }
-    let _ = writeln!(
-        b.filter_fixed,
-        "-A {KUBE_FORWARD} -m comment --comment \"kubernetes forwarding rules\" \
-         -m mark --mark {mark}/{mark} -j ACCEPT"
-    );
-    let _ = writeln!(
-        b.filter_fixed,
-        "-A {KUBE_FORWARD} -m comment --comment \"kubernetes forwarding conntrack rule\" \
-         -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
-    );
-    counts.filter += 2;
-
-    // nat: the shared chains are declared ahead of the per-service ones.
-    let mut decls = String::new();
-    for chain in [SharedChain::NodePorts, SharedChain::Services] {
-        let _ = writeln!(decls, ":{} - [0:0]", chain.name());
-    }
-    let _ = writeln!(decls, ":{KUBE_MARK_MASQ} - [0:0]");
-    let _ = writeln!(decls, ":{KUBE_POSTROUTING} - [0:0]");
-    b.nat_chains.insert_str(0, &decls);
-
+/// The nat rules that do not depend on Services: the NodePorts jump (last in KUBE-SERVICES),
+/// KUBE-MARK-MASQ and KUBE-POSTROUTING. Returns the number of rules.
+fn write_fixed_nat(config: &RenderConfig, mark: &str, out: &mut String) -> usize {
+    let mut rules = 0;
     let services = SharedChain::Services.name();
     let node_ports = SharedChain::NodePorts.name();
     let jump_comment = "-m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\"";
@@ -595,27 +577,23 @@ fn write_fixed(config: &RenderConfig, mark: &str, b: &mut FullBuffers) -> RuleCo
                 proxy_core::IpFamily::V4 => "",
             };
             let _ = writeln!(
-                b.nat_services,
+                out,
                 "-A {services} {jump_comment} -m addrtype --dst-type LOCAL{exclude} -j {node_ports}"
             );
-            counts.nat += 1;
+            rules += 1;
         }
         NodePortAddresses::Only(ips) => {
             for ip in ips.iter().filter(|ip| config.family.contains(ip)) {
                 if ip.is_loopback() && !config.localhost_node_ports_active() {
                     continue;
                 }
-                let _ = writeln!(
-                    b.nat_services,
-                    "-A {services} {jump_comment} -d {ip} -j {node_ports}"
-                );
-                counts.nat += 1;
+                let _ = writeln!(out, "-A {services} {jump_comment} -d {ip} -j {node_ports}");
+                rules += 1;
             }
         }
     }
-
     let _ = writeln!(
-        b.nat_fixed,
+        out,
         "-A {KUBE_MARK_MASQ} -j MARK --or-mark {mark}\n\
          -A {KUBE_POSTROUTING} -m mark ! --mark {mark}/{mark} -j RETURN\n\
          -A {KUBE_POSTROUTING} -j MARK --xor-mark {mark}\n\
@@ -626,6 +604,50 @@ fn write_fixed(config: &RenderConfig, mark: &str, b: &mut FullBuffers) -> RuleCo
             ""
         }
     );
-    counts.nat += 4;
-    counts
+    rules + 4
+}
+
+/// The filter section's body: chain declarations, the Services' filter rules (buffered during the
+/// nat pass) and the fixed rules (KUBE-FORWARD, the localnet guard). Returns the fixed rule count.
+fn write_fixed_filter(config: &RenderConfig, mark: &str, b: &mut FullBuffers) -> usize {
+    let out = &mut b.chunk;
+    let guard = config.localhost_node_ports_active();
+    for chain in SharedChain::FILTER {
+        let _ = writeln!(out, ":{} - [0:0]", chain.name());
+    }
+    let _ = writeln!(out, ":{KUBE_FORWARD} - [0:0]");
+    if guard {
+        let _ = writeln!(out, ":{KUBE_FIREWALL} - [0:0]");
+    }
+    for rules in &b.filter_shared {
+        out.push_str(rules);
+    }
+    let mut fixed = 0;
+    if guard {
+        // CVE-2020-8558: route_localnet would let other hosts reach 127.0.0.1 services.
+        let _ = writeln!(
+            out,
+            "-A {KUBE_FIREWALL} -m comment --comment \"block incoming localnet connections\" \
+             -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"
+        );
+        fixed += 1;
+    }
+    if !config.conntrack_tcp_liberal {
+        let _ = writeln!(
+            out,
+            "-A {KUBE_FORWARD} -m conntrack --ctstate INVALID -j DROP"
+        );
+        fixed += 1;
+    }
+    let _ = writeln!(
+        out,
+        "-A {KUBE_FORWARD} -m comment --comment \"kubernetes forwarding rules\" \
+         -m mark --mark {mark}/{mark} -j ACCEPT"
+    );
+    let _ = writeln!(
+        out,
+        "-A {KUBE_FORWARD} -m comment --comment \"kubernetes forwarding conntrack rule\" \
+         -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+    );
+    fixed + 2
 }

@@ -56,9 +56,8 @@ pub(crate) fn run(args: &RenderArgs) -> anyhow::Result<()> {
         config.node_port_addresses = NodePortAddresses::Only(ips);
     }
     let mut renderer = Renderer::new(config).context("invalid iptables settings")?;
-    let text = renderer.render_full(&state);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    text.write_to(&mut out)?;
+    renderer.render_full_to(&state, &mut out)?;
     out.flush()?;
     Ok(())
 }
