@@ -89,7 +89,7 @@ pub fn slice_info(
     };
     let service = NamespacedName::new(key.namespace.clone(), service_name.clone());
 
-    let mut ports = Vec::new();
+    let mut ports = Vec::with_capacity(slice.ports.as_ref().map_or(0, Vec::len));
     for (i, p) in slice
         .ports
         .as_deref()
@@ -135,7 +135,7 @@ pub fn slice_info(
         });
     }
 
-    let mut endpoints = Vec::new();
+    let mut endpoints = Vec::with_capacity(slice.endpoints.as_ref().map_or(0, Vec::len));
     for (i, ep) in slice
         .endpoints
         .as_deref()
