@@ -66,6 +66,16 @@ impl NameCache {
             }
         });
         names.seen = generation;
+        // The common case, a resync: the cached names are exactly the entry's endpoints, in order.
+        let aligned = names.endpoints.len() == entry.endpoints.len()
+            && names
+                .endpoints
+                .iter()
+                .zip(entry.endpoints.iter())
+                .all(|((addr, _), ep)| *addr == ep.socket_addr());
+        if aligned {
+            return names;
+        }
         for ep in entry.endpoints.iter() {
             let addr = ep.socket_addr();
             if let Err(at) = names.endpoints.binary_search_by(|(a, _)| a.cmp(&addr)) {
@@ -109,12 +119,17 @@ impl NameCache {
 }
 
 impl ServiceNames {
-    /// The endpoint chain for `addr`; the address must have been passed to [`NameCache::service`].
-    pub(crate) fn endpoint_chain(&self, addr: SocketAddr) -> ChainName {
-        let i = self
-            .endpoints
-            .binary_search_by(|(a, _)| a.cmp(&addr))
-            .expect("endpoint names are computed before rendering");
+    /// The endpoint chain for `addr`, the `index`-th endpoint of the entry being rendered; the
+    /// address must have been passed to [`NameCache::service`]. The index is a hint: when the cache
+    /// is aligned with the entry (the usual case) it finds the name without a search.
+    pub(crate) fn endpoint_chain(&self, index: usize, addr: SocketAddr) -> ChainName {
+        let i = match self.endpoints.get(index) {
+            Some((a, _)) if *a == addr => index,
+            _ => self
+                .endpoints
+                .binary_search_by(|(a, _)| a.cmp(&addr))
+                .expect("endpoint names are computed before rendering"),
+        };
         ChainName {
             kind: ChainKind::Endpoint,
             hash: self.endpoints[i].1,

@@ -1,6 +1,7 @@
 //! The rules of one Service port: kube-proxy's per-service logic, written into a [`Sink`].
 
 use std::fmt::Write;
+use std::net::IpAddr;
 
 use proxy_core::{Endpoint, ServicePortEntry};
 
@@ -320,14 +321,17 @@ pub(crate) fn render_service(
     let affinity = svc.affinity_timeout_seconds().is_some();
     for i in sel.all_reachable() {
         let ep = &entry.endpoints[i as usize];
-        let chain = names.endpoint_chain(ep.socket_addr());
+        let chain = names.endpoint_chain(i as usize, ep.socket_addr());
         sink.chain(chain);
         let spec = &mut *ctx.spec;
         spec.clear();
         if !ctx.large_cluster {
             let _ = write!(spec, "-m comment --comment {name} ");
         }
-        let _ = write!(spec, "-s {} -j {KUBE_MARK_MASQ}", ep.ip);
+        spec.push_str("-s ");
+        push_ip(spec, ep.ip);
+        spec.push_str(" -j ");
+        spec.push_str(KUBE_MARK_MASQ);
         sink.rule(chain, spec);
         spec.clear();
         if !ctx.large_cluster {
@@ -339,7 +343,8 @@ pub(crate) fn render_service(
             spec.push_str(" --set ");
         }
         protocol(spec, proto);
-        let _ = write!(spec, "-j DNAT --to-destination {}", ep.socket_addr());
+        spec.push_str("-j DNAT --to-destination ");
+        push_socket_addr(spec, ep.ip, ep.port);
         sink.rule(chain, spec);
     }
 }
@@ -359,7 +364,7 @@ fn endpoint_jumps(
     if let Some(timeout) = entry.service.affinity_timeout_seconds() {
         for &i in selected {
             let addr = endpoint(i).socket_addr();
-            let target = names.endpoint_chain(addr);
+            let target = names.endpoint_chain(i as usize, addr);
             let spec = &mut *ctx.spec;
             spec.clear();
             if !ctx.large_cluster {
@@ -377,7 +382,7 @@ fn endpoint_jumps(
     let (spec, probabilities) = (&mut *ctx.spec, &*ctx.probabilities);
     for (k, &i) in selected.iter().enumerate() {
         let addr = endpoint(i).socket_addr();
-        let target = names.endpoint_chain(addr);
+        let target = names.endpoint_chain(i as usize, addr);
         spec.clear();
         if !ctx.large_cluster {
             comment(spec, format_args!("{name} -> {addr}"));
@@ -390,5 +395,80 @@ fn endpoint_jumps(
         spec.push_str("-j ");
         target.write_to(spec);
         sink.rule(chain, spec);
+    }
+}
+
+/// Appends an address as iptables expects it, without going through `fmt` for IPv4 (the common
+/// case, written hundreds of thousands of times per full render).
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_small(out, u32::from(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// Appends `ip:port`, or `[ip]:port` for IPv6.
+fn push_socket_addr(out: &mut String, ip: IpAddr, port: u16) {
+    if ip.is_ipv6() {
+        out.push('[');
+        push_ip(out, ip);
+        out.push(']');
+    } else {
+        push_ip(out, ip);
+    }
+    out.push(':');
+    push_small(out, u32::from(port));
+}
+
+/// Appends a decimal number below 100,000.
+fn push_small(out: &mut String, mut n: u32) {
+    let mut digits = [0u8; 5];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for d in &digits[i..] {
+        out.push(char::from(*d));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_address_writing_matches_display() {
+        for s in [
+            "0.0.0.0",
+            "10.0.0.1",
+            "255.255.255.255",
+            "172.30.48.58",
+            "fd00::1",
+            "::",
+        ] {
+            let ip: IpAddr = s.parse().unwrap();
+            let mut out = String::new();
+            push_ip(&mut out, ip);
+            assert_eq!(out, ip.to_string());
+            for port in [0u16, 7, 80, 65535] {
+                let mut out = String::new();
+                push_socket_addr(&mut out, ip, port);
+                assert_eq!(out, std::net::SocketAddr::new(ip, port).to_string());
+            }
+        }
     }
 }
