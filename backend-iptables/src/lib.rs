@@ -9,6 +9,7 @@
 
 pub mod chain_name;
 pub mod config;
+pub mod conntrack;
 pub mod jumps;
 pub mod render;
 pub mod ruleset;
