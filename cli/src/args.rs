@@ -15,8 +15,13 @@ pub(crate) struct Cli {
     #[arg(short = 'v', long = "v", global = true, default_value_t = 0)]
     pub(crate) verbosity: u8,
 
+    /// Remove everything kproxy created on this node (every mode, both iptables variants, both IP
+    /// families) and exit, like kube-proxy's `--cleanup`.
+    #[arg(long)]
+    pub(crate) cleanup: bool,
+
     #[command(subcommand)]
-    pub(crate) command: Command,
+    pub(crate) command: Option<Command>,
 }
 
 /// What to do.
@@ -28,6 +33,33 @@ pub(crate) enum Command {
     /// Print exactly what would be fed to iptables-restore for the Services in manifests (the
     /// bundled examples without -f). Needs no cluster and no root.
     Render(RenderArgs),
+    /// Render and apply the rules for manifests once, through the same code path as the daemon,
+    /// then exit. Needs root.
+    Sync(SyncArgs),
+    /// Remove everything kproxy created on this node, as `--cleanup` does.
+    Cleanup,
+}
+
+/// Which iptables to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum IptablesVariant {
+    /// The variant that already holds rules; nft when neither does.
+    Auto,
+    /// iptables-nft.
+    Nft,
+    /// iptables-legacy.
+    Legacy,
+}
+
+/// `kproxy sync`.
+#[derive(Debug, Args)]
+pub(crate) struct SyncArgs {
+    #[command(flatten)]
+    pub(crate) render: RenderArgs,
+
+    /// Which iptables binaries to use.
+    #[arg(long, value_enum, default_value_t = IptablesVariant::Auto)]
+    pub(crate) iptables_variant: IptablesVariant,
 }
 
 /// The proxy mode (`--proxy-mode`).

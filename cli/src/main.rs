@@ -16,9 +16,14 @@ use args::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbosity);
-    let result = match &cli.command {
-        Command::State(a) => commands::state::run(a),
-        Command::Render(a) => commands::render::run(a),
+    let result = match (&cli.command, cli.cleanup) {
+        (_, true) | (Some(Command::Cleanup), _) => commands::cleanup::run(),
+        (Some(Command::State(a)), _) => commands::state::run(a),
+        (Some(Command::Render(a)), _) => commands::render::run(a),
+        (Some(Command::Sync(a)), _) => commands::sync::run(a),
+        (None, false) => Err(anyhow::anyhow!(
+            "the long-running proxy is not built yet; use a subcommand (kproxy --help)"
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -46,6 +51,7 @@ fn init_logging(verbosity: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }

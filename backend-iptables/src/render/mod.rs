@@ -446,6 +446,12 @@ impl Renderer {
         })
     }
 
+    /// Whether [`render_to`](Self::render_to) would render everything for this diff.
+    pub fn would_render_full(&self, state: &ProxyState, diff: &StateDiff) -> bool {
+        let large_cluster = state.total_endpoints() > LARGE_CLUSTER_ENDPOINTS;
+        diff.full || diff.node_changed || !self.baseline || large_cluster != self.large_cluster
+    }
+
     /// Builds the partial payload: (filter section, nat section), each empty when untouched.
     fn partial(&mut self, state: &ProxyState, diff: &StateDiff) -> (String, String) {
         let mut old_shared: Vec<(Table, SharedChain, String)> = Vec::new();

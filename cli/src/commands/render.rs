@@ -11,11 +11,23 @@ use crate::input;
 
 /// Loads, builds the state, renders it fully and writes it to stdout.
 pub(crate) fn run(args: &RenderArgs) -> anyhow::Result<()> {
+    let input = input::load(&args.manifests)?;
+    let state = input::build_state(&input, args.ip_family);
+    let mut renderer = renderer_for(args, &state)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    renderer.render_full_to(&state, &mut out)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// The renderer the flags describe, for `state`'s family (node IPs default to the Node object's).
+pub(crate) fn renderer_for(
+    args: &RenderArgs,
+    state: &proxy_core::ProxyState,
+) -> anyhow::Result<Renderer> {
     match args.proxy_mode {
         ProxyMode::Iptables => {}
     }
-    let input = input::load(&args.manifests)?;
-    let state = input::build_state(&input, args.ip_family);
     let family = match args.ip_family {
         Family::Ipv4 => IpFamily::V4,
         Family::Ipv6 => IpFamily::V6,
@@ -55,9 +67,5 @@ pub(crate) fn run(args: &RenderArgs) -> anyhow::Result<()> {
         }
         config.node_port_addresses = NodePortAddresses::Only(ips);
     }
-    let mut renderer = Renderer::new(config).context("invalid iptables settings")?;
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    renderer.render_full_to(&state, &mut out)?;
-    out.flush()?;
-    Ok(())
+    Renderer::new(config).context("invalid iptables settings")
 }

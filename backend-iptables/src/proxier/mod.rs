@@ -1,0 +1,389 @@
+//! [`IptablesProxier`]: applies rendered rules to the node with iptables-restore.
+
+pub mod exec;
+
+use std::time::{Duration, Instant};
+
+use proxy_core::{IpFamily, Proxier, ProxierError, ProxyState, StateDiff, SyncReport};
+
+use crate::chain_name::is_service_chain;
+use crate::conntrack::{stale_for_diff, stale_for_state, ConntrackOps};
+use crate::jumps::{jump_rules, JumpRule};
+use crate::render::Renderer;
+use exec::{ExecError, IptablesOps};
+
+/// The chain whose disappearance means someone flushed the tables under us.
+pub const CANARY_CHAIN: &str = "KUBE-PROXY-CANARY";
+
+/// Chains kproxy creates besides the per-service ones; `cleanup` removes exactly these and the
+/// per-service chains (see [`is_service_chain`]).
+pub const OWNED_CHAINS: &[&str] = &[
+    "KUBE-SERVICES",
+    "KUBE-NODEPORTS",
+    "KUBE-EXTERNAL-SERVICES",
+    "KUBE-PROXY-FIREWALL",
+    "KUBE-FORWARD",
+    "KUBE-FIREWALL",
+    "KUBE-MARK-MASQ",
+    "KUBE-POSTROUTING",
+    CANARY_CHAIN,
+];
+
+const BACKEND: &str = "iptables";
+
+/// Whether `chain` is one kproxy owns.
+pub fn is_owned_chain(chain: &str) -> bool {
+    OWNED_CHAINS.contains(&chain) || is_service_chain(chain)
+}
+
+/// Applies the iptables ruleset for one IP family.
+///
+/// The first sync is full; later ones are partial (only what the diff names) unless a full one is
+/// needed: the diff asks for it (periodic resync), the previous sync failed, or the canary chain has
+/// gone (something flushed the tables). Nothing is flushed at start: the first full restore
+/// replaces kproxy's chains atomically per table, so a restart never opens a gap in service
+/// traffic; chains left by a previous run that are no longer needed are deleted in the same
+/// restore.
+#[derive(Debug)]
+pub struct IptablesProxier {
+    renderer: Renderer,
+    iptables: Box<dyn IptablesOps>,
+    conntrack: Option<Box<dyn ConntrackOps>>,
+    needs_full: bool,
+    seeded: bool,
+    canary_interval: Duration,
+    last_canary_check: Option<Instant>,
+    manage_route_localnet: bool,
+    buf: Vec<u8>,
+}
+
+impl IptablesProxier {
+    /// A proxier rendering with `renderer`, applying with `iptables`, and cleaning UDP conntrack
+    /// entries with `conntrack` (`None` skips that, e.g. where netlink is unavailable).
+    pub fn new(
+        renderer: Renderer,
+        iptables: Box<dyn IptablesOps>,
+        conntrack: Option<Box<dyn ConntrackOps>>,
+    ) -> Self {
+        Self {
+            renderer,
+            iptables,
+            conntrack,
+            needs_full: true,
+            seeded: false,
+            canary_interval: Duration::from_secs(10),
+            last_canary_check: None,
+            manage_route_localnet: true,
+            buf: Vec::new(),
+        }
+    }
+
+    /// How often a partial sync first checks that the canary chain still exists (default 10 s).
+    pub fn with_canary_interval(mut self, interval: Duration) -> Self {
+        self.canary_interval = interval;
+        self
+    }
+
+    /// Whether to set `net.ipv4.conf.all.route_localnet=1` when localhost NodePorts are on
+    /// (default true; off for tests that must not touch the host's sysctls).
+    pub fn with_route_localnet(mut self, manage: bool) -> Self {
+        self.manage_route_localnet = manage;
+        self
+    }
+
+    fn family(&self) -> IpFamily {
+        self.renderer.config().family
+    }
+
+    fn err(
+        operation: impl std::fmt::Display,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> ProxierError {
+        ProxierError::new(BACKEND, operation, source)
+    }
+
+    /// Learns the per-service chains already in the kernel (a previous run's), so the first full
+    /// render deletes those no longer needed.
+    fn seed_existing_chains(&mut self) -> Result<(), ProxierError> {
+        let saved = self
+            .iptables
+            .save("nat")
+            .map_err(|e| Self::err("iptables-save of the nat table", e))?;
+        let names = saved
+            .lines()
+            .filter_map(|l| l.strip_prefix(':'))
+            .filter_map(|l| l.split_whitespace().next());
+        self.renderer.note_existing_chains(names);
+        Ok(())
+    }
+
+    fn jump_args(j: &JumpRule) -> Vec<&'static str> {
+        let mut args = Vec::new();
+        if let Some(c) = j.comment {
+            args.extend(["-m", "comment", "--comment", c]);
+        }
+        args.extend(j.matches.split_whitespace());
+        args.extend(["-j", j.to]);
+        args
+    }
+
+    /// Makes sure every jump from a built-in chain exists (idempotent: `-C` first).
+    fn ensure_jumps(&mut self) -> Result<(), ProxierError> {
+        let guard = self.renderer.config().localhost_node_ports_active();
+        let jumps = jump_rules(guard);
+        // Insert in reverse at position 1, so a chain that had none ends up in the listed order.
+        for j in jumps.iter().rev() {
+            let spec = Self::jump_args(j);
+            let table = j.table.name();
+            let mut check = vec!["-t", table, "-C", j.from];
+            check.extend(&spec);
+            let present = self
+                .iptables
+                .run(&check)
+                .map_err(|e| Self::err(format!("checking the {} {} jump", table, j.from), e))?;
+            if !present {
+                let mut insert = vec!["-t", table, "-I", j.from, "1"];
+                insert.extend(&spec);
+                let ok = self
+                    .iptables
+                    .run(&insert)
+                    .map_err(|e| Self::err(format!("adding the {} {} jump", table, j.from), e))?;
+                if !ok {
+                    return Err(Self::err(
+                        format!("adding the {table} {} -> {} jump", j.from, j.to),
+                        "iptables refused the rule",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn canary_exists(&mut self) -> Result<bool, ProxierError> {
+        self.iptables
+            .run(&["-t", "mangle", "-S", CANARY_CHAIN])
+            .map_err(|e| Self::err("checking the canary chain", e))
+    }
+
+    fn ensure_canary(&mut self) -> Result<(), ProxierError> {
+        if !self.canary_exists()? {
+            self.iptables
+                .run(&["-t", "mangle", "-N", CANARY_CHAIN])
+                .map_err(|e| Self::err("creating the canary chain", e))?;
+        }
+        self.last_canary_check = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Whether the canary is due for a check and gone.
+    fn canary_lost(&mut self) -> Result<bool, ProxierError> {
+        let due = self
+            .last_canary_check
+            .is_none_or(|t| t.elapsed() >= self.canary_interval);
+        if !due {
+            return Ok(false);
+        }
+        self.last_canary_check = Some(Instant::now());
+        Ok(!self.canary_exists()?)
+    }
+
+    fn set_route_localnet(&self) {
+        if !self.manage_route_localnet || !self.renderer.config().localhost_node_ports_active() {
+            return;
+        }
+        let path = "/proc/sys/net/ipv4/conf/all/route_localnet";
+        if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
+            return;
+        }
+        if let Err(e) = std::fs::write(path, "1") {
+            tracing::warn!("cannot set {path} (localhost NodePorts will not work): {e}");
+        }
+    }
+
+    /// A few lines of `text` around `line`, for an error message.
+    fn excerpt(text: &str, line: usize) -> String {
+        let from = line.saturating_sub(3);
+        text.lines()
+            .enumerate()
+            .skip(from)
+            .take(5)
+            .map(|(i, l)| format!("{:>6}{} {l}", i + 1, if i + 1 == line { ">" } else { ":" }))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn restore_failed(&mut self, what: &str, error: ExecError, text: Option<&str>) -> ProxierError {
+        self.renderer.invalidate();
+        self.needs_full = true;
+        let excerpt = match (&error, text) {
+            (ExecError::Failed { line: Some(n), .. }, Some(text)) => {
+                format!("\n{}", Self::excerpt(text, *n))
+            }
+            _ => String::new(),
+        };
+        Self::err(format!("iptables-restore of the {what}{excerpt}"), error)
+    }
+
+    fn full_sync(&mut self, state: &ProxyState) -> Result<SyncReport, ProxierError> {
+        self.set_route_localnet();
+        let renderer = &mut self.renderer;
+        let mut summary = None;
+        let result = self.iptables.restore(&mut |w| {
+            summary = Some(renderer.render_full_to(state, w)?);
+            Ok(())
+        });
+        if let Err(e) = result {
+            // The text was streamed; render it again for the excerpt (errors are rare).
+            let text = matches!(e, ExecError::Failed { line: Some(_), .. })
+                .then(|| self.renderer.render_full_string(state));
+            self.renderer.invalidate();
+            return Err(self.restore_failed("full ruleset", e, text.as_deref()));
+        }
+        self.ensure_jumps()?;
+        self.ensure_canary()?;
+        self.needs_full = false;
+        let counts = summary.map(|s| s.counts).unwrap_or_default();
+        Ok(SyncReport {
+            full: true,
+            objects_written: counts.filter + counts.nat,
+        })
+    }
+
+    fn cleanup_conntrack(&mut self, state: &ProxyState, diff: &StateDiff, full: bool) {
+        let family = self.family();
+        let Some(ct) = self.conntrack.as_mut() else {
+            return;
+        };
+        if !full && diff.conntrack.is_empty() {
+            return;
+        }
+        let flows = match ct.flows(family) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!("cannot list conntrack entries: {e}");
+                return;
+            }
+        };
+        let stale = if full {
+            let mut s = stale_for_state(&flows, state);
+            s.extend(stale_for_diff(&flows, &diff.conntrack));
+            s.sort_unstable_by_key(|f| (f.orig_src, f.orig_dst, f.zone));
+            s.dedup();
+            s
+        } else {
+            stale_for_diff(&flows, &diff.conntrack)
+        };
+        for flow in &stale {
+            match ct.delete(flow) {
+                Ok(_) => tracing::debug!(
+                    "deleted stale conntrack entry {} -> {} (via {})",
+                    flow.orig_src,
+                    flow.orig_dst,
+                    flow.reply_src
+                ),
+                Err(e) => tracing::warn!("cannot delete conntrack entry {flow:?}: {e}"),
+            }
+        }
+    }
+
+    /// Removes every chain and jump rule kproxy owns in the filter, nat and mangle tables, and
+    /// nothing else: other tools' chains and rules stay.
+    pub fn cleanup_tables(iptables: &mut dyn IptablesOps) -> Result<(), ProxierError> {
+        for table in ["nat", "filter", "mangle"] {
+            let saved = iptables
+                .save(table)
+                .map_err(|e| Self::err(format!("iptables-save of the {table} table"), e))?;
+            let mut ours = Vec::new();
+            let mut unjump = Vec::new();
+            for line in saved.lines() {
+                if let Some(decl) = line.strip_prefix(':') {
+                    let name = decl.split_whitespace().next().unwrap_or_default();
+                    if is_owned_chain(name) {
+                        ours.push(name.to_owned());
+                    }
+                } else if let Some(rule) = line.strip_prefix("-A ") {
+                    let chain = rule.split_whitespace().next().unwrap_or_default();
+                    let target = rule
+                        .split_whitespace()
+                        .skip_while(|w| *w != "-j")
+                        .nth(1)
+                        .unwrap_or_default();
+                    // Rules in chains that are not ours jumping into ours: delete one by one.
+                    if !is_owned_chain(chain) && is_owned_chain(target) {
+                        unjump.push(rule.to_owned());
+                    }
+                }
+            }
+            if ours.is_empty() && unjump.is_empty() {
+                continue;
+            }
+            let mut text = format!("*{table}\n");
+            for rule in &unjump {
+                text.push_str("-D ");
+                text.push_str(rule);
+                text.push('\n');
+            }
+            for chain in &ours {
+                text.push_str(&format!(":{chain} - [0:0]\n"));
+            }
+            for chain in &ours {
+                text.push_str(&format!("-X {chain}\n"));
+            }
+            text.push_str("COMMIT\n");
+            iptables
+                .restore(&mut |w| w.write_all(text.as_bytes()))
+                .map_err(|e| Self::err(format!("removing kproxy's chains from {table}"), e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Proxier for IptablesProxier {
+    fn mode(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn sync(&mut self, state: &ProxyState, diff: &StateDiff) -> Result<SyncReport, ProxierError> {
+        if !self.seeded {
+            self.seed_existing_chains()?;
+            self.seeded = true;
+        }
+        let full = self.needs_full
+            || diff.full
+            || self.renderer.would_render_full(state, diff)
+            || self.canary_lost()?;
+        let report = if full {
+            self.full_sync(state)?
+        } else {
+            self.buf.clear();
+            let summary = self
+                .renderer
+                .render_to(state, diff, &mut self.buf)
+                .map_err(|e| Self::err("rendering", e))?;
+            if summary.bytes > 0 {
+                let buf = std::mem::take(&mut self.buf);
+                let result = self.iptables.restore(&mut |w| w.write_all(&buf));
+                if let Err(e) = result {
+                    let text = String::from_utf8_lossy(&buf).into_owned();
+                    self.buf = buf;
+                    return Err(self.restore_failed("partial update", e, Some(&text)));
+                }
+                self.buf = buf;
+            }
+            SyncReport {
+                full: false,
+                objects_written: summary.counts.filter + summary.counts.nat,
+            }
+        };
+        self.cleanup_conntrack(state, diff, full);
+        Ok(report)
+    }
+
+    fn cleanup(&mut self) -> Result<(), ProxierError> {
+        Self::cleanup_tables(self.iptables.as_mut())?;
+        self.renderer.invalidate();
+        self.needs_full = true;
+        self.seeded = false;
+        Ok(())
+    }
+}

@@ -1,0 +1,358 @@
+//! iptables mode on the real datapath: `kproxy sync` in a node namespace, real packets from pods,
+//! the node and an outside client. Every scenario runs with iptables-nft and iptables-legacy.
+//! Needs root (CI is root); skips, saying why, elsewhere.
+
+mod testbed;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use testbed::{Bed, Reply, ServiceSpec, CLIENT_IP, NODE_IP};
+
+const SVC_IP: &str = "172.30.0.10";
+
+/// Three pods: two on this node, one "on another node" (same bridge, other nodeName).
+fn bed(test: &str) -> Option<Bed> {
+    Bed::new(
+        test,
+        &[
+            ("pod-a", "10.244.1.11"),
+            ("pod-b", "10.244.1.12"),
+            ("pod-c", "10.244.1.13"),
+        ],
+    )
+}
+
+fn all_ready() -> Vec<(&'static str, &'static str, bool)> {
+    vec![
+        ("10.244.1.11", "node-a", true),
+        ("10.244.1.12", "node-a", true),
+        ("10.244.1.13", "node-b", true),
+    ]
+}
+
+fn cluster_ip(endpoints: &[(&str, &str, bool)]) -> String {
+    ServiceSpec {
+        name: "web",
+        cluster_ip: SVC_IP,
+        extra_spec: "",
+        status: "",
+        endpoints,
+    }
+    .yaml()
+}
+
+fn counts(replies: &[Reply]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for r in replies {
+        let key = r
+            .pod()
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("{r:?}"));
+        *m.entry(key).or_default() += 1;
+    }
+    m
+}
+
+macro_rules! both_variants {
+    ($($name:ident),* $(,)?) => {
+        mod nft {
+            $(#[test] fn $name() { super::$name("nft") })*
+        }
+        mod legacy {
+            $(#[test] fn $name() { super::$name("legacy") })*
+        }
+    };
+}
+
+both_variants!(
+    cluster_ip_tcp_and_udp_from_pod_and_node,
+    spreads_over_all_endpoints,
+    node_port_from_outside,
+    external_ip_from_outside,
+    load_balancer_source_ranges,
+    external_traffic_policy_local,
+    client_ip_affinity_sticks,
+    no_endpoints_is_refused_at_once,
+    hairpin_to_own_service,
+    removed_endpoint_gets_no_new_connections,
+    udp_endpoint_replaced_moves_the_same_socket,
+    restart_drops_no_connection,
+    cleanup_removes_only_ours,
+    one_broken_service_does_not_block_the_others,
+);
+
+fn cluster_ip_tcp_and_udp_from_pod_and_node(variant: &str) {
+    let Some(bed) = bed("cluster_ip") else { return };
+    bed.sync(&cluster_ip(&all_ready()), variant).unwrap();
+    let r = bed.tcp("pod-a", &format!("{SVC_IP}:80"));
+    assert!(r.pod().is_some(), "{r:?}");
+    let r = bed.tcp("node", &format!("{SVC_IP}:80"));
+    assert!(r.pod().is_some(), "{r:?}");
+    let udp = bed.udp_client("pod-b");
+    assert!(udp.ask(&format!("{SVC_IP}:53")).pod().is_some());
+    let udp = bed.udp_client("node");
+    assert!(udp.ask(&format!("{SVC_IP}:53")).pod().is_some());
+}
+
+fn spreads_over_all_endpoints(variant: &str) {
+    let Some(bed) = bed("spread") else { return };
+    bed.sync(&cluster_ip(&all_ready()), variant).unwrap();
+    let replies = bed.tcp_many("client", &format!("{SVC_IP}:80"), 150);
+    let c = counts(&replies);
+    assert_eq!(c.len(), 3, "every endpoint gets connections: {c:?}");
+    for (pod, n) in &c {
+        assert!(*n >= 15, "{pod} got only {n} of 150: {c:?}");
+    }
+}
+
+fn node_port_from_outside(variant: &str) {
+    let Some(bed) = bed("nodeport") else { return };
+    let yaml = ServiceSpec {
+        name: "web",
+        cluster_ip: SVC_IP,
+        extra_spec: "  type: NodePort\n",
+        status: "",
+        endpoints: &all_ready(),
+    }
+    .yaml();
+    bed.sync(&yaml, variant).unwrap();
+    let replies = bed.tcp_many("client", &format!("{NODE_IP}:30080"), 30);
+    let c = counts(&replies);
+    assert!(c.keys().all(|k| k.starts_with("pod-")), "{c:?}");
+    // Cluster policy: masqueraded, the pod sees the node, not the client.
+    if let Reply::Answer { peer, .. } = &replies[0] {
+        assert_ne!(peer, CLIENT_IP);
+    }
+}
+
+fn external_ip_from_outside(variant: &str) {
+    let Some(bed) = bed("externalip") else { return };
+    let yaml = ServiceSpec {
+        name: "web",
+        cluster_ip: SVC_IP,
+        extra_spec: "  externalIPs: [192.168.57.40]\n",
+        status: "",
+        endpoints: &all_ready(),
+    }
+    .yaml();
+    bed.sync(&yaml, variant).unwrap();
+    let r = bed.tcp("client", "192.168.57.40:80");
+    assert!(r.pod().is_some(), "{r:?}");
+}
+
+fn load_balancer_source_ranges(variant: &str) {
+    let Some(bed) = bed("lbranges") else { return };
+    let lb = |ranges: &str| {
+        ServiceSpec {
+            name: "web",
+            cluster_ip: SVC_IP,
+            extra_spec: &format!("  type: LoadBalancer\n  loadBalancerSourceRanges: [{ranges}]\n"),
+            status: "status:\n  loadBalancer:\n    ingress: [{ip: 192.168.58.1}]\n",
+            endpoints: &all_ready(),
+        }
+        .yaml()
+    };
+    bed.sync(&lb("192.168.56.0/24"), variant).unwrap();
+    let r = bed.tcp("client", "192.168.58.1:80");
+    assert!(r.pod().is_some(), "allowed source: {r:?}");
+    bed.sync(&lb("203.0.113.0/24"), variant).unwrap();
+    let r = bed.tcp("client", "192.168.58.1:80");
+    assert_eq!(r, Reply::Timeout, "a denied source is dropped");
+}
+
+fn external_traffic_policy_local(variant: &str) {
+    let Some(bed) = bed("etplocal") else { return };
+    let yaml = |endpoints: &[(&str, &str, bool)]| {
+        ServiceSpec {
+            name: "web",
+            cluster_ip: SVC_IP,
+            extra_spec: "  type: NodePort\n  externalTrafficPolicy: Local\n",
+            status: "",
+            endpoints,
+        }
+        .yaml()
+    };
+    // One local endpoint (pod-a) and one remote (pod-c).
+    bed.sync(
+        &yaml(&[
+            ("10.244.1.11", "node-a", true),
+            ("10.244.1.13", "node-b", true),
+        ]),
+        variant,
+    )
+    .unwrap();
+    for r in bed.tcp_many("client", &format!("{NODE_IP}:30080"), 20) {
+        assert_eq!(
+            r,
+            Reply::Answer {
+                pod: "pod-a".into(),
+                peer: CLIENT_IP.into()
+            },
+            "only the local endpoint, and the client's own address"
+        );
+    }
+    // No local endpoint: dropped.
+    bed.sync(&yaml(&[("10.244.1.13", "node-b", true)]), variant)
+        .unwrap();
+    assert_eq!(
+        bed.tcp("client", &format!("{NODE_IP}:30080")),
+        Reply::Timeout
+    );
+}
+
+fn client_ip_affinity_sticks(variant: &str) {
+    let Some(bed) = bed("affinity") else { return };
+    let yaml = ServiceSpec {
+        name: "web",
+        cluster_ip: SVC_IP,
+        extra_spec: "  sessionAffinity: ClientIP\n",
+        status: "",
+        endpoints: &all_ready(),
+    }
+    .yaml();
+    bed.sync(&yaml, variant).unwrap();
+    let c = counts(&bed.tcp_many("client", &format!("{SVC_IP}:80"), 30));
+    assert_eq!(c.len(), 1, "every connection on one endpoint: {c:?}");
+    assert!(c.keys().all(|k| k.starts_with("pod-")));
+}
+
+fn no_endpoints_is_refused_at_once(variant: &str) {
+    let Some(bed) = bed("noendpoints") else {
+        return;
+    };
+    bed.sync(&cluster_ip(&[]), variant).unwrap();
+    assert_eq!(bed.tcp("pod-a", &format!("{SVC_IP}:80")), Reply::Refused);
+    assert_eq!(bed.tcp("node", &format!("{SVC_IP}:80")), Reply::Refused);
+}
+
+fn hairpin_to_own_service(variant: &str) {
+    let Some(bed) = bed("hairpin") else { return };
+    bed.sync(&cluster_ip(&[("10.244.1.11", "node-a", true)]), variant)
+        .unwrap();
+    // pod-a is the only endpoint: it reaches itself through the service (masqueraded).
+    let r = bed.tcp("pod-a", &format!("{SVC_IP}:80"));
+    match r {
+        Reply::Answer { pod, peer } => {
+            assert_eq!(pod, "pod-a");
+            assert_ne!(peer, "10.244.1.11", "hairpin traffic is masqueraded");
+        }
+        other => panic!("hairpin failed: {other:?}"),
+    }
+}
+
+fn removed_endpoint_gets_no_new_connections(variant: &str) {
+    let Some(bed) = bed("removed") else { return };
+    bed.sync(&cluster_ip(&all_ready()), variant).unwrap();
+    bed.sync(
+        &cluster_ip(&[
+            ("10.244.1.11", "node-a", true),
+            ("10.244.1.13", "node-b", true),
+        ]),
+        variant,
+    )
+    .unwrap();
+    let c = counts(&bed.tcp_many("client", &format!("{SVC_IP}:80"), 40));
+    assert!(!c.contains_key("pod-b"), "{c:?}");
+    assert_eq!(c.len(), 2, "{c:?}");
+}
+
+fn udp_endpoint_replaced_moves_the_same_socket(variant: &str) {
+    let Some(bed) = bed("udpmove") else { return };
+    bed.sync(&cluster_ip(&[("10.244.1.11", "node-a", true)]), variant)
+        .unwrap();
+    let udp = bed.udp_client("client");
+    let to = format!("{SVC_IP}:53");
+    assert_eq!(udp.ask(&to).pod(), Some("pod-a"));
+    assert_eq!(udp.ask(&to).pod(), Some("pod-a"));
+    bed.sync(&cluster_ip(&[("10.244.1.12", "node-a", true)]), variant)
+        .unwrap();
+    // Same client socket, so the same conntrack tuple: only a conntrack cleanup moves it.
+    assert_eq!(udp.ask(&to).pod(), Some("pod-b"));
+}
+
+fn restart_drops_no_connection(variant: &str) {
+    let Some(bed) = bed("restart") else { return };
+    let yaml = cluster_ip(&all_ready());
+    bed.sync(&yaml, variant).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let client_ns = bed.ns("client").name.clone();
+    let to: std::net::SocketAddr = format!("{SVC_IP}:80").parse().unwrap();
+    let stopper = stop.clone();
+    let loop_thread = std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/run/netns/{client_ns}")).unwrap();
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let (mut ok, mut failed) = (0usize, Vec::new());
+        while !stopper.load(Ordering::SeqCst) {
+            match std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(2)) {
+                Ok(mut s) => {
+                    let mut text = String::new();
+                    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+                    match std::io::Read::read_to_string(&mut s, &mut text) {
+                        Ok(_) if text.starts_with("pod-") => ok += 1,
+                        other => failed.push(format!("{other:?} {text:?}")),
+                    }
+                }
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        (ok, failed)
+    });
+    // Restart kproxy from scratch several times: each run is a fresh process and a full sync.
+    for _ in 0..5 {
+        bed.sync(&yaml, variant).unwrap();
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed) = loop_thread.join().unwrap();
+    assert!(ok > 20, "only {ok} connections made");
+    assert!(
+        failed.is_empty(),
+        "{} failed connections: {failed:?}",
+        failed.len()
+    );
+}
+
+fn cleanup_removes_only_ours(variant: &str) {
+    let Some(bed) = bed("cleanup") else { return };
+    let iptables = format!("iptables-{variant}");
+    bed.node
+        .exec(&[&iptables, "-t", "nat", "-N", "DOCKER"])
+        .unwrap();
+    bed.node
+        .exec(&[&iptables, "-t", "nat", "-A", "PREROUTING", "-j", "DOCKER"])
+        .unwrap();
+    bed.node
+        .exec(&[&iptables, "-t", "filter", "-N", "CNI-FORWARD"])
+        .unwrap();
+    bed.sync(&cluster_ip(&all_ready()), variant).unwrap();
+    assert!(bed.saved(variant).contains("KUBE-SVC-"));
+    bed.kproxy(&["--cleanup"]).unwrap();
+    let saved = bed.saved(variant);
+    assert!(!saved.contains("KUBE-"), "kproxy's chains remain:\n{saved}");
+    assert!(
+        saved.contains(":DOCKER") && saved.contains("-A PREROUTING -j DOCKER"),
+        "{saved}"
+    );
+    assert!(saved.contains(":CNI-FORWARD"), "{saved}");
+    // The service no longer works, since its rules are gone.
+    assert_ne!(
+        bed.tcp("client", &format!("{SVC_IP}:80")).pod(),
+        Some("pod-a")
+    );
+}
+
+fn one_broken_service_does_not_block_the_others(variant: &str) {
+    let Some(bed) = bed("broken") else { return };
+    let mut yaml = cluster_ip(&all_ready());
+    yaml.push_str(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: broken, namespace: ns1}\n\
+         spec: {clusterIP: 172.30.0.99, ports: [{name: http, port: 0}]}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: bogus-ip, namespace: ns1}\n\
+         spec: {clusterIP: 172.30.0.300, ports: [{name: http, port: 80}]}\n",
+    );
+    let stderr = bed.sync(&yaml, variant).unwrap();
+    assert!(stderr.contains("ns1/broken"), "{stderr}");
+    assert!(stderr.contains("ns1/bogus-ip"), "{stderr}");
+    assert!(bed.tcp("client", &format!("{SVC_IP}:80")).pod().is_some());
+}

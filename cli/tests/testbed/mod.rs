@@ -1,0 +1,587 @@
+//! A network test bed in namespaces: a node with a bridge for its pods, pods running small TCP and
+//! UDP servers that answer with their own name, and a client outside the cluster.
+//!
+//! ```text
+//!  client ns                node ns (kproxy's rules)                  pod ns (one per pod)
+//!  eth0 192.168.56.2 ── veth ── 192.168.56.10   kbr0 10.244.1.1/24 ── veth ── eth0 10.244.1.x
+//! ```
+//!
+//! Every namespace is deleted when the bed is dropped, also when the test panics. Tests need root
+//! and iproute2/iptables; without them [`Bed::new`] returns `None` after printing why.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use nix::sched::{setns, CloneFlags};
+
+/// The node's address towards the client.
+pub const NODE_IP: &str = "192.168.56.10";
+/// The client's address.
+pub const CLIENT_IP: &str = "192.168.56.2";
+/// The pods' gateway on the node.
+pub const POD_GATEWAY: &str = "10.244.1.1";
+/// The node kproxy acts as.
+pub const NODE_NAME: &str = "node-a";
+/// TCP port every pod serves.
+pub const TCP_PORT: u16 = 8080;
+/// UDP port every pod serves.
+pub const UDP_PORT: u16 = 5353;
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+fn sh(args: &[&str]) -> Result<(), String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(|e| format!("{}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Why datapath tests cannot run here, if they cannot.
+pub fn skip_reason() -> Option<String> {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false);
+    if !root {
+        return Some("not root".into());
+    }
+    for tool in ["ip", "iptables-nft-restore", "iptables-legacy-restore"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !found {
+            return Some(format!("{tool} not installed"));
+        }
+    }
+    None
+}
+
+/// A network namespace, deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    fn create(name: String) -> Result<Self, String> {
+        sh(&["ip", "netns", "add", &name])?;
+        let ns = Self { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Runs a command inside the namespace.
+    pub fn exec(&self, args: &[&str]) -> Result<(), String> {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
+    /// Runs a command inside the namespace and returns its stdout.
+    pub fn output(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Moves the calling thread into the namespace (for threads dedicated to it).
+    pub fn enter(&self) {
+        let f = File::open(format!("/run/netns/{}", self.name)).expect("open netns");
+        setns(f, CloneFlags::CLONE_NEWNET).expect("setns");
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = sh(&["ip", "netns", "del", &self.name]);
+    }
+}
+
+/// A pod: a namespace with an address on the node's bridge and servers on TCP and UDP.
+#[derive(Debug)]
+pub struct Pod {
+    pub name: String,
+    pub ip: String,
+    pub ns: Netns,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// How a connection attempt ended.
+#[derive(Debug, PartialEq, Eq, Clone)]
+pub enum Reply {
+    /// The server answered `name peer-ip`.
+    Answer { pod: String, peer: String },
+    /// Connection refused (a REJECT, or nothing listening).
+    Refused,
+    /// No answer within the timeout (a DROP).
+    Timeout,
+    /// Anything else.
+    Error(String),
+}
+
+impl Reply {
+    /// The answering pod's name, if any.
+    pub fn pod(&self) -> Option<&str> {
+        match self {
+            Reply::Answer { pod, .. } => Some(pod),
+            _ => None,
+        }
+    }
+}
+
+/// The bed: node, client and pods.
+#[derive(Debug)]
+pub struct Bed {
+    pub tag: String,
+    pub pods: Vec<Pod>,
+    pub client: Netns,
+    pub node: Netns,
+    pub dir: PathBuf,
+}
+
+impl Bed {
+    /// Builds a bed with pods `(name, ip)`; `None` (after printing why) where it cannot run.
+    pub fn new(test: &str, pods: &[(&str, &str)]) -> Option<Self> {
+        if let Some(why) = skip_reason() {
+            eprintln!("skipping datapath test {test}: {why}");
+            return None;
+        }
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("k{}x{n}", std::process::id() % 100_000);
+        Some(Self::build(&tag, pods).unwrap_or_else(|e| panic!("building the test bed: {e}")))
+    }
+
+    fn build(tag: &str, pods: &[(&str, &str)]) -> Result<Self, String> {
+        let node = Netns::create(format!("{tag}-node"))?;
+        let client = Netns::create(format!("{tag}-client"))?;
+        let dir = std::env::temp_dir().join(format!("kproxy-bed-{tag}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let mut bed = Bed {
+            tag: tag.to_owned(),
+            pods: Vec::new(),
+            client,
+            node,
+            dir,
+        };
+        let node = &bed.node;
+        node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        node.exec(&["ip", "link", "add", "kbr0", "type", "bridge"])?;
+        node.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{POD_GATEWAY}/24"),
+            "dev",
+            "kbr0",
+        ])?;
+        node.exec(&["ip", "link", "set", "kbr0", "up"])?;
+        // The client link.
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            "vcl",
+            "netns",
+            &bed.node.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &bed.client.name,
+        ])?;
+        node.exec(&["ip", "addr", "add", &format!("{NODE_IP}/24"), "dev", "vcl"])?;
+        node.exec(&["ip", "link", "set", "vcl", "up"])?;
+        let client = &bed.client;
+        client.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{CLIENT_IP}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        client.exec(&["ip", "link", "set", "eth0", "up"])?;
+        client.exec(&["ip", "route", "add", "default", "via", NODE_IP])?;
+        // Nodes have a default route; without one, unanswered service traffic would get "network
+        // unreachable" before the filter rules could REJECT or DROP it. The client stands in for
+        // the upstream router.
+        bed.node
+            .exec(&["ip", "route", "add", "default", "via", CLIENT_IP])?;
+        for (i, (name, ip)) in pods.iter().enumerate() {
+            let pod = bed.add_pod(i, name, ip)?;
+            bed.pods.push(pod);
+        }
+        Ok(bed)
+    }
+
+    fn add_pod(&self, i: usize, name: &str, ip: &str) -> Result<Pod, String> {
+        let ns = Netns::create(format!("{}-p{i}", self.tag))?;
+        let veth = format!("vp{i}");
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &veth,
+            "netns",
+            &self.node.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &ns.name,
+        ])?;
+        self.node
+            .exec(&["ip", "link", "set", &veth, "master", "kbr0", "up"])?;
+        // As kubelet's hairpin-veth mode does: a pod reaching itself through a service gets its
+        // packets bridged back out of the port they came in on.
+        self.node.exec(&[
+            "ip",
+            "link",
+            "set",
+            &veth,
+            "type",
+            "bridge_slave",
+            "hairpin",
+            "on",
+        ])?;
+        ns.exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        ns.exec(&["ip", "link", "set", "eth0", "up"])?;
+        ns.exec(&["ip", "route", "add", "default", "via", POD_GATEWAY])?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = vec![
+            tcp_server(&ns, name, stop.clone()),
+            udp_server(&ns, name, stop.clone()),
+        ];
+        Ok(Pod {
+            name: name.to_owned(),
+            ip: ip.to_owned(),
+            ns,
+            stop,
+            threads,
+        })
+    }
+
+    /// Writes `yaml` as the bed's only manifest and applies it with `kproxy sync` in the node
+    /// namespace, with the iptables `variant` (`nft` or `legacy`).
+    pub fn sync(&self, yaml: &str, variant: &str) -> Result<String, String> {
+        let file = self.dir.join("manifests.yaml");
+        std::fs::write(&file, yaml).map_err(|e| e.to_string())?;
+        self.kproxy(&[
+            "sync",
+            "-f",
+            file.to_str().expect("utf-8 path"),
+            "--hostname-override",
+            NODE_NAME,
+            "--cluster-cidr",
+            "10.244.0.0/16",
+            "--node-ip",
+            NODE_IP,
+            "--iptables-variant",
+            variant,
+        ])
+    }
+
+    /// Runs the kproxy binary in the node namespace; returns stderr on success too.
+    pub fn kproxy(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.node.name,
+                env!("CARGO_BIN_EXE_kproxy"),
+            ])
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())?;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if out.status.success() {
+            Ok(stderr)
+        } else {
+            Err(stderr)
+        }
+    }
+
+    /// The namespace called `who`: `client`, `node`, or a pod's name.
+    pub fn ns(&self, who: &str) -> &Netns {
+        match who {
+            "client" => &self.client,
+            "node" => &self.node,
+            pod => {
+                &self
+                    .pods
+                    .iter()
+                    .find(|p| p.name == pod)
+                    .expect("known pod")
+                    .ns
+            }
+        }
+    }
+
+    /// One TCP connection from `who` to `to`.
+    pub fn tcp(&self, who: &str, to: &str) -> Reply {
+        let ns = self.ns(who).name.clone();
+        let to: SocketAddr = to.parse().expect("socket address");
+        std::thread::spawn(move || {
+            Netns { name: ns.clone() }.enter_and_forget();
+            tcp_once(to)
+        })
+        .join()
+        .expect("client thread")
+    }
+
+    /// `count` TCP connections from `who` to `to`, one after another.
+    pub fn tcp_many(&self, who: &str, to: &str, count: usize) -> Vec<Reply> {
+        let ns = self.ns(who).name.clone();
+        let to: SocketAddr = to.parse().expect("socket address");
+        std::thread::spawn(move || {
+            Netns { name: ns.clone() }.enter_and_forget();
+            (0..count).map(|_| tcp_once(to)).collect()
+        })
+        .join()
+        .expect("client thread")
+    }
+
+    /// A UDP socket living in `who`'s namespace, for several datagrams from the same port.
+    pub fn udp_client(&self, who: &str) -> UdpClient {
+        UdpClient::new(self.ns(who).name.clone())
+    }
+
+    /// Lines of `iptables-<variant>-save` in the node namespace.
+    pub fn saved(&self, variant: &str) -> String {
+        self.node
+            .output(&[&format!("iptables-{variant}-save")])
+            .expect("iptables-save")
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Netns {
+    /// Enters without taking ownership (the bed deletes the namespace).
+    fn enter_and_forget(self) {
+        self.enter();
+        std::mem::forget(self);
+    }
+}
+
+fn tcp_once(to: SocketAddr) -> Reply {
+    match TcpStream::connect_timeout(&to, Duration::from_millis(1500)) {
+        Ok(mut s) => {
+            let _ = s.set_read_timeout(Some(Duration::from_millis(1500)));
+            let mut text = String::new();
+            match s.read_to_string(&mut text) {
+                Ok(_) => parse_answer(&text),
+                Err(e) => Reply::Error(e.to_string()),
+            }
+        }
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => Reply::Refused,
+        Err(e) if e.kind() == ErrorKind::TimedOut || e.kind() == ErrorKind::WouldBlock => {
+            Reply::Timeout
+        }
+        Err(e) => Reply::Error(e.to_string()),
+    }
+}
+
+fn parse_answer(text: &str) -> Reply {
+    let mut parts = text.split_whitespace();
+    match (parts.next(), parts.next()) {
+        (Some(pod), Some(peer)) => Reply::Answer {
+            pod: pod.to_owned(),
+            peer: peer.to_owned(),
+        },
+        _ => Reply::Error(format!("unexpected answer {text:?}")),
+    }
+}
+
+fn tcp_server(ns: &Netns, name: &str, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+    let (nsname, name) = (ns.name.clone(), name.to_owned());
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        Netns { name: nsname }.enter_and_forget();
+        let listener = TcpListener::bind(("0.0.0.0", TCP_PORT)).expect("bind tcp");
+        listener.set_nonblocking(true).expect("nonblocking");
+        ready_tx.send(()).expect("ready");
+        while !stop.load(Ordering::SeqCst) {
+            match listener.accept() {
+                Ok((mut s, peer)) => {
+                    let _ = s.set_nonblocking(false);
+                    let _ = writeln!(s, "{name} {}", peer.ip());
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(2))
+                }
+                Err(_) => break,
+            }
+        }
+    });
+    ready_rx.recv().expect("tcp server started");
+    handle
+}
+
+fn udp_server(ns: &Netns, name: &str, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+    let (nsname, name) = (ns.name.clone(), name.to_owned());
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        Netns { name: nsname }.enter_and_forget();
+        let socket = UdpSocket::bind(("0.0.0.0", UDP_PORT)).expect("bind udp");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        ready_tx.send(()).expect("ready");
+        let mut buf = [0u8; 512];
+        while !stop.load(Ordering::SeqCst) {
+            if let Ok((_, peer)) = socket.recv_from(&mut buf) {
+                let _ = socket.send_to(format!("{name} {}", peer.ip()).as_bytes(), peer);
+            }
+        }
+    });
+    ready_rx.recv().expect("udp server started");
+    handle
+}
+
+/// A UDP client socket on its own thread inside a namespace.
+pub struct UdpClient {
+    requests: mpsc::Sender<SocketAddr>,
+    replies: mpsc::Receiver<Reply>,
+}
+
+impl UdpClient {
+    fn new(ns: String) -> Self {
+        let (req_tx, req_rx) = mpsc::channel::<SocketAddr>();
+        let (rep_tx, rep_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            Netns { name: ns }.enter_and_forget();
+            let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
+            socket
+                .set_read_timeout(Some(Duration::from_millis(1500)))
+                .expect("timeout");
+            let mut buf = [0u8; 512];
+            for to in req_rx {
+                let _ = socket.send_to(b"ping", to);
+                let reply = match socket.recv_from(&mut buf) {
+                    Ok((n, _)) => parse_answer(&String::from_utf8_lossy(&buf[..n])),
+                    Err(e)
+                        if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut =>
+                    {
+                        Reply::Timeout
+                    }
+                    Err(e) if e.kind() == ErrorKind::ConnectionRefused => Reply::Refused,
+                    Err(e) => Reply::Error(e.to_string()),
+                };
+                if rep_tx.send(reply).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            requests: req_tx,
+            replies: rep_rx,
+        }
+    }
+
+    /// Sends one datagram from this client's socket and waits for the answer.
+    pub fn ask(&self, to: &str) -> Reply {
+        self.requests
+            .send(to.parse().expect("address"))
+            .expect("udp thread");
+        self.replies.recv().expect("udp thread")
+    }
+}
+
+/// YAML for a Service and its EndpointSlice. `endpoints`: `(ip, node, ready)`.
+pub struct ServiceSpec<'a> {
+    pub name: &'a str,
+    pub cluster_ip: &'a str,
+    pub extra_spec: &'a str,
+    pub status: &'a str,
+    pub endpoints: &'a [(&'a str, &'a str, bool)],
+}
+
+impl ServiceSpec<'_> {
+    /// The manifests: a Service with `http` (80/TCP → 8080) and `dns` (53/UDP → 5353) ports.
+    pub fn yaml(&self) -> String {
+        let mut y = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ns1}}\nspec:\n  clusterIP: {ip}\n  clusterIPs: [{ip}]\n{extra}  ports:\n  - {{name: http, port: 80, protocol: TCP, targetPort: 8080{np}}}\n  - {{name: dns, port: 53, protocol: UDP, targetPort: 5353}}\n{status}---\n",
+            name = self.name,
+            ip = self.cluster_ip,
+            extra = self.extra_spec,
+            np = if self.extra_spec.contains("NodePort") || self.extra_spec.contains("LoadBalancer") {
+                ", nodePort: 30080"
+            } else {
+                ""
+            },
+            status = self.status,
+        );
+        y.push_str(&format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: ns1\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nports:\n- {{name: http, port: {TCP_PORT}, protocol: TCP}}\n- {{name: dns, port: {UDP_PORT}, protocol: UDP}}\nendpoints:\n",
+            name = self.name
+        ));
+        for (ip, node, ready) in self.endpoints {
+            y.push_str(&format!(
+                "- addresses: [{ip}]\n  nodeName: {node}\n  conditions: {{ready: {ready}}}\n"
+            ));
+        }
+        if self.endpoints.is_empty() {
+            y.push_str("[]\n");
+            y = y.replace("endpoints:\n[]\n", "endpoints: []\n");
+        }
+        y.push_str("---\n");
+        y
+    }
+}
+
+/// Path helper for tests that write extra files.
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write");
+    p
+}
