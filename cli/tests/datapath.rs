@@ -225,6 +225,7 @@ fn no_endpoints_is_refused_at_once(variant: &str) {
     bed.sync(&cluster_ip(&[]), variant).unwrap();
     assert_eq!(bed.tcp("pod-a", &format!("{SVC_IP}:80")), Reply::Refused);
     assert_eq!(bed.tcp("node", &format!("{SVC_IP}:80")), Reply::Refused);
+    assert_eq!(bed.tcp("client", &format!("{SVC_IP}:80")), Reply::Refused);
 }
 
 fn hairpin_to_own_service(variant: &str) {

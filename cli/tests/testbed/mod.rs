@@ -175,6 +175,7 @@ pub struct Bed {
     pub tag: String,
     pub pods: Vec<Pod>,
     pub client: Netns,
+    pub upstream: Netns,
     pub node: Netns,
     pub dir: PathBuf,
 }
@@ -194,6 +195,7 @@ impl Bed {
     fn build(tag: &str, pods: &[(&str, &str)]) -> Result<Self, String> {
         let node = Netns::create(format!("{tag}-node"))?;
         let client = Netns::create(format!("{tag}-client"))?;
+        let upstream = Netns::create(format!("{tag}-up"))?;
         let dir = std::env::temp_dir().join(format!("kproxy-bed-{tag}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -201,6 +203,7 @@ impl Bed {
             tag: tag.to_owned(),
             pods: Vec::new(),
             client,
+            upstream,
             node,
             dir,
         };
@@ -246,10 +249,32 @@ impl Bed {
         client.exec(&["ip", "link", "set", "eth0", "up"])?;
         client.exec(&["ip", "route", "add", "default", "via", NODE_IP])?;
         // Nodes have a default route; without one, unanswered service traffic would get "network
-        // unreachable" before the filter rules could REJECT or DROP it. The client stands in for
-        // the upstream router.
+        // unreachable" before the filter rules could REJECT or DROP it. It points at an "upstream"
+        // namespace that drops what it gets, not back at the client's segment, which would turn
+        // forwarding into ICMP redirects.
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            "uplink",
+            "netns",
+            &bed.node.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &bed.upstream.name,
+        ])?;
         bed.node
-            .exec(&["ip", "route", "add", "default", "via", CLIENT_IP])?;
+            .exec(&["ip", "addr", "add", "192.168.99.1/24", "dev", "uplink"])?;
+        bed.node.exec(&["ip", "link", "set", "uplink", "up"])?;
+        bed.upstream
+            .exec(&["ip", "addr", "add", "192.168.99.2/24", "dev", "eth0"])?;
+        bed.upstream.exec(&["ip", "link", "set", "eth0", "up"])?;
+        bed.node
+            .exec(&["ip", "route", "add", "default", "via", "192.168.99.2"])?;
         for (i, (name, ip)) in pods.iter().enumerate() {
             let pod = bed.add_pod(i, name, ip)?;
             bed.pods.push(pod);
