@@ -31,7 +31,7 @@ fn slice(ips: &[&str]) -> EndpointSlice {
 /// Commands for the proxier thread, which lives in the node namespace (so do the iptables
 /// processes it starts and its conntrack socket).
 enum Step {
-    Slice(EndpointSlice, EndpointSlice),
+    Slice(Box<(EndpointSlice, EndpointSlice)>),
     Sync(mpsc::Sender<Result<SyncReport, String>>),
 }
 
@@ -64,7 +64,7 @@ fn spawn_proxier(bed: &Bed, variant: Variant) -> mpsc::Sender<Step> {
         );
         for step in rx {
             match step {
-                Step::Slice(old, new) => pending.on_endpoint_slice_update(&old, &new),
+                Step::Slice(pair) => pending.on_endpoint_slice_update(&pair.0, &pair.1),
                 Step::Sync(reply) => {
                     let diff = state.apply(&mut pending);
                     let result = proxier.sync(&state, &diff).map_err(|e| {
@@ -117,7 +117,7 @@ fn run(variant: Variant) {
 
     // Full sync with pod-a and pod-b.
     let ab = slice(&["10.244.1.11", "10.244.1.12"]);
-    tx.send(Step::Slice(slice(&[]), ab.clone())).unwrap();
+    tx.send(Step::Slice(Box::new((slice(&[]), ab.clone())))).unwrap();
     let first = sync(&tx).unwrap();
     assert!(first.full, "the first sync is full");
     let seen = pods_seen(&bed, 30);
@@ -129,7 +129,7 @@ fn run(variant: Variant) {
 
     // Partial: pod-b replaced by pod-c.
     let ac = slice(&["10.244.1.11", "10.244.1.13"]);
-    tx.send(Step::Slice(ab.clone(), ac.clone())).unwrap();
+    tx.send(Step::Slice(Box::new((ab.clone(), ac.clone())))).unwrap();
     let second = sync(&tx).unwrap();
     assert!(!second.full, "an endpoint change is a partial sync");
     let seen = pods_seen(&bed, 30);
@@ -144,10 +144,10 @@ fn run(variant: Variant) {
     bed.node
         .exec(&[&iptables, "-t", "nat", "-F", "KUBE-SERVICES"])
         .unwrap();
-    tx.send(Step::Slice(ac.clone(), ab.clone())).unwrap();
+    tx.send(Step::Slice(Box::new((ac.clone(), ab.clone())))).unwrap();
     // A partial sync that does not touch KUBE-SERVICES succeeds; make one that must: no endpoints.
     let empty = slice(&[]);
-    tx.send(Step::Slice(ab.clone(), empty.clone())).unwrap();
+    tx.send(Step::Slice(Box::new((ab.clone(), empty.clone())))).unwrap();
     let failed = sync(&tx);
     assert!(
         failed.is_err(),
@@ -162,7 +162,7 @@ fn run(variant: Variant) {
     );
 
     // The canary disappears (tables flushed by someone): the next sync is full.
-    tx.send(Step::Slice(empty, ab.clone())).unwrap();
+    tx.send(Step::Slice(Box::new((empty, ab.clone())))).unwrap();
     bed.node
         .exec(&[&iptables, "-t", "mangle", "-X", "KUBE-PROXY-CANARY"])
         .unwrap();
