@@ -81,6 +81,7 @@ both_variants!(
     restart_drops_no_connection,
     cleanup_removes_only_ours,
     one_broken_service_does_not_block_the_others,
+    node_port_on_localhost,
 );
 
 fn cluster_ip_tcp_and_udp_from_pod_and_node(variant: &str) {
@@ -356,4 +357,57 @@ fn one_broken_service_does_not_block_the_others(variant: &str) {
     assert!(stderr.contains("ns1/broken"), "{stderr}");
     assert!(stderr.contains("ns1/bogus-ip"), "{stderr}");
     assert!(bed.tcp("client", &format!("{SVC_IP}:80")).pod().is_some());
+}
+
+fn node_port_on_localhost(variant: &str) {
+    let Some(bed) = bed("localhost") else { return };
+    let yaml = ServiceSpec {
+        name: "web",
+        cluster_ip: SVC_IP,
+        extra_spec: "  type: NodePort\n",
+        status: "",
+        endpoints: &all_ready(),
+    }
+    .yaml();
+    bed.sync(&yaml, variant).unwrap();
+    // kproxy turned route_localnet on (in the node's namespace) and installed the guard.
+    let localnet = bed
+        .node
+        .output(&["cat", "/proc/sys/net/ipv4/conf/all/route_localnet"])
+        .unwrap();
+    assert_eq!(localnet.trim(), "1");
+    assert!(bed
+        .saved(variant)
+        .contains("block incoming localnet connections"));
+    let r = bed.tcp("node", "127.0.0.1:30080");
+    assert!(r.pod().is_some(), "{r:?}");
+}
+
+#[test]
+fn auto_variant_joins_the_one_that_holds_rules() {
+    let Some(bed) = bed("autovariant") else {
+        return;
+    };
+    // Another component already uses iptables-legacy on this node.
+    bed.node.exec(&["iptables-legacy", "-N", "OTHER"]).unwrap();
+    bed.node
+        .exec(&["iptables-legacy", "-A", "INPUT", "-j", "OTHER"])
+        .unwrap();
+    bed.sync(&cluster_ip(&all_ready()), "auto").unwrap();
+    assert!(
+        bed.saved("legacy").contains("KUBE-SERVICES"),
+        "rules went to legacy"
+    );
+    assert!(
+        !bed.saved("nft").contains("KUBE-SERVICES"),
+        "and not to nft"
+    );
+    assert!(bed.tcp("client", &format!("{SVC_IP}:80")).pod().is_some());
+}
+
+#[test]
+fn auto_variant_defaults_to_nft() {
+    let Some(bed) = bed("autonft") else { return };
+    bed.sync(&cluster_ip(&all_ready()), "auto").unwrap();
+    assert!(bed.saved("nft").contains("KUBE-SERVICES"));
 }

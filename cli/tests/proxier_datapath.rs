@@ -117,7 +117,8 @@ fn run(variant: Variant) {
 
     // Full sync with pod-a and pod-b.
     let ab = slice(&["10.244.1.11", "10.244.1.12"]);
-    tx.send(Step::Slice(Box::new((slice(&[]), ab.clone())))).unwrap();
+    tx.send(Step::Slice(Box::new((slice(&[]), ab.clone()))))
+        .unwrap();
     let first = sync(&tx).unwrap();
     assert!(first.full, "the first sync is full");
     let seen = pods_seen(&bed, 30);
@@ -129,7 +130,8 @@ fn run(variant: Variant) {
 
     // Partial: pod-b replaced by pod-c.
     let ac = slice(&["10.244.1.11", "10.244.1.13"]);
-    tx.send(Step::Slice(Box::new((ab.clone(), ac.clone())))).unwrap();
+    tx.send(Step::Slice(Box::new((ab.clone(), ac.clone()))))
+        .unwrap();
     let second = sync(&tx).unwrap();
     assert!(!second.full, "an endpoint change is a partial sync");
     let seen = pods_seen(&bed, 30);
@@ -144,10 +146,12 @@ fn run(variant: Variant) {
     bed.node
         .exec(&[&iptables, "-t", "nat", "-F", "KUBE-SERVICES"])
         .unwrap();
-    tx.send(Step::Slice(Box::new((ac.clone(), ab.clone())))).unwrap();
+    tx.send(Step::Slice(Box::new((ac.clone(), ab.clone()))))
+        .unwrap();
     // A partial sync that does not touch KUBE-SERVICES succeeds; make one that must: no endpoints.
     let empty = slice(&[]);
-    tx.send(Step::Slice(Box::new((ab.clone(), empty.clone())))).unwrap();
+    tx.send(Step::Slice(Box::new((ab.clone(), empty.clone()))))
+        .unwrap();
     let failed = sync(&tx);
     assert!(
         failed.is_err(),

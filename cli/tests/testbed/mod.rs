@@ -208,7 +208,7 @@ impl Bed {
             dir,
         };
         let node = &bed.node;
-        node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        node.exec(&["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])?;
         node.exec(&["ip", "link", "add", "kbr0", "type", "bridge"])?;
         node.exec(&[
             "ip",
