@@ -263,6 +263,10 @@ pub struct Renderer {
     full: FullBuffers,
     /// Per-service nat chains believed to exist in the kernel.
     active: HashSet<ChainName>,
+    /// Chains the last render deleted (`-X`). Until the caller confirms that render by rendering
+    /// again without [`invalidate`](Renderer::invalidate), they may still exist: a failed restore
+    /// deletes nothing, so `invalidate` puts them back into `active` for the next full render.
+    unconfirmed_deletes: Vec<ChainName>,
     /// Whether the last render was applied and can be the base of a partial one.
     baseline: bool,
     large_cluster: bool,
@@ -282,6 +286,7 @@ impl Renderer {
             spec: String::with_capacity(256),
             full: FullBuffers::default(),
             active: HashSet::new(),
+            unconfirmed_deletes: Vec::new(),
             baseline: false,
             large_cluster: false,
             counts: RuleCounts::default(),
@@ -293,9 +298,11 @@ impl Renderer {
         &self.config
     }
 
-    /// Forget what was applied: the next render is full. Call after a failed restore.
+    /// Forget what was applied: the next render is full. Call after a failed restore. Chains the
+    /// failed render meant to delete are assumed to still exist, so the full render deletes them.
     pub fn invalidate(&mut self) {
         self.baseline = false;
+        self.active.extend(self.unconfirmed_deletes.drain(..));
     }
 
     /// Adds chains found in the kernel (e.g. by `iptables-save` at start-up) so the next full render
@@ -346,6 +353,8 @@ impl Renderer {
         out: &mut dyn io::Write,
     ) -> io::Result<RenderSummary> {
         debug_assert_eq!(state.family(), self.config.family);
+        // Rendering again means the previous render was applied (or invalidated).
+        self.unconfirmed_deletes.clear();
         // Until this render is applied, nothing is known about the kernel.
         self.baseline = false;
         self.large_cluster = state.total_endpoints() > LARGE_CLUSTER_ENDPOINTS;
@@ -405,6 +414,7 @@ impl Renderer {
         for chain in &stale {
             let _ = writeln!(b.chunk, "-X {chain}");
         }
+        self.unconfirmed_deletes = stale;
         b.chunk.push_str("COMMIT\n*filter\n");
         counts.filter += write_fixed_filter(&self.config, &self.mark, b);
         b.chunk.push_str("COMMIT\n");
@@ -454,6 +464,7 @@ impl Renderer {
 
     /// Builds the partial payload: (filter section, nat section), each empty when untouched.
     fn partial(&mut self, state: &ProxyState, diff: &StateDiff) -> (String, String) {
+        self.unconfirmed_deletes.clear();
         let mut old_shared: Vec<(Table, SharedChain, String)> = Vec::new();
         let mut new_shared: Vec<(Table, SharedChain, String)> = Vec::new();
         let mut old_chains: BTreeMap<ChainName, String> = BTreeMap::new();
@@ -530,6 +541,7 @@ impl Renderer {
                 push_chain_decl(&mut nat_decls, *chain);
                 let _ = writeln!(nat_tail, "-X {chain}");
                 self.active.remove(chain);
+                self.unconfirmed_deletes.push(*chain);
             }
         }
         for (table, chain, spec) in inserts {

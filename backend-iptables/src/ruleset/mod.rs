@@ -149,6 +149,52 @@ impl Ruleset {
         Ok(())
     }
 
+    /// The table in `iptables-save` form: chain declarations, then every rule.
+    pub fn save(&self, table: &str) -> Option<String> {
+        let t = self.tables.get(table)?;
+        let mut out = format!("*{table}\n");
+        for name in t.chains.keys() {
+            let policy = if is_builtin(table, name) {
+                "ACCEPT"
+            } else {
+                "-"
+            };
+            out.push_str(&format!(":{name} {policy} [0:0]\n"));
+        }
+        for (name, rules) in &t.chains {
+            for r in rules {
+                out.push_str(&format!("-A {name} {r}\n"));
+            }
+        }
+        out.push_str("COMMIT\n");
+        Some(out)
+    }
+
+    /// Runs a single iptables command (`-t TABLE` then `-A/-I/-D/-N/-X/-F/-C/-S`), as the fake
+    /// iptables does. `Ok(false)` for a `-C` or `-S` that finds nothing.
+    pub fn command(&mut self, args: &[&str]) -> Result<bool, String> {
+        let (table, rest) = match args {
+            ["-t", table, rest @ ..] => (*table, rest),
+            rest => ("filter", rest),
+        };
+        let words: Vec<String> = rest.iter().map(|s| (*s).to_owned()).collect();
+        let t = self
+            .tables
+            .get_mut(table)
+            .ok_or_else(|| format!("unknown table {table}"))?;
+        match words.first().map(String::as_str) {
+            Some("-C") => {
+                let chain = words.get(1).ok_or("-C needs a chain")?;
+                let rule = parse::parse_spec(&words[2..])?;
+                Ok(t.chains
+                    .get(chain)
+                    .is_some_and(|rules| rules.contains(&rule)))
+            }
+            Some("-S") => Ok(words.get(1).is_some_and(|c| t.chains.contains_key(c))),
+            _ => apply_command(table, t, &words).map(|()| true),
+        }
+    }
+
     /// Appends the jumps from built-in chains (what the applier ensures outside the restore).
     pub fn add_jumps(&mut self, jumps: &[JumpRule]) -> Result<(), ParseError> {
         for j in jumps {

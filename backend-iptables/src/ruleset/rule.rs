@@ -146,3 +146,79 @@ impl Rule {
         })
     }
 }
+
+impl std::fmt::Display for Rule {
+    /// The rule spec in the form kproxy writes it (and iptables accepts): matches in order, then
+    /// the target. Used by the fake iptables' `save`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let neg = |n: &bool| if *n { "! " } else { "" };
+        let mut first = true;
+        let mut sep = |f: &mut std::fmt::Formatter<'_>| -> std::fmt::Result {
+            if !std::mem::take(&mut first) {
+                f.write_str(" ")?;
+            }
+            Ok(())
+        };
+        for m in &self.matches {
+            sep(f)?;
+            match m {
+                Match::Comment(c) => write!(f, "-m comment --comment \"{c}\"")?,
+                Match::Module(m) => write!(f, "-m {m}")?,
+                Match::Protocol { negated, protocol } => {
+                    write!(f, "{}-p {protocol}", neg(negated))?
+                }
+                Match::Source { negated, net } => write!(f, "{}-s {net}", neg(negated))?,
+                Match::Destination { negated, net } => write!(f, "{}-d {net}", neg(negated))?,
+                Match::DestinationPort { negated, port } => {
+                    write!(f, "{}--dport {port}", neg(negated))?
+                }
+                Match::SourceLocal { negated } => {
+                    write!(f, "-m addrtype {}--src-type LOCAL", neg(negated))?
+                }
+                Match::DestinationLocal { negated } => {
+                    write!(f, "-m addrtype {}--dst-type LOCAL", neg(negated))?
+                }
+                Match::Probability(p) => write!(f, "-m statistic --mode random --probability {p}")?,
+                Match::RecentCheck { name, seconds } => {
+                    write!(f, "-m recent --name {name} --rcheck")?;
+                    if let Some(s) = seconds {
+                        write!(f, " --seconds {s}")?;
+                    }
+                    f.write_str(" --reap")?;
+                }
+                Match::RecentSet { name } => write!(f, "-m recent --name {name} --set")?,
+                Match::Mark {
+                    negated,
+                    value,
+                    mask,
+                } => write!(f, "-m mark {}--mark {value:#x}/{mask:#x}", neg(negated))?,
+                Match::ConnState { negated, states } => write!(
+                    f,
+                    "-m conntrack {}--ctstate {}",
+                    neg(negated),
+                    states.join(",")
+                )?,
+            }
+        }
+        let target = match &self.target {
+            Target::None => return Ok(()),
+            Target::Jump(c) => format!("-j {c}"),
+            Target::Accept => "-j ACCEPT".into(),
+            Target::Drop => "-j DROP".into(),
+            Target::Reject => "-j REJECT".into(),
+            Target::Return => "-j RETURN".into(),
+            Target::Dnat(to) => format!("-j DNAT --to-destination {to}"),
+            Target::Masquerade { random_fully } => {
+                format!(
+                    "-j MASQUERADE{}",
+                    if *random_fully { " --random-fully" } else { "" }
+                )
+            }
+            Target::MarkOr(v) => format!("-j MARK --or-mark {v:#x}"),
+            Target::MarkXor(v) => format!("-j MARK --xor-mark {v:#x}"),
+            Target::MarkSet { value, mask } => format!("-j MARK --set-xmark {value:#x}/{mask:#x}"),
+        };
+        sep(f)?;
+        f.write_str(&target)
+    }
+}

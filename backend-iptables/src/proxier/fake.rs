@@ -1,0 +1,94 @@
+//! A faithful fake of [`IptablesOps`] over the in-memory [`Ruleset`], for tests without root.
+//!
+//! It applies restores with the kernel's all-or-nothing semantics, answers saves from its state, and
+//! records every call, so tests can assert both the resulting rules and how many processes the real
+//! proxier would have started. Failures can be injected.
+
+use std::io::{self, Write};
+
+use super::exec::{ExecError, IptablesOps};
+use crate::ruleset::Ruleset;
+
+/// One call the proxier made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Call {
+    /// `iptables-restore` with this input.
+    Restore(String),
+    /// `iptables-save -t` this table.
+    Save(String),
+    /// `iptables` with these arguments.
+    Run(Vec<String>),
+}
+
+/// The fake.
+#[derive(Debug, Default)]
+pub struct FakeIptables {
+    /// The tables.
+    pub rules: Ruleset,
+    /// Every call, in order.
+    pub calls: Vec<Call>,
+    /// Make the next restore fail (as iptables-restore would, changing nothing).
+    pub fail_next_restore: bool,
+}
+
+impl FakeIptables {
+    /// Empty tables.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many restores were run.
+    pub fn restores(&self) -> usize {
+        self.calls
+            .iter()
+            .filter(|c| matches!(c, Call::Restore(_)))
+            .count()
+    }
+}
+
+fn failed(program: &str, stderr: String, line: Option<usize>) -> ExecError {
+    ExecError::Failed {
+        program: program.to_owned(),
+        status: "exit status: 1".into(),
+        stderr,
+        line,
+    }
+}
+
+impl IptablesOps for FakeIptables {
+    fn restore(
+        &mut self,
+        write: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+    ) -> Result<(), ExecError> {
+        let mut buf = Vec::new();
+        write(&mut buf).map_err(|source| ExecError::Write {
+            program: "fake-iptables-restore".into(),
+            source,
+        })?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        self.calls.push(Call::Restore(text.clone()));
+        if std::mem::take(&mut self.fail_next_restore) {
+            return Err(failed(
+                "fake-iptables-restore",
+                "injected failure".into(),
+                Some(1),
+            ));
+        }
+        self.rules
+            .apply_restore(&text)
+            .map_err(|e| failed("fake-iptables-restore", e.to_string(), Some(e.line)))
+    }
+
+    fn save(&mut self, table: &str) -> Result<String, ExecError> {
+        self.calls.push(Call::Save(table.to_owned()));
+        self.rules
+            .save(table)
+            .ok_or_else(|| failed("fake-iptables-save", format!("no table {table}"), None))
+    }
+
+    fn run(&mut self, args: &[&str]) -> Result<bool, ExecError> {
+        self.calls
+            .push(Call::Run(args.iter().map(|s| (*s).to_owned()).collect()));
+        Ok(self.rules.command(args).unwrap_or(false))
+    }
+}

@@ -1,0 +1,190 @@
+//! `IptablesProxier` against the faithful fake: which syncs are full, that jumps are added once,
+//! that a failed restore leads to a full resync, and what the kernel ends up with — without root.
+
+mod common;
+
+use backend_iptables::jumps::jump_rules;
+use backend_iptables::proxier::exec::IptablesOps;
+use backend_iptables::proxier::fake::{Call, FakeIptables};
+use backend_iptables::ruleset::Ruleset;
+use backend_iptables::{IptablesProxier, Renderer};
+use proxy_core::{EndpointSliceHandler, IpFamily, Proxier};
+
+/// A fake shared between the test and the proxier.
+#[derive(Debug, Clone, Default)]
+struct Shared(std::sync::Arc<std::sync::Mutex<FakeIptables>>);
+
+impl IptablesOps for Shared {
+    fn restore(
+        &mut self,
+        write: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>,
+    ) -> Result<(), backend_iptables::proxier::exec::ExecError> {
+        self.0.lock().unwrap().restore(write)
+    }
+    fn save(&mut self, table: &str) -> Result<String, backend_iptables::proxier::exec::ExecError> {
+        self.0.lock().unwrap().save(table)
+    }
+    fn run(&mut self, args: &[&str]) -> Result<bool, backend_iptables::proxier::exec::ExecError> {
+        self.0.lock().unwrap().run(args)
+    }
+}
+
+fn count_jumps(rules: &Ruleset, table: &str, from: &str, to: &str) -> usize {
+    rules
+        .table(table)
+        .unwrap()
+        .chain(from)
+        .unwrap()
+        .iter()
+        .filter(|r| r.jump_target() == Some(to))
+        .count()
+}
+
+#[test]
+fn full_then_partial_then_recovery() {
+    let m = fixtures::examples();
+    let (mut pending, mut state) = common::state_of(&m, IpFamily::V4, fixtures::EXAMPLE_NODE);
+    let config = common::examples_config(IpFamily::V4, &state);
+    let fake = Shared::default();
+    let mut proxier = IptablesProxier::new(
+        Renderer::new(config.clone()).unwrap(),
+        Box::new(fake.clone()),
+        None,
+    )
+    .with_route_localnet(false)
+    .with_canary_interval(std::time::Duration::ZERO);
+
+    // First sync: full; the kernel holds exactly a full render plus the jumps and the canary.
+    let report = proxier.sync(&state, &state.resync_diff()).unwrap();
+    assert!(report.full);
+    {
+        let f = fake.0.lock().unwrap();
+        let mut expected = Ruleset::new();
+        expected
+            .apply_restore(
+                &Renderer::new(config.clone())
+                    .unwrap()
+                    .render_full_string(&state),
+            )
+            .unwrap();
+        expected.add_jumps(&jump_rules(true)).unwrap();
+        expected
+            .command(&["-t", "mangle", "-N", "KUBE-PROXY-CANARY"])
+            .unwrap();
+        f.rules.equivalent_to(&expected).unwrap();
+    }
+
+    // A second full sync (periodic resync) adds no jump twice.
+    proxier.sync(&state, &state.resync_diff()).unwrap();
+    {
+        let f = fake.0.lock().unwrap();
+        assert_eq!(
+            count_jumps(&f.rules, "nat", "PREROUTING", "KUBE-SERVICES"),
+            1
+        );
+        assert_eq!(count_jumps(&f.rules, "filter", "INPUT", "KUBE-FIREWALL"), 1);
+    }
+
+    // An endpoint change: one small partial restore.
+    let slice = m
+        .endpoint_slices
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some("web-x7k2p"))
+        .unwrap();
+    let mut changed = slice.clone();
+    changed.endpoints.as_mut().unwrap()[1].addresses = vec!["10.244.2.99".into()];
+    pending.on_endpoint_slice_update(slice, &changed);
+    let diff = state.apply(&mut pending);
+    let before = fake.0.lock().unwrap().calls.len();
+    let report = proxier.sync(&state, &diff).unwrap();
+    assert!(!report.full);
+    {
+        let f = fake.0.lock().unwrap();
+        let new_calls = &f.calls[before..];
+        let restores: Vec<&String> = new_calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::Restore(t) => Some(t),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(restores.len(), 1, "{new_calls:?}");
+        assert!(restores[0].len() < 2048, "{}", restores[0]);
+        assert!(
+            !new_calls.iter().any(|c| matches!(c, Call::Save(_))),
+            "no save on a partial sync"
+        );
+    }
+
+    // A failing restore: the sync errors with context, and the next one is full.
+    changed.endpoints.as_mut().unwrap()[1].addresses = vec!["10.244.2.98".into()];
+    pending.on_endpoint_slice_update(slice, &changed);
+    let diff = state.apply(&mut pending);
+    fake.0.lock().unwrap().fail_next_restore = true;
+    let err = proxier.sync(&state, &diff).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("iptables-restore of the partial update"),
+        "{err}"
+    );
+    let diff = state.apply(&mut pending);
+    let report = proxier.sync(&state, &diff).unwrap();
+    assert!(report.full, "the sync after a failure is full");
+    {
+        let f = fake.0.lock().unwrap();
+        let mut expected = Ruleset::new();
+        expected
+            .apply_restore(
+                &Renderer::new(config.clone())
+                    .unwrap()
+                    .render_full_string(&state),
+            )
+            .unwrap();
+        expected.add_jumps(&jump_rules(true)).unwrap();
+        expected
+            .command(&["-t", "mangle", "-N", "KUBE-PROXY-CANARY"])
+            .unwrap();
+        f.rules.equivalent_to(&expected).unwrap();
+    }
+
+    // The canary disappears: the next sync is full even with an empty diff.
+    fake.0
+        .lock()
+        .unwrap()
+        .rules
+        .command(&["-t", "mangle", "-X", "KUBE-PROXY-CANARY"])
+        .unwrap();
+    let diff = state.apply(&mut pending);
+    let report = proxier.sync(&state, &diff).unwrap();
+    assert!(report.full);
+
+    // Cleanup leaves nothing of ours.
+    proxier.cleanup().unwrap();
+    let f = fake.0.lock().unwrap();
+    for table in ["filter", "nat", "mangle"] {
+        let saved = f.rules.save(table).unwrap();
+        assert!(!saved.contains("KUBE-"), "{saved}");
+    }
+}
+
+#[test]
+fn restart_deletes_chains_a_previous_run_left() {
+    let m = fixtures::examples();
+    let (_, state) = common::state_of(&m, IpFamily::V4, fixtures::EXAMPLE_NODE);
+    let config = common::examples_config(IpFamily::V4, &state);
+    let fake = Shared::default();
+    // A previous run left a chain for a Service that no longer exists.
+    fake.0
+        .lock()
+        .unwrap()
+        .rules
+        .apply_restore("*nat\n:KUBE-SVC-AAAAAAAAAAAAAAAA - [0:0]\n-A KUBE-SVC-AAAAAAAAAAAAAAAA -j RETURN\nCOMMIT\n")
+        .unwrap();
+    let mut proxier =
+        IptablesProxier::new(Renderer::new(config).unwrap(), Box::new(fake.clone()), None)
+            .with_route_localnet(false);
+    proxier.sync(&state, &state.resync_diff()).unwrap();
+    let saved = fake.0.lock().unwrap().rules.save("nat").unwrap();
+    assert!(!saved.contains("KUBE-SVC-AAAAAAAAAAAAAAAA"), "{saved}");
+    assert!(saved.contains("KUBE-SVC-"), "current chains are there");
+}
