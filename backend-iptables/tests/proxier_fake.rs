@@ -29,6 +29,26 @@ impl IptablesOps for Shared {
     }
 }
 
+/// What the kernel must hold after a full sync: a fresh full render, the jumps and the canary.
+fn expected_kernel(
+    config: &backend_iptables::RenderConfig,
+    state: &proxy_core::ProxyState,
+) -> Ruleset {
+    let mut expected = Ruleset::new();
+    expected
+        .apply_restore(
+            &Renderer::new(config.clone())
+                .unwrap()
+                .render_full_string(state),
+        )
+        .unwrap();
+    expected.add_jumps(&jump_rules(true)).unwrap();
+    expected
+        .command(&["-t", "mangle", "-N", "KUBE-PROXY-CANARY"])
+        .unwrap();
+    expected
+}
+
 fn count_jumps(rules: &Ruleset, table: &str, from: &str, to: &str) -> usize {
     rules
         .table(table)
