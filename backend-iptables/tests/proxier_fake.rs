@@ -79,19 +79,9 @@ fn full_then_partial_then_recovery() {
     assert!(report.full);
     {
         let f = fake.0.lock().unwrap();
-        let mut expected = Ruleset::new();
-        expected
-            .apply_restore(
-                &Renderer::new(config.clone())
-                    .unwrap()
-                    .render_full_string(&state),
-            )
+        f.rules
+            .equivalent_to(&expected_kernel(&config, &state))
             .unwrap();
-        expected.add_jumps(&jump_rules(true)).unwrap();
-        expected
-            .command(&["-t", "mangle", "-N", "KUBE-PROXY-CANARY"])
-            .unwrap();
-        f.rules.equivalent_to(&expected).unwrap();
     }
 
     // A second full sync (periodic resync) adds no jump twice.
@@ -152,19 +142,9 @@ fn full_then_partial_then_recovery() {
     assert!(report.full, "the sync after a failure is full");
     {
         let f = fake.0.lock().unwrap();
-        let mut expected = Ruleset::new();
-        expected
-            .apply_restore(
-                &Renderer::new(config.clone())
-                    .unwrap()
-                    .render_full_string(&state),
-            )
+        f.rules
+            .equivalent_to(&expected_kernel(&config, &state))
             .unwrap();
-        expected.add_jumps(&jump_rules(true)).unwrap();
-        expected
-            .command(&["-t", "mangle", "-N", "KUBE-PROXY-CANARY"])
-            .unwrap();
-        f.rules.equivalent_to(&expected).unwrap();
     }
 
     // The canary disappears: the next sync is full even with an empty diff.
