@@ -82,6 +82,7 @@ both_variants!(
     cleanup_removes_only_ours,
     one_broken_service_does_not_block_the_others,
     node_port_on_localhost,
+    ipv6_with_ip6tables,
 );
 
 fn cluster_ip_tcp_and_udp_from_pod_and_node(variant: &str) {
@@ -410,4 +411,64 @@ fn auto_variant_defaults_to_nft() {
     let Some(bed) = bed("autonft") else { return };
     bed.sync(&cluster_ip(&all_ready()), "auto").unwrap();
     assert!(bed.saved("nft").contains("KUBE-SERVICES"));
+}
+
+fn ipv6_with_ip6tables(variant: &str) {
+    let Some(bed) = bed("ipv6") else { return };
+    let svc6 = "fd00:30::10";
+    let yaml = |endpoints: &[&str]| {
+        let mut y = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: ns1}}\nspec:\n  \
+             clusterIP: {SVC_IP}\n  clusterIPs: [{SVC_IP}, \"{svc6}\"]\n  ipFamilies: [IPv4, IPv6]\n  \
+             type: NodePort\n  ports:\n  - {{name: http, port: 80, protocol: TCP, nodePort: 30080}}\n  \
+             - {{name: dns, port: 53, protocol: UDP}}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-v6\n  \
+             namespace: ns1\n  labels: {{kubernetes.io/service-name: web}}\naddressType: IPv6\n\
+             ports:\n- {{name: http, port: 8080, protocol: TCP}}\n- {{name: dns, port: 5353, protocol: UDP}}\n\
+             endpoints:\n"
+        );
+        for ip in endpoints {
+            y.push_str(&format!("- addresses: [\"{ip}\"]\n  nodeName: node-a\n"));
+        }
+        if endpoints.is_empty() {
+            y = y.replace("endpoints:\n", "endpoints: []\n");
+        }
+        y
+    };
+    let a6 = testbed::pod_ip6("10.244.1.11");
+    let b6 = testbed::pod_ip6("10.244.1.12");
+    bed.sync6(&yaml(&[&a6, &b6]), variant).unwrap();
+    let saved = bed
+        .node
+        .output(&[&format!("ip6tables-{variant}-save")])
+        .unwrap();
+    assert!(
+        saved.contains("KUBE-SERVICES"),
+        "rules went to ip6tables:\n{saved}"
+    );
+    // Fresh IPv6 links resolve neighbours slowly at first (DAD of link-local addresses): warm up
+    // each path once before counting.
+    for target in [&a6, &b6] {
+        let warm = (0..5).any(|_| bed.tcp("pod-c", &format!("[{target}]:8080")).pod().is_some());
+        assert!(warm, "pod-c cannot reach {target} directly: the test bed is broken");
+        let from_node = (0..5).any(|_| bed.tcp("node", &format!("[{target}]:8080")).pod().is_some());
+        assert!(from_node, "the node cannot reach {target}: the test bed is broken");
+    }
+    let replies = bed.tcp_many("pod-c", &format!("[{svc6}]:80"), 20);
+    let c = counts(&replies);
+    assert_eq!(c.len(), 2, "{c:?}");
+    // From a pod inside the pod network: not masqueraded.
+    assert!(
+        replies.iter().all(
+            |r| matches!(r, Reply::Answer { peer, .. } if *peer == testbed::pod_ip6("10.244.1.13"))
+        ),
+        "{replies:?}"
+    );
+    assert!(c.keys().all(|k| k == "pod-a" || k == "pod-b"), "{c:?}");
+    let r = bed.tcp("client", &format!("[{}]:30080", testbed::NODE_IP6));
+    assert!(r.pod().is_some(), "NodePort over IPv6: {r:?}");
+    let udp = bed.udp_client("pod-c");
+    assert!(udp.ask(&format!("[{svc6}]:53")).pod().is_some());
+    bed.sync6(&yaml(&[]), variant).unwrap();
+    assert_eq!(bed.tcp("pod-c", &format!("[{svc6}]:80")), Reply::Refused);
 }

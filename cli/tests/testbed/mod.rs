@@ -28,6 +28,21 @@ pub const NODE_IP: &str = "192.168.56.10";
 pub const CLIENT_IP: &str = "192.168.56.2";
 /// The pods' gateway on the node.
 pub const POD_GATEWAY: &str = "10.244.1.1";
+/// The node's IPv6 address towards the client.
+pub const NODE_IP6: &str = "fd00:56::10";
+/// The client's IPv6 address.
+pub const CLIENT_IP6: &str = "fd00:56::2";
+/// The pods' IPv6 gateway on the node.
+pub const POD_GATEWAY6: &str = "fd00:244:1::1";
+
+/// A pod's IPv6 address: `10.244.1.N` → `fd00:244:1::N` (N in decimal digits).
+pub fn pod_ip6(ip4: &str) -> String {
+    format!(
+        "fd00:244:1::{}",
+        ip4.rsplit('.').next().expect("dotted quad")
+    )
+}
+
 /// The node kproxy acts as.
 pub const NODE_NAME: &str = "node-a";
 /// TCP port every pod serves.
@@ -218,6 +233,21 @@ impl Bed {
             "dev",
             "kbr0",
         ])?;
+        node.exec(&[
+            "sh",
+            "-c",
+            "echo 1 > /proc/sys/net/ipv6/conf/all/forwarding",
+        ])?;
+        node.exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{POD_GATEWAY6}/64"),
+            "dev",
+            "kbr0",
+            "nodad",
+        ])?;
         node.exec(&["ip", "link", "set", "kbr0", "up"])?;
         // The client link.
         sh(&[
@@ -236,6 +266,16 @@ impl Bed {
             &bed.client.name,
         ])?;
         node.exec(&["ip", "addr", "add", &format!("{NODE_IP}/24"), "dev", "vcl"])?;
+        node.exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{NODE_IP6}/64"),
+            "dev",
+            "vcl",
+            "nodad",
+        ])?;
         node.exec(&["ip", "link", "set", "vcl", "up"])?;
         let client = &bed.client;
         client.exec(&[
@@ -246,8 +286,22 @@ impl Bed {
             "dev",
             "eth0",
         ])?;
+        client.exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{CLIENT_IP6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
         client.exec(&["ip", "link", "set", "eth0", "up"])?;
         client.exec(&["ip", "route", "add", "default", "via", NODE_IP])?;
+        // `onlink`: the prefix route of a just-raised link may not be there yet.
+        client.exec(&[
+            "ip", "-6", "route", "add", "default", "via", NODE_IP6, "dev", "eth0", "onlink",
+        ])?;
         // Nodes have a default route; without one, unanswered service traffic would get "network
         // unreachable" before the filter rules could REJECT or DROP it. It points at an "upstream"
         // namespace that drops what it gets, not back at the client's segment, which would turn
@@ -269,12 +323,44 @@ impl Bed {
         ])?;
         bed.node
             .exec(&["ip", "addr", "add", "192.168.99.1/24", "dev", "uplink"])?;
+        bed.node.exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "fd00:99::1/64",
+            "dev",
+            "uplink",
+            "nodad",
+        ])?;
         bed.node.exec(&["ip", "link", "set", "uplink", "up"])?;
         bed.upstream
             .exec(&["ip", "addr", "add", "192.168.99.2/24", "dev", "eth0"])?;
+        bed.upstream.exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "fd00:99::2/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
         bed.upstream.exec(&["ip", "link", "set", "eth0", "up"])?;
         bed.node
             .exec(&["ip", "route", "add", "default", "via", "192.168.99.2"])?;
+        bed.node.exec(&[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "fd00:99::2",
+            "dev",
+            "uplink",
+            "onlink",
+        ])?;
         for (i, (name, ip)) in pods.iter().enumerate() {
             let pod = bed.add_pod(i, name, ip)?;
             bed.pods.push(pod);
@@ -317,6 +403,28 @@ impl Bed {
         ns.exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
         ns.exec(&["ip", "link", "set", "eth0", "up"])?;
         ns.exec(&["ip", "route", "add", "default", "via", POD_GATEWAY])?;
+        ns.exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/64", pod_ip6(ip)),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        ns.exec(&[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            POD_GATEWAY6,
+            "dev",
+            "eth0",
+            "onlink",
+        ])?;
         let stop = Arc::new(AtomicBool::new(false));
         let threads = vec![
             tcp_server(&ns, name, stop.clone()),
@@ -329,6 +437,27 @@ impl Bed {
             stop,
             threads,
         })
+    }
+
+    /// Like [`Bed::sync`], for the IPv6 family (ip6tables).
+    pub fn sync6(&self, yaml: &str, variant: &str) -> Result<String, String> {
+        let file = self.dir.join("manifests6.yaml");
+        std::fs::write(&file, yaml).map_err(|e| e.to_string())?;
+        self.kproxy(&[
+            "sync",
+            "-f",
+            file.to_str().expect("utf-8 path"),
+            "--ip-family",
+            "ipv6",
+            "--hostname-override",
+            NODE_NAME,
+            "--cluster-cidr",
+            "10.244.0.0/16,fd00:244::/32",
+            "--node-ip",
+            NODE_IP6,
+            "--iptables-variant",
+            variant,
+        ])
     }
 
     /// Writes `yaml` as the bed's only manifest and applies it with `kproxy sync` in the node
@@ -467,19 +596,27 @@ fn parse_answer(text: &str) -> Reply {
     }
 }
 
+/// A v4-mapped IPv6 address (`::ffff:a.b.c.d`, how a dual-stack socket sees IPv4 peers) as IPv4.
+fn unmapped(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 fn tcp_server(ns: &Netns, name: &str, stop: Arc<AtomicBool>) -> JoinHandle<()> {
     let (nsname, name) = (ns.name.clone(), name.to_owned());
     let (ready_tx, ready_rx) = mpsc::channel();
     let handle = std::thread::spawn(move || {
         Netns { name: nsname }.enter_and_forget();
-        let listener = TcpListener::bind(("0.0.0.0", TCP_PORT)).expect("bind tcp");
+        let listener = TcpListener::bind(("::", TCP_PORT)).expect("bind tcp");
         listener.set_nonblocking(true).expect("nonblocking");
         ready_tx.send(()).expect("ready");
         while !stop.load(Ordering::SeqCst) {
             match listener.accept() {
                 Ok((mut s, peer)) => {
                     let _ = s.set_nonblocking(false);
-                    let _ = writeln!(s, "{name} {}", peer.ip());
+                    let _ = writeln!(s, "{name} {}", unmapped(peer.ip()));
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     std::thread::sleep(Duration::from_millis(2))
@@ -497,7 +634,7 @@ fn udp_server(ns: &Netns, name: &str, stop: Arc<AtomicBool>) -> JoinHandle<()> {
     let (ready_tx, ready_rx) = mpsc::channel();
     let handle = std::thread::spawn(move || {
         Netns { name: nsname }.enter_and_forget();
-        let socket = UdpSocket::bind(("0.0.0.0", UDP_PORT)).expect("bind udp");
+        let socket = UdpSocket::bind(("::", UDP_PORT)).expect("bind udp");
         socket
             .set_read_timeout(Some(Duration::from_millis(50)))
             .expect("timeout");
@@ -505,7 +642,7 @@ fn udp_server(ns: &Netns, name: &str, stop: Arc<AtomicBool>) -> JoinHandle<()> {
         let mut buf = [0u8; 512];
         while !stop.load(Ordering::SeqCst) {
             if let Ok((_, peer)) = socket.recv_from(&mut buf) {
-                let _ = socket.send_to(format!("{name} {}", peer.ip()).as_bytes(), peer);
+                let _ = socket.send_to(format!("{name} {}", unmapped(peer.ip())).as_bytes(), peer);
             }
         }
     });
@@ -525,12 +662,17 @@ impl UdpClient {
         let (rep_tx, rep_rx) = mpsc::channel();
         std::thread::spawn(move || {
             Netns { name: ns }.enter_and_forget();
-            let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
-            socket
-                .set_read_timeout(Some(Duration::from_millis(1500)))
-                .expect("timeout");
+            let mut sockets: [Option<UdpSocket>; 2] = [None, None];
             let mut buf = [0u8; 512];
             for to in req_rx {
+                let slot = usize::from(to.is_ipv6());
+                let socket = sockets[slot].get_or_insert_with(|| {
+                    let any = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+                    let s = UdpSocket::bind(any).expect("bind");
+                    s.set_read_timeout(Some(Duration::from_millis(1500)))
+                        .expect("timeout");
+                    s
+                });
                 let _ = socket.send_to(b"ping", to);
                 let reply = match socket.recv_from(&mut buf) {
                     Ok((n, _)) => parse_answer(&String::from_utf8_lossy(&buf[..n])),
