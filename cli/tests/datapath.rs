@@ -449,10 +449,21 @@ fn ipv6_with_ip6tables(variant: &str) {
     // Fresh IPv6 links resolve neighbours slowly at first (DAD of link-local addresses): warm up
     // each path once before counting.
     for target in [&a6, &b6] {
-        let warm = (0..5).any(|_| bed.tcp("pod-c", &format!("[{target}]:8080")).pod().is_some());
-        assert!(warm, "pod-c cannot reach {target} directly: the test bed is broken");
-        let from_node = (0..5).any(|_| bed.tcp("node", &format!("[{target}]:8080")).pod().is_some());
-        assert!(from_node, "the node cannot reach {target}: the test bed is broken");
+        let warm = (0..5).any(|_| {
+            bed.tcp("pod-c", &format!("[{target}]:8080"))
+                .pod()
+                .is_some()
+        });
+        assert!(
+            warm,
+            "pod-c cannot reach {target} directly: the test bed is broken"
+        );
+        let from_node =
+            (0..5).any(|_| bed.tcp("node", &format!("[{target}]:8080")).pod().is_some());
+        assert!(
+            from_node,
+            "the node cannot reach {target}: the test bed is broken"
+        );
     }
     let replies = bed.tcp_many("pod-c", &format!("[{svc6}]:80"), 20);
     let c = counts(&replies);

@@ -33,6 +33,7 @@
 #![deny(rustdoc::broken_intra_doc_links)]
 
 pub mod change_tracker;
+pub mod config;
 pub mod convert;
 pub mod describe;
 pub mod diff;
