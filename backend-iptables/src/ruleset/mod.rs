@@ -4,7 +4,7 @@
 //! This is the faithful fake of the datapath that lets render and partial-sync logic be tested
 //! without root: `apply_restore` commits a table all or nothing, rejects jumps to missing chains,
 //! `-D` of a rule that does not exist and `-X` of a chain in use, exactly where iptables-restore
-//! would. [`Ruleset::evaluate`] walks a packet through the chains (see [`eval`]).
+//! would. [`Ruleset::evaluate`] walks a packet through the chains.
 
 mod eval;
 mod parse;
