@@ -42,6 +42,7 @@ pub mod handler;
 pub mod model;
 pub mod pending;
 pub mod proxier;
+pub mod schedule;
 pub mod selection;
 pub mod state;
 
@@ -56,5 +57,6 @@ pub use model::{
 };
 pub use pending::{ChangeCounters, PendingChanges};
 pub use proxier::{Proxier, ProxierError, SyncReport};
+pub use schedule::{ScheduleConfig, SyncKind, SyncSchedule};
 pub use selection::{select_endpoints, EndpointSelection, TopologyMode};
 pub use state::{ProxyState, ServicePortEntry};
