@@ -39,6 +39,8 @@ pub mod describe;
 pub mod diff;
 mod endpoint_slice_cache;
 pub mod handler;
+pub mod health;
+pub mod metrics;
 pub mod model;
 pub mod pending;
 pub mod proxier;

@@ -1,0 +1,265 @@
+//! Prometheus metrics under kube-proxy's names (subsystem `kubeproxy`), so existing dashboards and
+//! alerts keep working.
+
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::pending::ChangeCounters;
+use crate::schedule::SyncKind;
+use crate::state::ProxyState;
+
+type Labels = Vec<(String, String)>;
+
+/// Every metric kproxy exports, and the registry that renders them.
+#[derive(Debug)]
+pub struct ProxyMetrics {
+    registry: Registry,
+    sync_duration: Histogram,
+    sync_full_duration: Histogram,
+    sync_partial_duration: Histogram,
+    last_sync: Gauge<f64, AtomicU64>,
+    service_changes_pending: Gauge,
+    endpoint_changes_pending: Gauge,
+    service_changes_total: Counter,
+    endpoint_changes_total: Counter,
+    rules: Family<Labels, Gauge>,
+    restore_failures: Counter,
+    no_local_endpoints: Family<Labels, Gauge>,
+    invalid_input: Counter,
+    seen: ChangeCounters,
+}
+
+impl Default for ProxyMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn sync_buckets() -> Histogram {
+    // 1 ms … ~16 s, as upstream's exponential buckets.
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+impl ProxyMetrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("kubeproxy");
+        let m = Self {
+            sync_duration: sync_buckets(),
+            sync_full_duration: sync_buckets(),
+            sync_partial_duration: sync_buckets(),
+            last_sync: Gauge::default(),
+            service_changes_pending: Gauge::default(),
+            endpoint_changes_pending: Gauge::default(),
+            service_changes_total: Counter::default(),
+            endpoint_changes_total: Counter::default(),
+            rules: Family::default(),
+            restore_failures: Counter::default(),
+            no_local_endpoints: Family::default(),
+            invalid_input: Counter::default(),
+            seen: ChangeCounters::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "sync_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds",
+            m.sync_duration.clone(),
+        );
+        registry.register(
+            "sync_full_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds for full resyncs",
+            m.sync_full_duration.clone(),
+        );
+        registry.register(
+            "sync_partial_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds for partial resyncs",
+            m.sync_partial_duration.clone(),
+        );
+        registry.register(
+            "sync_proxy_rules_last_timestamp_seconds",
+            "The last time proxy rules were successfully synced",
+            m.last_sync.clone(),
+        );
+        registry.register(
+            "sync_proxy_rules_service_changes_pending",
+            "Pending proxy rules Service changes",
+            m.service_changes_pending.clone(),
+        );
+        registry.register(
+            "sync_proxy_rules_endpoint_changes_pending",
+            "Pending proxy rules Endpoint changes",
+            m.endpoint_changes_pending.clone(),
+        );
+        registry.register(
+            "sync_proxy_rules_service_changes",
+            "Cumulative proxy rules Service changes",
+            m.service_changes_total.clone(),
+        );
+        registry.register(
+            "sync_proxy_rules_endpoint_changes",
+            "Cumulative proxy rules Endpoint changes",
+            m.endpoint_changes_total.clone(),
+        );
+        registry.register(
+            "sync_proxy_rules_iptables",
+            "Number of iptables rules written by kube-proxy in last sync",
+            m.rules.clone(),
+        );
+        registry.register(
+            "sync_proxy_rules_iptables_restore_failures",
+            "Cumulative proxy iptables restore failures",
+            m.restore_failures.clone(),
+        );
+        registry.register(
+            "sync_proxy_rules_no_local_endpoints",
+            "Number of services with a Local traffic policy and no endpoints",
+            m.no_local_endpoints.clone(),
+        );
+        registry.register(
+            "invalid_input_objects",
+            "Values, endpoints, ports or objects skipped as invalid (kproxy)",
+            m.invalid_input.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// Records a successful sync of `kind` that took `took` and finished at `now`.
+    pub fn synced(&self, kind: SyncKind, took: Duration, now: SystemTime) {
+        let secs = took.as_secs_f64();
+        self.sync_duration.observe(secs);
+        match kind {
+            SyncKind::Full => self.sync_full_duration.observe(secs),
+            SyncKind::Changes => self.sync_partial_duration.observe(secs),
+        }
+        let ts = now
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        self.last_sync.set(ts);
+    }
+
+    /// Records a failed restore.
+    pub fn restore_failed(&self) {
+        self.restore_failures.inc();
+    }
+
+    /// Updates pending and cumulative change counts from the handlers' counters.
+    pub fn changes(
+        &mut self,
+        counters: ChangeCounters,
+        pending_services: usize,
+        pending_endpoints: usize,
+    ) {
+        self.service_changes_pending.set(pending_services as i64);
+        self.endpoint_changes_pending.set(pending_endpoints as i64);
+        let delta = |now: u64, before: u64| now.saturating_sub(before);
+        self.service_changes_total.inc_by(delta(
+            counters.service_changes_total,
+            self.seen.service_changes_total,
+        ));
+        self.endpoint_changes_total.inc_by(delta(
+            counters.endpoint_changes_total,
+            self.seen.endpoint_changes_total,
+        ));
+        self.invalid_input.inc_by(delta(
+            counters.conversion_warnings_total,
+            self.seen.conversion_warnings_total,
+        ));
+        self.seen = counters;
+    }
+
+    /// Rules written per table (`filter`, `nat`).
+    pub fn rules(&self, table: &str, count: usize) {
+        self.rules
+            .get_or_create(&vec![("table".to_owned(), table.to_owned())])
+            .set(count as i64);
+    }
+
+    /// Counts Local-policy Service ports with no local endpoint, per traffic policy.
+    pub fn no_local_endpoints(&self, state: &ProxyState) {
+        let (mut internal, mut external) = (0, 0);
+        for (_, e) in state.service_ports() {
+            let none_here = e.selection.has_any_endpoints && e.selection.local.is_empty();
+            if none_here && e.service.internal_policy_local {
+                internal += 1;
+            }
+            if none_here && e.service.external_policy_local {
+                external += 1;
+            }
+        }
+        for (policy, n) in [("internal", internal), ("external", external)] {
+            self.no_local_endpoints
+                .get_or_create(&vec![("traffic_policy".to_owned(), policy.to_owned())])
+                .set(n);
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exports_kube_proxy_names() {
+        let mut m = ProxyMetrics::new();
+        m.synced(
+            SyncKind::Full,
+            Duration::from_millis(20),
+            UNIX_EPOCH + Duration::from_secs(7),
+        );
+        m.synced(
+            SyncKind::Changes,
+            Duration::from_millis(2),
+            UNIX_EPOCH + Duration::from_secs(9),
+        );
+        m.restore_failed();
+        m.rules("nat", 42);
+        m.changes(
+            ChangeCounters {
+                service_changes_total: 3,
+                endpoint_changes_total: 5,
+                conversion_warnings_total: 1,
+            },
+            1,
+            2,
+        );
+        m.changes(
+            ChangeCounters {
+                service_changes_total: 4,
+                endpoint_changes_total: 5,
+                conversion_warnings_total: 1,
+            },
+            0,
+            0,
+        );
+        let text = m.encode();
+        for expected in [
+            "kubeproxy_sync_proxy_rules_duration_seconds_count 2",
+            "kubeproxy_sync_full_proxy_rules_duration_seconds_count 1",
+            "kubeproxy_sync_partial_proxy_rules_duration_seconds_count 1",
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds 9.0",
+            "kubeproxy_sync_proxy_rules_service_changes_total 4",
+            "kubeproxy_sync_proxy_rules_endpoint_changes_total 5",
+            "kubeproxy_sync_proxy_rules_service_changes_pending 0",
+            "kubeproxy_sync_proxy_rules_iptables{table=\"nat\"} 42",
+            "kubeproxy_sync_proxy_rules_iptables_restore_failures_total 1",
+            "kubeproxy_invalid_input_objects_total 1",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+    }
+}
