@@ -20,6 +20,9 @@ pub(crate) struct Cli {
     #[arg(long)]
     pub(crate) cleanup: bool,
 
+    #[command(flatten)]
+    pub(crate) daemon: DaemonArgs,
+
     #[command(subcommand)]
     pub(crate) command: Option<Command>,
 }
@@ -155,4 +158,77 @@ pub(crate) struct StateArgs {
     /// The IP family.
     #[arg(long, value_enum, default_value_t = Family::Ipv4)]
     pub(crate) ip_family: Family,
+}
+
+/// The long-running proxy's flags (kube-proxy's names). Flags override the `--config` file.
+#[derive(Debug, Args)]
+pub(crate) struct DaemonArgs {
+    /// A KubeProxyConfiguration file (kubeproxy.config.k8s.io/v1alpha1).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+
+    /// Write the effective configuration to FILE and exit.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) write_config_to: Option<PathBuf>,
+
+    /// Watch YAML manifests (a file or directory) instead of an API server; re-syncs when they
+    /// change. For clusterless use and tests.
+    #[arg(long, value_name = "FILE_OR_DIR")]
+    pub(crate) manifests: Option<PathBuf>,
+
+    /// The node name to act as.
+    #[arg(
+        long = "hostname-override",
+        value_name = "NODE",
+        id = "daemon_hostname_override"
+    )]
+    pub(crate) hostname_override: Option<String>,
+
+    /// The pod network(s), comma-separated.
+    #[arg(
+        long = "cluster-cidr",
+        value_name = "CIDR[,CIDR]",
+        id = "daemon_cluster_cidr"
+    )]
+    pub(crate) cluster_cidr: Option<String>,
+
+    /// Masquerade all traffic to cluster IPs.
+    #[arg(long = "masquerade-all", id = "daemon_masquerade_all")]
+    pub(crate) masquerade_all: bool,
+
+    /// Node addresses (CIDRs, comma-separated) that accept NodePorts.
+    #[arg(
+        long = "nodeport-addresses",
+        value_name = "CIDR[,CIDR]",
+        id = "daemon_nodeport_addresses"
+    )]
+    pub(crate) nodeport_addresses: Option<String>,
+
+    /// Where /healthz and /livez listen (default 0.0.0.0:10256).
+    #[arg(long, value_name = "IP:PORT")]
+    pub(crate) healthz_bind_address: Option<String>,
+
+    /// Where /metrics listens (default 127.0.0.1:10249).
+    #[arg(long, value_name = "IP:PORT")]
+    pub(crate) metrics_bind_address: Option<String>,
+
+    /// The full resync period (default 30s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) iptables_sync_period: Option<proxy_core::config::GoDuration>,
+
+    /// The minimum interval between syncs (default 1s; 0 syncs every change at once).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) iptables_min_sync_period: Option<proxy_core::config::GoDuration>,
+
+    /// The proxy mode.
+    #[arg(long = "proxy-mode", value_enum, id = "daemon_proxy_mode")]
+    pub(crate) proxy_mode: Option<ProxyMode>,
+
+    /// Which iptables binaries to use.
+    #[arg(long = "iptables-variant", value_enum, default_value_t = IptablesVariant::Auto, id = "daemon_iptables_variant")]
+    pub(crate) iptables_variant: IptablesVariant,
+}
+
+fn parse_duration(s: &str) -> Result<proxy_core::config::GoDuration, String> {
+    proxy_core::config::GoDuration::parse(s).map_err(|e| e.to_string())
 }

@@ -5,6 +5,7 @@
 
 mod args;
 mod commands;
+mod daemon;
 mod input;
 
 use std::process::ExitCode;
@@ -21,15 +22,17 @@ fn main() -> ExitCode {
         (Some(Command::State(a)), _) => commands::state::run(a),
         (Some(Command::Render(a)), _) => commands::render::run(a),
         (Some(Command::Sync(a)), _) => commands::sync::run(a),
-        (None, false) => Err(anyhow::anyhow!(
-            "the long-running proxy is not built yet; use a subcommand (kproxy --help)"
-        )),
+        (None, false) => daemon::run(&cli.daemon),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("kproxy: {err:#}");
-            if input::is_bad_input(&err) {
+            if input::is_bad_input(&err)
+                || err
+                    .chain()
+                    .any(|e| e.is::<daemon::settings_error::BadSetting>())
+            {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE

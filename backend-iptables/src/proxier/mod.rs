@@ -100,6 +100,11 @@ impl IptablesProxier {
         self
     }
 
+    /// Rules kproxy has in each table after the last sync (`sync_proxy_rules_iptables_total`).
+    pub fn rule_counts(&self) -> crate::render::RuleCounts {
+        self.renderer.counts()
+    }
+
     fn family(&self) -> IpFamily {
         self.renderer.config().family
     }

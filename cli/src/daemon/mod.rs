@@ -1,0 +1,101 @@
+//! The long-running proxy: sources feed the handlers, a sync thread applies changes on the
+//! bounded-frequency schedule, HTTP serves health and metrics, SIGTERM stops it cleanly.
+//!
+//! Threads, not tasks, for the blocking parts: the proxier runs iptables processes and the file
+//! source polls the disk; the tokio runtime serves HTTP and waits for signals. Everything shared is
+//! behind short-held mutexes: handlers only record, so a lock is never held across a sync.
+
+mod file_source;
+mod http;
+mod settings;
+mod sync_thread;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use anyhow::Context;
+use proxy_core::health::ProxyHealth;
+use proxy_core::metrics::ProxyMetrics;
+use proxy_core::{IpFamily, PendingChanges, ServiceFilter};
+
+use crate::args::DaemonArgs;
+pub(crate) use settings::Settings;
+
+/// Errors that mean "bad configuration" (exit status 2).
+pub(crate) mod settings_error {
+    pub(crate) use super::settings::BadSetting;
+}
+
+/// What the threads share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) pending: Mutex<PendingChanges>,
+    pub(crate) health: Mutex<ProxyHealth>,
+    pub(crate) metrics: Mutex<ProxyMetrics>,
+    /// Set when a source recorded a change (or on shutdown); the sync thread waits on it.
+    pub(crate) wake: (Mutex<bool>, Condvar),
+    pub(crate) shutdown: AtomicBool,
+}
+
+impl Shared {
+    /// Wakes the sync thread.
+    pub(crate) fn notify(&self) {
+        let (flag, cv) = &self.wake;
+        *flag.lock().expect("wake lock") = true;
+        cv.notify_all();
+    }
+
+    pub(crate) fn stopping(&self) -> bool {
+        self.shutdown.load(Ordering::SeqCst)
+    }
+}
+
+/// Runs the proxy until SIGTERM or SIGINT.
+pub(crate) fn run(args: &DaemonArgs) -> anyhow::Result<()> {
+    let settings = Settings::from_args(args)?;
+    if let Some(path) = &args.write_config_to {
+        std::fs::write(path, settings.config.to_yaml())
+            .with_context(|| format!("writing {}", path.display()))?;
+        return Ok(());
+    }
+    let Some(manifests) = args.manifests.clone() else {
+        anyhow::bail!(
+            "watching an API server is not built yet; run with --manifests FILE_OR_DIR (see kproxy --help)"
+        );
+    };
+    tracing::info!(
+        node = %settings.node_name,
+        "starting kproxy (iptables, IPv4), manifests from {}",
+        manifests.display()
+    );
+    let shared = Arc::new(Shared {
+        pending: Mutex::new(PendingChanges::new(
+            IpFamily::V4,
+            &settings.node_name,
+            ServiceFilter::default(),
+        )),
+        health: Mutex::new(ProxyHealth::new(settings.sync_period * 2)),
+        metrics: Mutex::new(ProxyMetrics::new()),
+        wake: (Mutex::new(false), Condvar::new()),
+        shutdown: AtomicBool::new(false),
+    });
+
+    // The first load must work: a broken file at start is a configuration error (exit 2).
+    let source = file_source::FileSource::start(manifests, Arc::clone(&shared))?;
+    let sync = sync_thread::start(settings.clone(), Arc::clone(&shared))?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(http::serve_until_signal(&settings, Arc::clone(&shared)));
+
+    // Stop: no new syncs, finish the one in flight, leave the rules in place.
+    shared.shutdown.store(true, Ordering::SeqCst);
+    shared.notify();
+    source.stop();
+    let _ = sync.join();
+    tracing::info!("stopped; rules left in place");
+    result
+}

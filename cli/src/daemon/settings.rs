@@ -1,0 +1,146 @@
+//! The effective settings: the `--config` file (or upstream's defaults), overridden by flags.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use backend_iptables::{NodePortAddresses, RenderConfig};
+use proxy_core::config::KubeProxyConfiguration;
+use proxy_core::IpFamily;
+
+use crate::args::{DaemonArgs, IptablesVariant};
+
+/// Everything the daemon needs, resolved.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    pub(crate) config: KubeProxyConfiguration,
+    pub(crate) node_name: String,
+    pub(crate) healthz: SocketAddr,
+    pub(crate) metrics: SocketAddr,
+    pub(crate) sync_period: Duration,
+    pub(crate) min_sync_period: Duration,
+    pub(crate) variant: IptablesVariant,
+}
+
+/// A flag or config value that is invalid (exit status 2).
+#[derive(Debug)]
+pub(crate) struct BadSetting(pub(crate) String);
+
+impl std::fmt::Display for BadSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadSetting {}
+
+impl Settings {
+    /// Loads `--config`, applies flags, validates.
+    pub(crate) fn from_args(args: &DaemonArgs) -> anyhow::Result<Self> {
+        let mut config = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                KubeProxyConfiguration::from_yaml(&path.display().to_string(), &text)
+                    .map_err(|e| BadSetting(e.to_string()))?
+            }
+            None => KubeProxyConfiguration::default(),
+        };
+        if let Some(v) = &args.hostname_override {
+            config.hostname_override = v.clone();
+        }
+        if let Some(v) = &args.cluster_cidr {
+            config.cluster_cidr = v.clone();
+        }
+        if args.masquerade_all {
+            config.iptables.masquerade_all = true;
+        }
+        if let Some(v) = &args.nodeport_addresses {
+            config.node_port_addresses = v.split(',').map(|s| s.trim().to_owned()).collect();
+        }
+        if let Some(v) = &args.healthz_bind_address {
+            config.healthz_bind_address = v.clone();
+        }
+        if let Some(v) = &args.metrics_bind_address {
+            config.metrics_bind_address = v.clone();
+        }
+        if let Some(v) = args.iptables_sync_period {
+            config.iptables.sync_period = v;
+        }
+        let mut min_sync_period = None;
+        if let Some(v) = args.iptables_min_sync_period {
+            // An explicit flag is honoured exactly, zero included (the file's zero means default).
+            config.iptables.min_sync_period = v;
+            min_sync_period = Some(v.0);
+        }
+        config.validate().map_err(|e| BadSetting(e.to_string()))?;
+        let parse = |field: &str, v: &str| -> anyhow::Result<SocketAddr> {
+            v.parse()
+                .map_err(|_| BadSetting(format!("{field}: {v:?} is not an address:port")).into())
+        };
+        let node_name = if config.hostname_override.is_empty() {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .context("reading the host name")?
+                .trim()
+                .to_lowercase()
+        } else {
+            config.hostname_override.trim().to_lowercase()
+        };
+        Ok(Self {
+            healthz: parse("healthzBindAddress", &config.healthz_bind_address)?,
+            metrics: parse("metricsBindAddress", &config.metrics_bind_address)?,
+            sync_period: config.effective_sync_period(),
+            min_sync_period: min_sync_period.unwrap_or_else(|| config.effective_min_sync_period()),
+            node_name,
+            variant: args.iptables_variant,
+            config,
+        })
+    }
+
+    /// The iptables render settings for `family`; node IPs come from the Node object when known.
+    pub(crate) fn render_config(
+        &self,
+        family: IpFamily,
+        node_ips: &[std::net::IpAddr],
+    ) -> anyhow::Result<RenderConfig> {
+        let mut r = RenderConfig::new(family);
+        r.cluster_cidr = self
+            .config
+            .cluster_cidrs()
+            .map_err(|e| BadSetting(e.to_string()))?
+            .into_iter()
+            .find(|c| family.contains(&c.ip()));
+        r.masquerade_all = self.config.iptables.masquerade_all;
+        r.masquerade_bit = self.config.iptables.masquerade_bit.unwrap_or(14) as u8;
+        r.localhost_node_ports = self.config.iptables.localhost_node_ports.unwrap_or(true);
+        r.conntrack_tcp_liberal = self.config.conntrack.tcp_be_liberal;
+        r.node_ips = node_ips
+            .iter()
+            .copied()
+            .filter(|ip| family.contains(ip))
+            .collect();
+        if !self.config.node_port_addresses.is_empty() {
+            let cidrs: Vec<ipnetwork::IpNetwork> = self
+                .config
+                .node_port_addresses
+                .iter()
+                .filter_map(|c| c.parse().ok())
+                .collect();
+            let mut ips: Vec<_> = r
+                .node_ips
+                .iter()
+                .copied()
+                .filter(|ip| cidrs.iter().any(|c| c.contains(*ip)))
+                .collect();
+            let loopback: std::net::IpAddr = match family {
+                IpFamily::V4 => "127.0.0.1".parse().expect("valid"),
+                IpFamily::V6 => "::1".parse().expect("valid"),
+            };
+            if cidrs.iter().any(|c| c.contains(loopback)) {
+                ips.push(loopback);
+            }
+            r.node_port_addresses = NodePortAddresses::Only(ips);
+        }
+        Ok(r)
+    }
+}
