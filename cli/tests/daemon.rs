@@ -95,7 +95,7 @@ fn daemon_follows_manifests_and_serves_health_and_metrics() {
             "--hostname-override",
             "node-a",
             "--cluster-cidr",
-            "10.244.0.0/16",
+            "10.244.0.0/16,fd00:244::/32",
             "--iptables-min-sync-period",
             "0",
             "--iptables-variant",

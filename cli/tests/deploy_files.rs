@@ -8,7 +8,13 @@ fn deploy_manifests_parse_and_the_configmap_config_loads() {
     let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
     assert_eq!(
         kinds,
-        ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet"]
+        [
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ConfigMap",
+            "DaemonSet"
+        ]
     );
     let config = docs[3]["data"]["config.conf"].as_str().unwrap();
     let c = proxy_core::config::KubeProxyConfiguration::from_yaml("configmap", config).unwrap();

@@ -116,11 +116,13 @@ impl FileSource {
     pub(crate) fn start(path: PathBuf, shared: Arc<Shared>) -> anyhow::Result<Self> {
         let first: Snapshot = fixtures::load_path(&path)?.into();
         {
-            let mut p = shared.pending.lock().expect("pending lock");
-            apply(&mut p, &Snapshot::default(), &first);
-            p.on_service_synced();
-            p.on_endpoint_slice_synced();
-            p.on_node_synced();
+            let mut trackers = shared.pending.lock().expect("pending lock");
+            for p in trackers.iter_mut() {
+                apply(p, &Snapshot::default(), &first);
+                p.on_service_synced();
+                p.on_endpoint_slice_synced();
+                p.on_node_synced();
+            }
         }
         shared
             .health
@@ -145,8 +147,12 @@ impl FileSource {
                         }
                     };
                     let changed = {
-                        let mut p = shared.pending.lock().expect("pending lock");
-                        apply(&mut p, &current, &next)
+                        let mut trackers = shared.pending.lock().expect("pending lock");
+                        trackers
+                            .iter_mut()
+                            .map(|p| apply(p, &current, &next))
+                            .max()
+                            .unwrap_or(0)
                     };
                     if changed > 0 {
                         tracing::debug!("{changed} objects changed in the manifests");

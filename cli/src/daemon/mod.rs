@@ -16,7 +16,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use anyhow::Context;
 use proxy_core::health::ProxyHealth;
 use proxy_core::metrics::ProxyMetrics;
-use proxy_core::{IpFamily, PendingChanges, ServiceFilter};
+use proxy_core::{PendingChanges, ServiceFilter};
 
 use crate::args::DaemonArgs;
 pub(crate) use settings::Settings;
@@ -29,7 +29,8 @@ pub(crate) mod settings_error {
 /// What the threads share.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) pending: Mutex<PendingChanges>,
+    /// One change tracker per IP family the proxy programs, fed the same events.
+    pub(crate) pending: Mutex<Vec<PendingChanges>>,
     pub(crate) health: Mutex<ProxyHealth>,
     pub(crate) metrics: Mutex<ProxyMetrics>,
     /// Set when a source recorded a change (or on shutdown); the sync thread waits on it.
@@ -65,15 +66,17 @@ pub(crate) fn run(args: &DaemonArgs) -> anyhow::Result<()> {
     };
     tracing::info!(
         node = %settings.node_name,
-        "starting kproxy (iptables, IPv4), manifests from {}",
+        families = ?settings.families,
+        "starting kproxy (iptables), manifests from {}",
         manifests.display()
     );
+    let trackers = settings
+        .families
+        .iter()
+        .map(|f| PendingChanges::new(*f, &settings.node_name, ServiceFilter::default()))
+        .collect();
     let shared = Arc::new(Shared {
-        pending: Mutex::new(PendingChanges::new(
-            IpFamily::V4,
-            &settings.node_name,
-            ServiceFilter::default(),
-        )),
+        pending: Mutex::new(trackers),
         health: Mutex::new(ProxyHealth::new(settings.sync_period * 2)),
         metrics: Mutex::new(ProxyMetrics::new()),
         wake: (Mutex::new(false), Condvar::new()),

@@ -20,6 +20,8 @@ pub(crate) struct Settings {
     pub(crate) sync_period: Duration,
     pub(crate) min_sync_period: Duration,
     pub(crate) variant: IptablesVariant,
+    /// The IP families to program: those of the cluster CIDRs (IPv4 when none is set).
+    pub(crate) families: Vec<IpFamily>,
 }
 
 /// A flag or config value that is invalid (exit status 2).
@@ -86,7 +88,15 @@ impl Settings {
         } else {
             config.hostname_override.trim().to_lowercase()
         };
+        let cidrs = config
+            .cluster_cidrs()
+            .map_err(|e| BadSetting(e.to_string()))?;
+        let mut families: Vec<IpFamily> = cidrs.iter().map(|c| IpFamily::of(&c.ip())).collect();
+        if families.is_empty() {
+            families.push(IpFamily::V4);
+        }
         Ok(Self {
+            families,
             healthz: parse("healthzBindAddress", &config.healthz_bind_address)?,
             metrics: parse("metricsBindAddress", &config.metrics_bind_address)?,
             sync_period: config.effective_sync_period(),

@@ -6,23 +6,26 @@ use std::time::{Instant, SystemTime};
 
 use backend_iptables::conntrack::{ConntrackOps, NetlinkConntrack};
 use backend_iptables::{detect_variant, IptablesCmd, IptablesProxier, Renderer, Variant};
-use proxy_core::{IpFamily, NodeInfo, Proxier, ProxyState, ScheduleConfig, SyncKind, SyncSchedule};
+use proxy_core::{NodeInfo, Proxier, ProxyState, ScheduleConfig, SyncKind, SyncSchedule};
 
 use super::{Settings, Shared};
 use crate::args::IptablesVariant;
 
 /// Starts the thread.
 pub(crate) fn start(settings: Settings, shared: Arc<Shared>) -> anyhow::Result<JoinHandle<()>> {
-    let family = IpFamily::V4;
-    let variant = match settings.variant {
-        IptablesVariant::Auto => detect_variant(family),
-        IptablesVariant::Nft => Variant::Nft,
-        IptablesVariant::Legacy => Variant::Legacy,
-    };
-    tracing::info!("using iptables-{variant}");
+    let variants: Vec<Variant> = settings
+        .families
+        .iter()
+        .map(|f| match settings.variant {
+            IptablesVariant::Auto => detect_variant(*f),
+            IptablesVariant::Nft => Variant::Nft,
+            IptablesVariant::Legacy => Variant::Legacy,
+        })
+        .collect();
+    tracing::info!("using iptables-{}", variants[0]);
     let thread = std::thread::Builder::new()
         .name("sync".into())
-        .spawn(move || run(settings, shared, variant))?;
+        .spawn(move || run(settings, shared, variants))?;
     Ok(thread)
 }
 
@@ -43,7 +46,36 @@ fn proxier_for(
     ))
 }
 
-fn run(settings: Settings, shared: Arc<Shared>, variant: Variant) {
+/// One family's state and proxier.
+struct FamilyProxy {
+    state: ProxyState,
+    variant: Variant,
+    proxier: Option<IptablesProxier>,
+    node_addresses: Vec<std::net::IpAddr>,
+}
+
+impl FamilyProxy {
+    fn sync(
+        &mut self,
+        settings: &Settings,
+        diff: &proxy_core::StateDiff,
+    ) -> anyhow::Result<SyncKind> {
+        // The render config depends on the node's addresses: rebuild the proxier when they change.
+        if self.proxier.is_none() || self.state.node().addresses != self.node_addresses {
+            self.node_addresses = self.state.node().addresses.clone();
+            self.proxier = Some(proxier_for(settings, &self.state, self.variant)?);
+        }
+        let proxier = self.proxier.as_mut().expect("just set");
+        let report = proxier.sync(&self.state, diff)?;
+        Ok(if report.full {
+            SyncKind::Full
+        } else {
+            SyncKind::Changes
+        })
+    }
+}
+
+fn run(settings: Settings, shared: Arc<Shared>, variants: Vec<Variant>) {
     let mut schedule = SyncSchedule::new(ScheduleConfig {
         min_interval: settings.min_sync_period,
         max_interval: settings.sync_period,
@@ -51,67 +83,80 @@ fn run(settings: Settings, shared: Arc<Shared>, variant: Variant) {
             .min_sync_period
             .max(std::time::Duration::from_secs(1)),
     });
-    let mut state = ProxyState::new(IpFamily::V4, NodeInfo::named(&settings.node_name));
-    let mut proxier: Option<IptablesProxier> = None;
-    let mut node_addresses = Vec::new();
+    let mut families: Vec<FamilyProxy> = settings
+        .families
+        .iter()
+        .zip(variants)
+        .map(|(f, variant)| FamilyProxy {
+            state: ProxyState::new(*f, NodeInfo::named(&settings.node_name)),
+            variant,
+            proxier: None,
+            node_addresses: Vec::new(),
+        })
+        .collect();
     while !shared.stopping() {
-        let (due, diff) = {
-            let mut pending = shared.pending.lock().expect("pending lock");
-            if pending.has_pending() {
+        let due = {
+            let mut trackers = shared.pending.lock().expect("pending lock");
+            if trackers.iter().any(|p| p.has_pending()) {
                 schedule.request();
             }
-            match schedule.due(Instant::now(), pending.is_synced()) {
-                None => (None, None),
-                Some(kind) => {
-                    let mut diff = state.apply(&mut pending);
-                    if kind == SyncKind::Full {
-                        diff.full = true;
-                    }
-                    let mut metrics = shared.metrics.lock().expect("metrics lock");
-                    metrics.changes(pending.counters(), 0, 0);
-                    shared
-                        .health
-                        .lock()
-                        .expect("health lock")
-                        .set_node_eligible(!pending.node_deleted());
-                    (Some(kind), Some(diff))
-                }
-            }
+            let synced = trackers.iter().all(|p| p.is_synced());
+            schedule.due(Instant::now(), synced).map(|kind| {
+                let diffs: Vec<_> = families
+                    .iter_mut()
+                    .zip(trackers.iter_mut())
+                    .map(|(fam, pending)| {
+                        let mut diff = fam.state.apply(pending);
+                        diff.full |= kind == SyncKind::Full;
+                        diff
+                    })
+                    .collect();
+                let first = &trackers[0];
+                let mut metrics = shared.metrics.lock().expect("metrics lock");
+                metrics.changes(first.counters(), 0, 0);
+                shared
+                    .health
+                    .lock()
+                    .expect("health lock")
+                    .set_node_eligible(!first.node_deleted());
+                (kind, diffs)
+            })
         };
-        if let (Some(kind), Some(diff)) = (due, diff) {
-            // The render config depends on the node's addresses: rebuild the proxier when they change.
-            if proxier.is_none() || state.node().addresses != node_addresses {
-                node_addresses = state.node().addresses.clone();
-                match proxier_for(&settings, &state, variant) {
-                    Ok(p) => proxier = Some(p),
-                    Err(e) => tracing::error!("cannot set up the iptables proxier: {e:#}"),
+        if let Some((kind, diffs)) = due {
+            let started = Instant::now();
+            let mut result: anyhow::Result<SyncKind> = Ok(SyncKind::Changes);
+            for (fam, diff) in families.iter_mut().zip(&diffs) {
+                match fam.sync(&settings, diff) {
+                    Ok(SyncKind::Full) => {
+                        if result.is_ok() {
+                            result = Ok(SyncKind::Full);
+                        }
+                    }
+                    Ok(SyncKind::Changes) => {}
+                    Err(e) => {
+                        result = Err(e.context(format!("{} rules", fam.state.family())));
+                    }
                 }
             }
-            let started = Instant::now();
-            let result = match proxier.as_mut() {
-                Some(p) => p.sync(&state, &diff).map_err(anyhow::Error::new),
-                None => Err(anyhow::anyhow!("no proxier")),
-            };
             let took = started.elapsed();
             match result {
-                Ok(report) => {
-                    let kind = if report.full {
-                        SyncKind::Full
-                    } else {
-                        SyncKind::Changes
-                    };
-                    schedule.ran(kind, started, true);
+                Ok(done) => {
+                    schedule.ran(done, started, true);
                     let now = SystemTime::now();
                     shared.health.lock().expect("health lock").updated(now);
                     let metrics = shared.metrics.lock().expect("metrics lock");
-                    metrics.synced(kind, took, now);
-                    metrics.no_local_endpoints(&state);
-                    if let Some(p) = proxier.as_ref() {
-                        let counts = p.rule_counts();
-                        metrics.rules("filter", counts.filter);
-                        metrics.rules("nat", counts.nat);
+                    metrics.synced(done, took, now);
+                    metrics.no_local_endpoints(&families[0].state);
+                    let (mut filter, mut nat) = (0, 0);
+                    for fam in &families {
+                        if let Some(p) = fam.proxier.as_ref() {
+                            filter += p.rule_counts().filter;
+                            nat += p.rule_counts().nat;
+                        }
                     }
-                    tracing::debug!(?kind, ?took, "synced {} service ports", state.len());
+                    metrics.rules("filter", filter);
+                    metrics.rules("nat", nat);
+                    tracing::debug!(?done, ?took, "synced");
                 }
                 Err(e) => {
                     schedule.ran(kind, started, false);
