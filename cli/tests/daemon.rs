@@ -22,6 +22,7 @@ impl Drop for Daemon {
 }
 
 fn yaml(endpoints: &[(&str, &str, bool)]) -> String {
+    let now = proxy_core::rfc3339::format(std::time::SystemTime::now());
     ServiceSpec {
         name: "web",
         cluster_ip: "172.30.0.10",
@@ -30,6 +31,12 @@ fn yaml(endpoints: &[(&str, &str, bool)]) -> String {
         endpoints,
     }
     .yaml()
+    .replace(
+        "  labels: {kubernetes.io/service-name: web}\n",
+        &format!(
+            "  labels: {{kubernetes.io/service-name: web}}\n  annotations: {{endpoints.kubernetes.io/last-change-trigger-time: \"{now}\"}}\n"
+        ),
+    )
 }
 
 /// GET `path` on `addr` from inside the node namespace; returns (status, body).
@@ -149,6 +156,7 @@ fn daemon_follows_manifests_and_serves_health_and_metrics() {
         "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
         "kubeproxy_sync_proxy_rules_endpoint_changes_total",
         "kubeproxy_sync_proxy_rules_iptables{table=\"nat\"}",
+        "kubeproxy_network_programming_duration_seconds_count",
     ] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }

@@ -44,6 +44,7 @@ pub mod metrics;
 pub mod model;
 pub mod pending;
 pub mod proxier;
+pub mod rfc3339;
 pub mod schedule;
 pub mod selection;
 pub mod state;

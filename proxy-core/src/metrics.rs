@@ -33,6 +33,7 @@ pub struct ProxyMetrics {
     restore_failures: Counter,
     no_local_endpoints: Family<Labels, Gauge>,
     invalid_input: Counter,
+    network_programming: Histogram,
     seen: ChangeCounters,
 }
 
@@ -64,6 +65,7 @@ impl ProxyMetrics {
             restore_failures: Counter::default(),
             no_local_endpoints: Family::default(),
             invalid_input: Counter::default(),
+            network_programming: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
             seen: ChangeCounters::default(),
             registry: Registry::default(),
         };
@@ -127,7 +129,21 @@ impl ProxyMetrics {
             "Values, endpoints, ports or objects skipped as invalid (kproxy)",
             m.invalid_input.clone(),
         );
+        registry.register(
+            "network_programming_duration_seconds",
+            "In Cluster Network Programming Latency in seconds",
+            m.network_programming.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// Observes the network programming latency of changes triggered at `triggers`, applied at
+    /// `now` (future trigger times, from skewed clocks, count as zero).
+    pub fn programmed(&self, triggers: &[SystemTime], now: SystemTime) {
+        for t in triggers {
+            let latency = now.duration_since(*t).unwrap_or_default();
+            self.network_programming.observe(latency.as_secs_f64());
+        }
     }
 
     /// Records a successful sync of `kind` that took `took` and finished at `now`.
@@ -227,6 +243,10 @@ mod tests {
             UNIX_EPOCH + Duration::from_secs(9),
         );
         m.restore_failed();
+        m.programmed(
+            &[UNIX_EPOCH + Duration::from_secs(5)],
+            UNIX_EPOCH + Duration::from_secs(7),
+        );
         m.rules("nat", 42);
         m.changes(
             ChangeCounters {
@@ -258,6 +278,7 @@ mod tests {
             "kubeproxy_sync_proxy_rules_iptables{table=\"nat\"} 42",
             "kubeproxy_sync_proxy_rules_iptables_restore_failures_total 1",
             "kubeproxy_invalid_input_objects_total 1",
+            "kubeproxy_network_programming_duration_seconds_count 1",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }

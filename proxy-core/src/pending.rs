@@ -1,7 +1,7 @@
 //! [`PendingChanges`]: what the handlers recorded since the last sync, for one IP family.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -13,6 +13,9 @@ use crate::convert::{
 };
 use crate::handler::{EndpointSliceHandler, NodeHandler, ServiceHandler};
 use crate::model::{IpFamily, NamespacedName, NodeInfo};
+
+/// The annotation the EndpointSlice controller sets to when the change behind a slice update happened.
+pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
 /// How many warnings are kept for [`PendingChanges::take_warnings`] between two drains; the counter
 /// keeps counting past it, so the metric stays exact even if nobody drains.
@@ -41,6 +44,7 @@ pub struct PendingChanges {
     counters: ChangeCounters,
     oldest_pending: Option<Instant>,
     names: Interner,
+    trigger_times: Vec<SystemTime>,
 }
 
 /// Monotonic counters for the `sync_proxy_rules_*_changes_total` metrics and skipped input.
@@ -72,6 +76,7 @@ impl PendingChanges {
             counters: ChangeCounters::default(),
             oldest_pending: None,
             names: Interner::new(),
+            trigger_times: Vec::new(),
         }
     }
 
@@ -124,6 +129,13 @@ impl PendingChanges {
     /// The counters so far.
     pub fn counters(&self) -> ChangeCounters {
         self.counters
+    }
+
+    /// Takes the `endpoints.kubernetes.io/last-change-trigger-time` of every EndpointSlice change
+    /// recorded since the last call: when the change that caused it happened (a pod became ready,
+    /// …). After a sync applies those changes, `now - trigger` is the network programming latency.
+    pub fn take_trigger_times(&mut self) -> Vec<SystemTime> {
+        std::mem::take(&mut self.trigger_times)
     }
 
     /// Takes the conversion warnings recorded since the last call (each was also logged).
@@ -208,6 +220,17 @@ impl PendingChanges {
         let current = new.and_then(|s| convert(s, &mut warnings));
         self.keep_warnings(warnings);
         let pending = self.slices.record(key, previous, current);
+        if pending {
+            let trigger = new
+                .and_then(|s| s.metadata.annotations.as_ref())
+                .and_then(|a| a.get(LAST_CHANGE_TRIGGER_TIME))
+                .and_then(|t| crate::rfc3339::parse(t));
+            if let Some(t) = trigger {
+                if self.trigger_times.len() < MAX_KEPT_WARNINGS {
+                    self.trigger_times.push(t);
+                }
+            }
+        }
         self.note_pending(pending);
     }
 }

@@ -585,3 +585,25 @@ fn bundled_examples_build_the_expected_state() {
         ["[fd00:244:1::81]:8080"]
     );
 }
+
+#[test]
+fn trigger_times_of_slice_changes_are_collected() {
+    let mut p = pending();
+    let with_trigger = SliceBuilder::new("ns1", "a-1", "a")
+        .port("p80", 8080, "TCP")
+        .endpoint(EndpointBuilder::ready("10.0.0.1"))
+        .annotation(
+            "endpoints.kubernetes.io/last-change-trigger-time",
+            "2023-11-14T22:13:20Z",
+        )
+        .build();
+    p.on_endpoint_slice_add(&with_trigger);
+    p.on_endpoint_slice_add(&slice("b-1", "b", ("p80", 8080, "TCP"), &["10.0.0.2"]));
+    let times = p.take_trigger_times();
+    assert_eq!(times.len(), 1);
+    assert_eq!(
+        proxy_core::rfc3339::format(times[0]),
+        "2023-11-14T22:13:20.000Z"
+    );
+    assert!(p.take_trigger_times().is_empty());
+}

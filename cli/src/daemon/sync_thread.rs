@@ -111,6 +111,10 @@ fn run(settings: Settings, shared: Arc<Shared>, variants: Vec<Variant>) {
                         diff
                     })
                     .collect();
+                let triggers = trackers[0].take_trigger_times();
+                for other in trackers.iter_mut().skip(1) {
+                    other.take_trigger_times(); // the same events: count them once
+                }
                 let first = &trackers[0];
                 let mut metrics = shared.metrics.lock().expect("metrics lock");
                 metrics.changes(first.counters(), 0, 0);
@@ -119,10 +123,10 @@ fn run(settings: Settings, shared: Arc<Shared>, variants: Vec<Variant>) {
                     .lock()
                     .expect("health lock")
                     .set_node_eligible(!first.node_deleted());
-                (kind, diffs)
+                (kind, diffs, triggers)
             })
         };
-        if let Some((kind, diffs)) = due {
+        if let Some((kind, diffs, triggers)) = due {
             let started = Instant::now();
             let mut result: anyhow::Result<SyncKind> = Ok(SyncKind::Changes);
             for (fam, diff) in families.iter_mut().zip(&diffs) {
@@ -146,6 +150,7 @@ fn run(settings: Settings, shared: Arc<Shared>, variants: Vec<Variant>) {
                     shared.health.lock().expect("health lock").updated(now);
                     let metrics = shared.metrics.lock().expect("metrics lock");
                     metrics.synced(done, took, now);
+                    metrics.programmed(&triggers, now);
                     metrics.no_local_endpoints(&families[0].state);
                     let (mut filter, mut nat) = (0, 0);
                     for fam in &families {
