@@ -176,6 +176,15 @@ pub(crate) struct DaemonArgs {
     #[arg(long, value_name = "FILE_OR_DIR")]
     pub(crate) manifests: Option<PathBuf>,
 
+    /// A kubeconfig file for the API server (default: clientConnection.kubeconfig, then in-cluster
+    /// settings, then ~/.kube/config).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) kubeconfig: Option<PathBuf>,
+
+    /// The API server's address, overriding the kubeconfig's.
+    #[arg(long, value_name = "URL")]
+    pub(crate) master: Option<String>,
+
     /// The node name to act as.
     #[arg(
         long = "hostname-override",

@@ -99,8 +99,24 @@ fn bad_settings_exit_2_naming_the_field() {
 }
 
 #[test]
-fn without_manifests_or_api_server_support_it_says_so() {
-    let out = kproxy(&["--hostname-override", "n"]);
+fn without_any_source_it_says_what_is_missing() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kproxy"))
+        .args(["--hostname-override", "n"])
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--manifests"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no --kubeconfig, --master or in-cluster configuration"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_master_url_exits_2() {
+    let out = kproxy(&["--master", "not a url", "--hostname-override", "n"]);
+    assert_eq!(out.status.code(), Some(2));
 }

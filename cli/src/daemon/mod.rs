@@ -7,6 +7,7 @@
 
 mod file_source;
 mod http;
+mod kube_source;
 mod settings;
 mod sync_thread;
 
@@ -59,17 +60,6 @@ pub(crate) fn run(args: &DaemonArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
         return Ok(());
     }
-    let Some(manifests) = args.manifests.clone() else {
-        anyhow::bail!(
-            "watching an API server is not built yet; run with --manifests FILE_OR_DIR (see kproxy --help)"
-        );
-    };
-    tracing::info!(
-        node = %settings.node_name,
-        families = ?settings.families,
-        "starting kproxy (iptables), manifests from {}",
-        manifests.display()
-    );
     let trackers = settings
         .families
         .iter()
@@ -82,23 +72,83 @@ pub(crate) fn run(args: &DaemonArgs) -> anyhow::Result<()> {
         wake: (Mutex::new(false), Condvar::new()),
         shutdown: AtomicBool::new(false),
     });
-
-    // The first load must work: a broken file at start is a configuration error (exit 2).
-    let source = file_source::FileSource::start(manifests, Arc::clone(&shared))?;
-    let sync = sync_thread::start(settings.clone(), Arc::clone(&shared))?;
-
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+
+    let source = match args.manifests.clone() {
+        Some(manifests) => {
+            tracing::info!(
+                node = %settings.node_name,
+                families = ?settings.families,
+                "starting kproxy (iptables), manifests from {}",
+                manifests.display()
+            );
+            // The first load must work: a broken file at start is a configuration error (exit 2).
+            Some(file_source::FileSource::start(
+                manifests,
+                Arc::clone(&shared),
+            )?)
+        }
+        None => {
+            let client = runtime.block_on(kube_client(args, &settings))?;
+            tracing::info!(
+                node = %settings.node_name,
+                families = ?settings.families,
+                "starting kproxy (iptables), watching the API server"
+            );
+            let _guard = runtime.enter();
+            kube_source::start(client, &settings.node_name, Arc::clone(&shared));
+            None
+        }
+    };
+    let sync = sync_thread::start(settings.clone(), Arc::clone(&shared))?;
+
     let result = runtime.block_on(http::serve_until_signal(&settings, Arc::clone(&shared)));
 
     // Stop: no new syncs, finish the one in flight, leave the rules in place.
     shared.shutdown.store(true, Ordering::SeqCst);
     shared.notify();
-    source.stop();
+    if let Some(source) = source {
+        source.stop();
+    }
     let _ = sync.join();
     tracing::info!("stopped; rules left in place");
     result
+}
+
+/// A client for the API server: `--kubeconfig` (or `clientConnection.kubeconfig`) and `--master`,
+/// else in-cluster settings or `~/.kube/config`.
+async fn kube_client(args: &DaemonArgs, settings: &Settings) -> anyhow::Result<kube::Client> {
+    let path = args.kubeconfig.clone().or_else(|| {
+        let p = &settings.config.client_connection.kubeconfig;
+        (!p.is_empty()).then(|| p.into())
+    });
+    let mut config = match &path {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .with_context(|| format!("using kubeconfig {}", path.display()))?
+        }
+        None => match &args.master {
+            Some(master) => kube::Config::new(
+                master
+                    .parse()
+                    .map_err(|e| settings::BadSetting(format!("--master {master:?}: {e}")))?,
+            ),
+            None => kube::Config::infer()
+                .await
+                .context("no --kubeconfig, --master or in-cluster configuration")?,
+        },
+    };
+    if let (Some(master), Some(_)) = (&args.master, &path) {
+        config.cluster_url = master
+            .parse()
+            .map_err(|e| settings::BadSetting(format!("--master {master:?}: {e}")))?;
+    }
+    kube::Client::try_from(config).context("creating the API client")
 }
