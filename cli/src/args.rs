@@ -229,6 +229,19 @@ pub(crate) struct DaemonArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub(crate) iptables_min_sync_period: Option<proxy_core::config::GoDuration>,
 
+    /// Program only Services labelled `service.kubernetes.io/service-proxy-name=NAME` (for running
+    /// beside another proxy); by default, only Services without that label, like kube-proxy.
+    #[arg(
+        long = "service-proxy-name",
+        value_name = "NAME",
+        id = "daemon_service_proxy_name"
+    )]
+    pub(crate) service_proxy_name: Option<String>,
+
+    /// The IPVS scheduler (kept in the configuration for the ipvs mode).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) ipvs_scheduler: Option<String>,
+
     /// The proxy mode.
     #[arg(long = "proxy-mode", value_enum, id = "daemon_proxy_mode")]
     pub(crate) proxy_mode: Option<ProxyMode>,

@@ -200,11 +200,23 @@ where
     });
 }
 
+/// The Service label selector: kube-proxy's, or only this proxy's Services with a proxy name.
+pub(crate) fn service_selector(proxy_name: Option<&str>) -> String {
+    match proxy_name {
+        None => SERVICE_SELECTOR.to_owned(),
+        Some(name) => {
+            format!(
+                "!service.kubernetes.io/headless,service.kubernetes.io/service-proxy-name={name}"
+            )
+        }
+    }
+}
+
 /// Starts the three watchers on the current tokio runtime.
-pub(crate) fn start(client: Client, node_name: &str, shared: Arc<Shared>) {
+pub(crate) fn start(client: Client, node_name: &str, service_selector: &str, shared: Arc<Shared>) {
     spawn_watch(
         Api::<Service>::all(client.clone()),
-        watcher::Config::default().labels(SERVICE_SELECTOR),
+        watcher::Config::default().labels(service_selector),
         Arc::clone(&shared),
     );
     spawn_watch(
@@ -286,6 +298,18 @@ mod tests {
         assert_eq!(added, ["c"]);
         assert_eq!(removed, ["a"]);
         assert!(diff.changed.is_empty());
+    }
+
+    #[test]
+    fn service_selector_follows_the_proxy_name() {
+        assert_eq!(
+            service_selector(None),
+            "!service.kubernetes.io/headless,!service.kubernetes.io/service-proxy-name"
+        );
+        assert_eq!(
+            service_selector(Some("kproxy")),
+            "!service.kubernetes.io/headless,service.kubernetes.io/service-proxy-name=kproxy"
+        );
     }
 
     #[test]
@@ -400,7 +424,7 @@ mod tests {
             wake: (Mutex::new(false), Condvar::new()),
             shutdown: AtomicBool::new(false),
         });
-        start(client, "n", Arc::clone(&shared));
+        start(client, "n", &service_selector(None), Arc::clone(&shared));
 
         let wait = |what: &str, f: &dyn Fn(&PendingChanges) -> bool| {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

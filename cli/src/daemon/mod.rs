@@ -17,7 +17,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use anyhow::Context;
 use proxy_core::health::ProxyHealth;
 use proxy_core::metrics::ProxyMetrics;
-use proxy_core::{PendingChanges, ServiceFilter};
+use proxy_core::PendingChanges;
 
 use crate::args::DaemonArgs;
 pub(crate) use settings::Settings;
@@ -63,7 +63,7 @@ pub(crate) fn run(args: &DaemonArgs) -> anyhow::Result<()> {
     let trackers = settings
         .families
         .iter()
-        .map(|f| PendingChanges::new(*f, &settings.node_name, ServiceFilter::default()))
+        .map(|f| PendingChanges::new(*f, &settings.node_name, settings.filter.clone()))
         .collect();
     let shared = Arc::new(Shared {
         pending: Mutex::new(trackers),
@@ -100,7 +100,8 @@ pub(crate) fn run(args: &DaemonArgs) -> anyhow::Result<()> {
                 "starting kproxy (iptables), watching the API server"
             );
             let _guard = runtime.enter();
-            kube_source::start(client, &settings.node_name, Arc::clone(&shared));
+            let selector = kube_source::service_selector(settings.filter.proxy_name.as_deref());
+            kube_source::start(client, &settings.node_name, &selector, Arc::clone(&shared));
             None
         }
     };

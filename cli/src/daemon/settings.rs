@@ -20,6 +20,8 @@ pub(crate) struct Settings {
     pub(crate) sync_period: Duration,
     pub(crate) min_sync_period: Duration,
     pub(crate) variant: IptablesVariant,
+    /// Which Services are ours (`--service-proxy-name`).
+    pub(crate) filter: proxy_core::ServiceFilter,
     /// The IP families to program: those of the cluster CIDRs (IPv4 when none is set).
     pub(crate) families: Vec<IpFamily>,
 }
@@ -60,6 +62,9 @@ impl Settings {
         if let Some(v) = &args.nodeport_addresses {
             config.node_port_addresses = v.split(',').map(|s| s.trim().to_owned()).collect();
         }
+        if let Some(v) = &args.ipvs_scheduler {
+            config.ipvs.scheduler = v.clone();
+        }
         if let Some(v) = &args.healthz_bind_address {
             config.healthz_bind_address = v.clone();
         }
@@ -96,6 +101,9 @@ impl Settings {
             families.push(IpFamily::V4);
         }
         Ok(Self {
+            filter: proxy_core::ServiceFilter {
+                proxy_name: args.service_proxy_name.clone(),
+            },
             families,
             healthz: parse("healthzBindAddress", &config.healthz_bind_address)?,
             metrics: parse("metricsBindAddress", &config.metrics_bind_address)?,
