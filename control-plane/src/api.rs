@@ -1,0 +1,672 @@
+//! The REST API: discovery, and get/list/watch/create/update/patch/delete for the resources kproxy
+//! and its tests use, with Kubernetes' paths, Status errors and watch semantics.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use crate::selector::{FieldSelector, LabelSelector};
+use crate::store::{Store, StoreError, WatchEvent};
+
+/// A resource the server serves.
+#[derive(Clone, Copy, Debug)]
+pub struct ResourceInfo {
+    /// Plural name in URLs.
+    pub name: &'static str,
+    /// Kind.
+    pub kind: &'static str,
+    /// Whether objects live in namespaces.
+    pub namespaced: bool,
+    /// `v1` or `group/version`.
+    pub group_version: &'static str,
+    /// Short names for kubectl.
+    pub short_names: &'static [&'static str],
+}
+
+/// Everything served.
+pub const RESOURCES: &[ResourceInfo] = &[
+    ResourceInfo {
+        name: "namespaces",
+        kind: "Namespace",
+        namespaced: false,
+        group_version: "v1",
+        short_names: &["ns"],
+    },
+    ResourceInfo {
+        name: "services",
+        kind: "Service",
+        namespaced: true,
+        group_version: "v1",
+        short_names: &["svc"],
+    },
+    ResourceInfo {
+        name: "pods",
+        kind: "Pod",
+        namespaced: true,
+        group_version: "v1",
+        short_names: &["po"],
+    },
+    ResourceInfo {
+        name: "nodes",
+        kind: "Node",
+        namespaced: false,
+        group_version: "v1",
+        short_names: &["no"],
+    },
+    ResourceInfo {
+        name: "endpointslices",
+        kind: "EndpointSlice",
+        namespaced: true,
+        group_version: "discovery.k8s.io/v1",
+        short_names: &[],
+    },
+];
+
+/// The server's state.
+#[derive(Debug)]
+pub struct App {
+    /// The objects.
+    pub store: Mutex<Store>,
+    /// Cluster IPs handed out (last octets of the service range).
+    pub service_range: (Ipv4Addr, u32),
+}
+
+impl App {
+    /// A server with the `default` and `kube-system` namespaces, allocating cluster IPs from
+    /// `range` (network address, size).
+    pub fn new(service_range: (Ipv4Addr, u32)) -> Self {
+        let mut store = Store::new(10_000);
+        for ns in ["default", "kube-system"] {
+            store
+                .create(
+                    "namespaces",
+                    "",
+                    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+                )
+                .expect("fresh store");
+        }
+        Self {
+            store: Mutex::new(store),
+            service_range,
+        }
+    }
+}
+
+fn status(code: StatusCode, reason: &str, message: String) -> Response {
+    let body = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": message, "reason": reason, "code": code.as_u16(),
+    });
+    (
+        code,
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn store_error(e: StoreError) -> Response {
+    let (code, reason) = match &e {
+        StoreError::NotFound { .. } => (StatusCode::NOT_FOUND, "NotFound"),
+        StoreError::AlreadyExists { .. } => (StatusCode::CONFLICT, "AlreadyExists"),
+        StoreError::Conflict { .. } => (StatusCode::CONFLICT, "Conflict"),
+        StoreError::Gone { .. } => (StatusCode::GONE, "Expired"),
+    };
+    status(code, reason, e.to_string())
+}
+
+fn ok(v: Value) -> Response {
+    ([("content-type", "application/json")], v.to_string()).into_response()
+}
+
+fn discovery(path: &str) -> Option<Value> {
+    let resources = |gv: &str| -> Value {
+        let list: Vec<Value> = RESOURCES
+            .iter()
+            .filter(|r| r.group_version == gv)
+            .flat_map(|r| {
+                let main = json!({
+                    "name": r.name, "singularName": r.kind.to_lowercase(), "namespaced": r.namespaced,
+                    "kind": r.kind, "shortNames": r.short_names,
+                    "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+                });
+                let status = json!({"name": format!("{}/status", r.name), "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get", "patch", "update"]});
+                if r.name == "endpointslices" { vec![main] } else { vec![main, status] }
+            })
+            .collect();
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list})
+    };
+    Some(match path {
+        "/api" => {
+            json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}]})
+        }
+        "/apis" => json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [{
+            "name": "discovery.k8s.io",
+            "versions": [{"groupVersion": "discovery.k8s.io/v1", "version": "v1"}],
+            "preferredVersion": {"groupVersion": "discovery.k8s.io/v1", "version": "v1"},
+        }]}),
+        "/api/v1" => resources("v1"),
+        "/apis/discovery.k8s.io/v1" => resources("discovery.k8s.io/v1"),
+        "/openapi/v2" => {
+            // A minimal schema: one permissive definition per kind, enough for kubectl's client-side
+            // validation and apply to find the types.
+            let mut definitions = serde_json::Map::new();
+            for r in RESOURCES {
+                let (group, version) = r
+                    .group_version
+                    .split_once('/')
+                    .unwrap_or(("", r.group_version));
+                let package = if group.is_empty() {
+                    "core".to_owned()
+                } else {
+                    group.split('.').next().unwrap_or(group).to_owned()
+                };
+                definitions.insert(
+                    format!("io.k8s.api.{package}.{version}.{}", r.kind),
+                    json!({"type": "object", "x-kubernetes-group-version-kind": [{"group": group, "kind": r.kind, "version": version}]}),
+                );
+            }
+            json!({"swagger": "2.0", "info": {"title": "kproxy-control-plane", "version": "v1.32.0"}, "paths": {}, "definitions": definitions})
+        }
+        "/openapi/v3" => json!({"paths": {
+            "api/v1": {"serverRelativeURL": "/openapi/v3/api/v1?hash=1"},
+            "apis/discovery.k8s.io/v1": {"serverRelativeURL": "/openapi/v3/apis/discovery.k8s.io/v1?hash=1"},
+        }}),
+        "/openapi/v3/api/v1" | "/openapi/v3/apis/discovery.k8s.io/v1" => {
+            let gv = if path.ends_with("api/v1") {
+                "v1"
+            } else {
+                "discovery.k8s.io/v1"
+            };
+            let prefix = if gv == "v1" {
+                "/api/v1".to_owned()
+            } else {
+                format!("/apis/{gv}")
+            };
+            let mut schemas = serde_json::Map::new();
+            let mut paths = serde_json::Map::new();
+            for r in RESOURCES.iter().filter(|r| r.group_version == gv) {
+                let (group, version) = gv.split_once('/').unwrap_or(("", gv));
+                let package = if group.is_empty() {
+                    "core".to_owned()
+                } else {
+                    group.split('.').next().unwrap_or(group).to_owned()
+                };
+                let gvk = json!({"group": group, "kind": r.kind, "version": version});
+                schemas.insert(
+                    format!("io.k8s.api.{package}.{version}.{}", r.kind),
+                    json!({"type": "object", "x-kubernetes-group-version-kind": [gvk.clone()]}),
+                );
+                // kubectl checks that create and patch accept `fieldValidation` before it relies on
+                // server-side validation instead of downloading a full schema.
+                let op = json!({
+                    "parameters": [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}],
+                    "x-kubernetes-group-version-kind": gvk,
+                });
+                let collection = if r.namespaced {
+                    format!("{prefix}/namespaces/{{namespace}}/{}", r.name)
+                } else {
+                    format!("{prefix}/{}", r.name)
+                };
+                paths.insert(collection.clone(), json!({"post": op.clone()}));
+                paths.insert(
+                    format!("{collection}/{{name}}"),
+                    json!({"patch": op.clone(), "put": op}),
+                );
+            }
+            json!({"openapi": "3.0.0", "info": {"title": "kproxy-control-plane", "version": "v1.32.0"}, "paths": paths, "components": {"schemas": schemas}})
+        }
+        "/version" => {
+            json!({"major": "1", "minor": "32", "gitVersion": "v1.32.0-kproxy", "platform": "linux/amd64"})
+        }
+        _ => return None,
+    })
+}
+
+/// What a resource path names.
+struct Target {
+    info: ResourceInfo,
+    namespace: String,
+    name: Option<String>,
+}
+
+fn parse_target(path: &str) -> Option<Target> {
+    let (gv, rest) = if let Some(r) = path.strip_prefix("/api/v1/") {
+        ("v1", r)
+    } else {
+        (
+            "discovery.k8s.io/v1",
+            path.strip_prefix("/apis/discovery.k8s.io/v1/")?,
+        )
+    };
+    let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let find = |name: &str| {
+        RESOURCES
+            .iter()
+            .find(|r| r.name == name && r.group_version == gv)
+            .copied()
+    };
+    let (info, namespace, name) = match segs.as_slice() {
+        ["namespaces", ns, res, rest @ ..] if find(res).is_some_and(|r| r.namespaced) => (
+            find(res)?,
+            ns.to_string(),
+            rest.first().map(|s| s.to_string()),
+        ),
+        [res, rest @ ..] => (
+            find(res)?,
+            String::new(),
+            rest.first().map(|s| s.to_string()),
+        ),
+        _ => return None,
+    };
+    Some(Target {
+        info,
+        namespace,
+        name,
+    })
+}
+
+fn query_param(uri: &Uri, key: &str) -> Option<String> {
+    uri.query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+/// Fills in what the API server allocates for a Service: the cluster IP and node ports.
+fn allocate_service(app: &App, store: &Store, svc: &mut Value) -> Result<(), Box<Response>> {
+    let spec = &mut svc["spec"];
+    if spec["type"].is_null() {
+        spec["type"] = json!("ClusterIP");
+    }
+    let kind = spec["type"].as_str().unwrap_or_default().to_owned();
+    if kind == "ExternalName" || spec["clusterIP"] == json!("None") {
+        return Ok(());
+    }
+    let used: BTreeSet<String> = store
+        .list("services", None, |_| true)
+        .iter()
+        .filter_map(|s| s["spec"]["clusterIP"].as_str().map(str::to_owned))
+        .collect();
+    if spec["clusterIP"].as_str().unwrap_or_default().is_empty() {
+        let (net, size) = app.service_range;
+        let free = (1..size.saturating_sub(1))
+            .map(|i| Ipv4Addr::from(u32::from(net) + i).to_string())
+            .find(|ip| !used.contains(ip))
+            .ok_or_else(|| {
+                status(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    "no free cluster IPs".into(),
+                )
+            })?;
+        spec["clusterIP"] = json!(free);
+    } else if used.contains(spec["clusterIP"].as_str().unwrap_or_default()) {
+        return Err(Box::new(status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            format!("Service is invalid: spec.clusterIP: Invalid value: {}: provided IP is already allocated", spec["clusterIP"]),
+        )));
+    }
+    spec["clusterIPs"] = json!([spec["clusterIP"].clone()]);
+    if kind == "NodePort" || kind == "LoadBalancer" {
+        let used_ports: BTreeSet<i64> = store
+            .list("services", None, |_| true)
+            .iter()
+            .flat_map(|s| s["spec"]["ports"].as_array().cloned().unwrap_or_default())
+            .filter_map(|p| p["nodePort"].as_i64())
+            .collect();
+        let mut next = 30000;
+        if let Some(ports) = spec["ports"].as_array_mut() {
+            for p in ports {
+                if p["nodePort"].as_i64().unwrap_or(0) == 0 {
+                    while used_ports.contains(&next) {
+                        next += 1;
+                    }
+                    p["nodePort"] = json!(next);
+                    next += 1;
+                }
+            }
+        }
+    }
+    if let Some(ports) = spec["ports"].as_array_mut() {
+        for p in ports {
+            if p["protocol"].is_null() {
+                p["protocol"] = json!("TCP");
+            }
+            if p["targetPort"].is_null() {
+                p["targetPort"] = p["port"].clone();
+            }
+        }
+    }
+    Ok(())
+}
+
+fn list_kind(info: &ResourceInfo) -> String {
+    format!("{}List", info.kind)
+}
+
+/// The one handler: discovery, health, and resources.
+pub async fn handle(
+    State(app): State<Arc<App>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path();
+    if matches!(path, "/healthz" | "/readyz" | "/livez") {
+        return "ok".into_response();
+    }
+    if method == Method::GET {
+        let accept = headers
+            .get("accept")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if path.starts_with("/openapi/v2")
+            && accept.contains("protobuf")
+            && !accept.contains("json")
+        {
+            return status(
+                StatusCode::NOT_ACCEPTABLE,
+                "NotAcceptable",
+                "only JSON is served".into(),
+            );
+        }
+        if let Some(v) = discovery(path) {
+            return ok(v);
+        }
+    }
+    let Some(target) = parse_target(path) else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        );
+    };
+    let info = target.info;
+    let ns = target.namespace.clone();
+    let labels = match LabelSelector::parse(&query_param(&uri, "labelSelector").unwrap_or_default())
+    {
+        Ok(s) => s,
+        Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", e),
+    };
+    let fields = match FieldSelector::parse(&query_param(&uri, "fieldSelector").unwrap_or_default())
+    {
+        Ok(s) => s,
+        Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", e),
+    };
+    let parse_body = || -> Result<Value, Box<Response>> {
+        serde_json::from_slice::<Value>(&body).map_err(|e| {
+            Box::new(status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("invalid JSON body: {e}"),
+            ))
+        })
+    };
+    match (method, target.name) {
+        (Method::GET, None) => {
+            let watch = query_param(&uri, "watch").is_some_and(|w| w == "true" || w == "1");
+            if watch {
+                return watch_response(&app, &uri, info, ns, labels, fields);
+            }
+            let store = app.store.lock().expect("store lock");
+            let namespace = (!ns.is_empty()).then_some(ns.as_str());
+            let items = store.list(info.name, namespace, |o| {
+                labels.matches(o) && fields.matches(o)
+            });
+            ok(json!({
+                "apiVersion": info.group_version, "kind": list_kind(&info),
+                "metadata": {"resourceVersion": store.version().to_string()},
+                "items": items,
+            }))
+        }
+        (Method::GET, Some(name)) => {
+            let store = app.store.lock().expect("store lock");
+            store
+                .get(info.name, &ns, &name)
+                .map(ok)
+                .unwrap_or_else(store_error)
+        }
+        (Method::POST, None) => {
+            let mut object = match parse_body() {
+                Ok(o) => o,
+                Err(r) => return *r,
+            };
+            if object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty()
+            {
+                return status(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    format!("{} is invalid: metadata.name: Required value", info.kind),
+                );
+            }
+            let mut store = app.store.lock().expect("store lock");
+            if info.namespaced && store.get("namespaces", "", &ns).is_err() {
+                return status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("namespaces \"{ns}\" not found"),
+                );
+            }
+            if info.name == "services" {
+                if let Err(r) = allocate_service(&app, &store, &mut object) {
+                    return *r;
+                }
+            }
+            object["apiVersion"] = json!(info.group_version);
+            object["kind"] = json!(info.kind);
+            match store.create(info.name, &ns, object) {
+                Ok(o) => (
+                    StatusCode::CREATED,
+                    [("content-type", "application/json")],
+                    o.to_string(),
+                )
+                    .into_response(),
+                Err(e) => store_error(e),
+            }
+        }
+        (Method::PUT, Some(name)) => {
+            let mut object = match parse_body() {
+                Ok(o) => o,
+                Err(r) => return *r,
+            };
+            object["apiVersion"] = json!(info.group_version);
+            object["kind"] = json!(info.kind);
+            let mut store = app.store.lock().expect("store lock");
+            store
+                .update(info.name, &ns, &name, object)
+                .map(ok)
+                .unwrap_or_else(store_error)
+        }
+        (Method::PATCH, Some(name)) => {
+            let patch = match parse_body() {
+                Ok(o) => o,
+                Err(r) => return *r,
+            };
+            let content_type = headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            if content_type.starts_with("application/json-patch+json") {
+                return status(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "UnsupportedMediaType",
+                    "json-patch is not supported yet".into(),
+                );
+            }
+            let mut store = app.store.lock().expect("store lock");
+            let mut object = match store.get(info.name, &ns, &name) {
+                Ok(o) => o,
+                Err(e) => return store_error(e),
+            };
+            // Merge patch; strategic merge patches are applied as merge patches for now.
+            merge_patch(&mut object, &patch);
+            object["metadata"]["resourceVersion"] = Value::Null;
+            store
+                .update(info.name, &ns, &name, object)
+                .map(ok)
+                .unwrap_or_else(store_error)
+        }
+        (Method::DELETE, Some(name)) => {
+            let mut store = app.store.lock().expect("store lock");
+            store
+                .delete(info.name, &ns, &name)
+                .map(ok)
+                .unwrap_or_else(store_error)
+        }
+        (m, _) => status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!("{m} is not supported here"),
+        ),
+    }
+}
+
+fn event_line(e: &WatchEvent) -> String {
+    let mut line = json!({"type": e.kind, "object": e.object}).to_string();
+    line.push('\n');
+    line
+}
+
+fn watch_response(
+    app: &Arc<App>,
+    uri: &Uri,
+    info: ResourceInfo,
+    ns: String,
+    labels: LabelSelector,
+    fields: FieldSelector,
+) -> Response {
+    let timeout = query_param(uri, "timeoutSeconds")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(1800u64);
+    let since = query_param(uri, "resourceVersion").unwrap_or_default();
+    let matches = {
+        let ns = ns.clone();
+        move |e: &WatchEvent| {
+            e.resource == info.name
+                && (ns.is_empty() || e.namespace == ns)
+                && labels.matches(&e.object)
+                && fields.matches(&e.object)
+        }
+    };
+    let store = app.store.lock().expect("store lock");
+    let rx = store.subscribe();
+    let (replay, from): (Vec<String>, u64) = if since.is_empty() || since == "0" {
+        let namespace = (!ns.is_empty()).then_some(ns.as_str());
+        let lines = store
+            .list(info.name, namespace, |_| true)
+            .into_iter()
+            .map(|o| WatchEvent {
+                kind: "ADDED",
+                resource: info.name.to_owned(),
+                namespace: ns.clone(),
+                object: o,
+                resource_version: 0,
+            })
+            .filter(|e| matches(e))
+            .map(|e| event_line(&e))
+            .collect();
+        (lines, store.version())
+    } else {
+        let rv: u64 = since.parse().unwrap_or(0);
+        match store.events_since(rv) {
+            Ok(events) => (
+                events
+                    .iter()
+                    .filter(|e| matches(e))
+                    .map(event_line)
+                    .collect(),
+                store.version(),
+            ),
+            Err(e) => {
+                let gone = json!({"type": "ERROR", "object": {
+                    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": e.to_string(), "reason": "Expired", "code": 410,
+                }});
+                return ([("content-type", "application/json")], format!("{gone}\n"))
+                    .into_response();
+            }
+        }
+    };
+    drop(store);
+    let live = futures::stream::unfold(rx, move |mut rx| {
+        let matches = matches.clone();
+        async move {
+            loop {
+                match rx.recv().await {
+                    Ok(e) if e.resource_version > from && matches(&e) => {
+                        return Some((event_line(&e), rx))
+                    }
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => return None,
+                }
+            }
+        }
+    });
+    let stream = futures::stream::iter(replay)
+        .chain(live)
+        .map(Ok::<_, std::io::Error>)
+        .take_until(tokio::time::sleep(Duration::from_secs(timeout)));
+    (
+        [("content-type", "application/json")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}

@@ -1,0 +1,33 @@
+//! A Kubernetes API server for kproxy's integration tests: it speaks the REST list/watch protocol
+//! well enough that `kubectl` and kube-rs work unchanged, keeps objects in memory with monotonic
+//! resourceVersions and a bounded watch history (410 beyond it), and allocates cluster IPs and
+//! node ports.
+//!
+//! Status: the store, discovery, get/list/watch/create/update/merge-patch/delete and Service
+//! allocation. Not yet: strategic merge patch semantics (applied as merge patches), JSON patch,
+//! validation, durability (`--data-dir`), the EndpointSlice controller.
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod selector;
+pub mod store;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+/// Serves the API on `listener` until the future is dropped.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    service_range: (Ipv4Addr, u32),
+) -> std::io::Result<()> {
+    let app = Arc::new(api::App::new(service_range));
+    let router = axum::Router::new().fallback(api::handle).with_state(app);
+    axum::serve(listener, router).await
+}
+
+/// A kubeconfig pointing at `addr` over plain HTTP.
+pub fn kubeconfig(addr: SocketAddr) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: kproxy\n  cluster:\n    server: http://{addr}\ncontexts:\n- name: kproxy\n  context:\n    cluster: kproxy\n    user: kproxy\ncurrent-context: kproxy\nusers:\n- name: kproxy\n  user: {{}}\n"
+    )
+}

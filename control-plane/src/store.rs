@@ -1,0 +1,301 @@
+//! The object store: objects by resource, namespace and name, a monotonic resourceVersion, and a
+//! bounded history of changes that watches replay from.
+//!
+//! Objects are kept as JSON (`serde_json::Value`): the server stores what clients send, like the
+//! real one, and needs typed views only where it validates or allocates.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+/// A change, as a watch reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WatchEvent {
+    /// `ADDED`, `MODIFIED` or `DELETED`.
+    pub kind: &'static str,
+    /// The resource (`services`, `endpointslices`, …).
+    pub resource: String,
+    /// The object's namespace (empty for cluster-scoped).
+    pub namespace: String,
+    /// The object after the change (its last state for `DELETED`).
+    pub object: Value,
+    /// The resourceVersion of the change.
+    pub resource_version: u64,
+}
+
+/// A store operation that failed, with the HTTP status it maps to.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// 404.
+    #[error("{resource} \"{name}\" not found")]
+    NotFound {
+        /// The resource.
+        resource: String,
+        /// The name.
+        name: String,
+    },
+    /// 409 on create.
+    #[error("{resource} \"{name}\" already exists")]
+    AlreadyExists {
+        /// The resource.
+        resource: String,
+        /// The name.
+        name: String,
+    },
+    /// 409 on update with a stale resourceVersion.
+    #[error("Operation cannot be fulfilled on {resource} \"{name}\": the object has been modified; please apply your changes to the latest version and try again")]
+    Conflict {
+        /// The resource.
+        resource: String,
+        /// The name.
+        name: String,
+    },
+    /// 410: the watch asked for history the store no longer keeps.
+    #[error("too old resource version: {requested} ({oldest})")]
+    Gone {
+        /// What was asked.
+        requested: u64,
+        /// The oldest version still kept.
+        oldest: u64,
+    },
+}
+
+type Key = (String, String, String); // resource, namespace, name
+
+/// The store.
+#[derive(Debug)]
+pub struct Store {
+    objects: BTreeMap<Key, Value>,
+    version: u64,
+    history: VecDeque<WatchEvent>,
+    history_limit: usize,
+    events: broadcast::Sender<WatchEvent>,
+}
+
+impl Store {
+    /// An empty store keeping `history_limit` past events for watches.
+    pub fn new(history_limit: usize) -> Self {
+        let (events, _) = broadcast::channel(4096);
+        Self {
+            objects: BTreeMap::new(),
+            version: 1,
+            history: VecDeque::new(),
+            history_limit,
+            events,
+        }
+    }
+
+    /// The current resourceVersion.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// A receiver of every future change.
+    pub fn subscribe(&self) -> broadcast::Receiver<WatchEvent> {
+        self.events.subscribe()
+    }
+
+    fn bump(
+        &mut self,
+        kind: &'static str,
+        resource: &str,
+        namespace: &str,
+        object: &mut Value,
+    ) -> WatchEvent {
+        self.version += 1;
+        let rv = self.version;
+        if kind != "DELETED" {
+            object["metadata"]["resourceVersion"] = Value::String(rv.to_string());
+        }
+        let event = WatchEvent {
+            kind,
+            resource: resource.to_owned(),
+            namespace: namespace.to_owned(),
+            object: object.clone(),
+            resource_version: rv,
+        };
+        self.history.push_back(event.clone());
+        while self.history.len() > self.history_limit {
+            self.history.pop_front();
+        }
+        let _ = self.events.send(event.clone());
+        event
+    }
+
+    /// Creates an object; `object.metadata.name` must be set.
+    pub fn create(
+        &mut self,
+        resource: &str,
+        namespace: &str,
+        mut object: Value,
+    ) -> Result<Value, StoreError> {
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let key = (resource.to_owned(), namespace.to_owned(), name.clone());
+        if self.objects.contains_key(&key) {
+            return Err(StoreError::AlreadyExists {
+                resource: resource.to_owned(),
+                name,
+            });
+        }
+        if !namespace.is_empty() {
+            object["metadata"]["namespace"] = Value::String(namespace.to_owned());
+        }
+        let uid = format!("00000000-0000-4000-8000-{:012x}", self.version + 1);
+        object["metadata"]["uid"] = Value::String(uid);
+        self.bump("ADDED", resource, namespace, &mut object);
+        self.objects.insert(key, object.clone());
+        Ok(object)
+    }
+
+    /// Replaces an object. A resourceVersion in `object` must match the stored one (optimistic
+    /// concurrency); none means "whatever is there".
+    pub fn update(
+        &mut self,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+        mut object: Value,
+    ) -> Result<Value, StoreError> {
+        let key = (resource.to_owned(), namespace.to_owned(), name.to_owned());
+        let Some(current) = self.objects.get(&key) else {
+            return Err(StoreError::NotFound {
+                resource: resource.to_owned(),
+                name: name.to_owned(),
+            });
+        };
+        if let Some(rv) = object["metadata"]["resourceVersion"].as_str() {
+            if !rv.is_empty() && Some(rv) != current["metadata"]["resourceVersion"].as_str() {
+                return Err(StoreError::Conflict {
+                    resource: resource.to_owned(),
+                    name: name.to_owned(),
+                });
+            }
+        }
+        object["metadata"]["uid"] = current["metadata"]["uid"].clone();
+        if !namespace.is_empty() {
+            object["metadata"]["namespace"] = Value::String(namespace.to_owned());
+        }
+        self.bump("MODIFIED", resource, namespace, &mut object);
+        self.objects.insert(key, object.clone());
+        Ok(object)
+    }
+
+    /// Deletes an object, returning its last state.
+    pub fn delete(
+        &mut self,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Value, StoreError> {
+        let key = (resource.to_owned(), namespace.to_owned(), name.to_owned());
+        let Some(mut object) = self.objects.remove(&key) else {
+            return Err(StoreError::NotFound {
+                resource: resource.to_owned(),
+                name: name.to_owned(),
+            });
+        };
+        self.bump("DELETED", resource, namespace, &mut object);
+        Ok(object)
+    }
+
+    /// One object.
+    pub fn get(&self, resource: &str, namespace: &str, name: &str) -> Result<Value, StoreError> {
+        self.objects
+            .get(&(resource.to_owned(), namespace.to_owned(), name.to_owned()))
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound {
+                resource: resource.to_owned(),
+                name: name.to_owned(),
+            })
+    }
+
+    /// Objects of `resource`, in `namespace` (`None`: all), matching `filter`.
+    pub fn list(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+        filter: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        self.objects
+            .iter()
+            .filter(|((r, ns, _), _)| r == resource && namespace.is_none_or(|n| n == ns))
+            .map(|(_, v)| v)
+            .filter(|v| filter(v))
+            .cloned()
+            .collect()
+    }
+
+    /// Events after `since` (a resourceVersion), or 410 when history no longer reaches back that far.
+    pub fn events_since(&self, since: u64) -> Result<Vec<WatchEvent>, StoreError> {
+        let oldest_kept = self
+            .history
+            .front()
+            .map_or(self.version, |e| e.resource_version - 1);
+        if since < oldest_kept {
+            return Err(StoreError::Gone {
+                requested: since,
+                oldest: oldest_kept,
+            });
+        }
+        Ok(self
+            .history
+            .iter()
+            .filter(|e| e.resource_version > since)
+            .cloned()
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn svc(name: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": {}})
+    }
+
+    #[test]
+    fn versions_increase_and_conflicts_are_detected() {
+        let mut s = Store::new(100);
+        let a = s.create("services", "ns", svc("a")).unwrap();
+        let rv1 = a["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(matches!(
+            s.create("services", "ns", svc("a")),
+            Err(StoreError::AlreadyExists { .. })
+        ));
+        let mut stale = a.clone();
+        let b = s.update("services", "ns", "a", a).unwrap();
+        assert_ne!(b["metadata"]["resourceVersion"].as_str().unwrap(), rv1);
+        stale["spec"]["x"] = json!(1);
+        assert!(matches!(
+            s.update("services", "ns", "a", stale),
+            Err(StoreError::Conflict { .. })
+        ));
+        s.delete("services", "ns", "a").unwrap();
+        assert!(matches!(
+            s.get("services", "ns", "a"),
+            Err(StoreError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn watch_history_and_gone() {
+        let mut s = Store::new(3);
+        for n in ["a", "b", "c", "d"] {
+            s.create("services", "ns", svc(n)).unwrap();
+        }
+        let latest = s.version();
+        assert_eq!(s.events_since(latest - 1).unwrap().len(), 1);
+        assert_eq!(s.events_since(latest - 3).unwrap().len(), 3);
+        assert!(matches!(s.events_since(1), Err(StoreError::Gone { .. })));
+    }
+}
