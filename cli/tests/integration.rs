@@ -1,8 +1,10 @@
 //! kproxy against the project's control plane, driven by the real kubectl, on the datapath: a
-//! Service and its EndpointSlice applied with kubectl become working rules, a changed slice moves
-//! traffic, a deleted Service's rules go away. Needs root and kubectl; skips elsewhere.
+//! Service and Pods applied with kubectl become working rules, readiness changes move traffic, a
+//! terminating Pod serves until it is gone, a deleted Service's rules go away. Needs root and
+//! kubectl; skips elsewhere.
 //!
-//! The control plane has no EndpointSlice controller yet, so the test writes the slice itself.
+//! Pods are reported through the API like a kubelet would (status subresource); the control
+//! plane's EndpointSlice controller turns them into slices.
 
 mod testbed;
 
@@ -30,18 +32,6 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("timed out waiting for {what}");
-}
-
-fn slice(ips: &[&str]) -> String {
-    let mut y = String::from(
-        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  namespace: default\n  labels: {kubernetes.io/service-name: web}\naddressType: IPv4\nports:\n- {name: http, port: 8080, protocol: TCP}\nendpoints:\n",
-    );
-    for ip in ips {
-        y.push_str(&format!(
-            "- addresses: [\"{ip}\"]\n  nodeName: node-a\n  conditions: {{ready: true}}\n"
-        ));
-    }
-    y
 }
 
 const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec:\n  clusterIP: 10.96.0.10\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: 8080}]\n";
@@ -136,14 +126,49 @@ fn kubectl_apply_becomes_rules_and_delete_removes_them() {
     let _daemon = Daemon(child);
 
     kubectl(&["apply", "-f", "-"], SVC);
-    kubectl(&["apply", "-f", "-"], &slice(&["10.244.1.11"]));
-    wait_for("the Service to work", || {
+    // Pods, with the IPs and readiness of the test bed's pod namespaces reported through the API
+    // (the status subresource, as a kubelet would).
+    let pod = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, labels: {{app: web}}}}\n\
+             spec:\n  nodeName: node-a\n  containers: [{{name: c, image: none, ports: [{{name: http, containerPort: 8080}}]}}]\n"
+        )
+    };
+    let status = |name: &str, ip: &str, ready: bool| {
+        let ready = if ready { "True" } else { "False" };
+        kubectl(
+            &[
+                "patch", "pod", name, "--subresource=status", "--type=merge", "-p",
+                &format!("{{\"status\":{{\"podIP\":\"{ip}\",\"phase\":\"Running\",\"conditions\":[{{\"type\":\"Ready\",\"status\":\"{ready}\"}}]}}}}"),
+            ],
+            "",
+        );
+    };
+    kubectl(&["apply", "-f", "-"], &pod("pod-a"));
+    status("pod-a", "10.244.1.11", true);
+    wait_for("the Service to reach pod-a", || {
         bed.tcp("client", "10.96.0.10:80").pod() == Some("pod-a")
     });
 
-    kubectl(&["apply", "-f", "-"], &slice(&["10.244.1.12"]));
-    wait_for("traffic to follow the slice", || {
-        bed.tcp("client", "10.96.0.10:80").pod() == Some("pod-b")
+    // Scale: pod-b joins and becomes ready; pod-a stops being ready.
+    kubectl(&["apply", "-f", "-"], &pod("pod-b"));
+    status("pod-b", "10.244.1.12", true);
+    status("pod-a", "10.244.1.11", false);
+    wait_for("traffic to move to pod-b", || {
+        bed.tcp_many("client", "10.96.0.10:80", 5)
+            .iter()
+            .all(|r| r.pod() == Some("pod-b"))
+    });
+
+    // pod-b deleted with a grace period: terminating but serving, it still takes traffic (the
+    // fallback when nothing is ready); once gone, the Service rejects.
+    kubectl(
+        &["delete", "pod", "pod-b", "--grace-period=3", "--wait=false"],
+        "",
+    );
+    assert_eq!(bed.tcp("client", "10.96.0.10:80").pod(), Some("pod-b"));
+    wait_for("REJECT once no endpoint is left", || {
+        bed.tcp("client", "10.96.0.10:80") == testbed::Reply::Refused
     });
 
     kubectl(&["delete", "service", "web"], "");

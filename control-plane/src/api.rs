@@ -511,6 +511,7 @@ pub async fn handle(
             }
             object["apiVersion"] = json!(info.group_version);
             object["kind"] = json!(info.kind);
+            object["metadata"]["creationTimestamp"] = json!(now_rfc3339());
             match store.create(info.name, &ns, object) {
                 Ok(o) => (
                     StatusCode::CREATED,
@@ -564,11 +565,53 @@ pub async fn handle(
                 .unwrap_or_else(store_error)
         }
         (Method::DELETE, Some(name)) => {
+            // Pods with a grace period become terminating first, and go when it has passed.
+            let grace = if info.name == "pods" {
+                let from_body = serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .and_then(|b| b["gracePeriodSeconds"].as_u64());
+                let from_query =
+                    query_param(&uri, "gracePeriodSeconds").and_then(|g| g.parse().ok());
+                let store = app.store.lock().expect("store lock");
+                let from_spec = store
+                    .get("pods", &ns, &name)
+                    .ok()
+                    .and_then(|p| p["spec"]["terminationGracePeriodSeconds"].as_u64());
+                from_query.or(from_body).or(from_spec).unwrap_or(30)
+            } else {
+                0
+            };
             let mut store = app.store.lock().expect("store lock");
-            store
-                .delete(info.name, &ns, &name)
-                .map(ok)
-                .unwrap_or_else(store_error)
+            if grace == 0 {
+                return store
+                    .delete(info.name, &ns, &name)
+                    .map(ok)
+                    .unwrap_or_else(store_error);
+            }
+            let mut pod = match store.get("pods", &ns, &name) {
+                Ok(p) => p,
+                Err(e) => return store_error(e),
+            };
+            if pod["metadata"]["deletionTimestamp"].is_null() {
+                pod["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+                pod["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+                pod["metadata"]["resourceVersion"] = Value::Null;
+                pod = match store.update("pods", &ns, &name, pod) {
+                    Ok(p) => p,
+                    Err(e) => return store_error(e),
+                };
+                let app = Arc::clone(&app);
+                let (ns, name) = (ns.clone(), name.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(grace)).await;
+                    let _ = app
+                        .store
+                        .lock()
+                        .expect("store lock")
+                        .delete("pods", &ns, &name);
+                });
+            }
+            ok(pod)
         }
         (m, _) => status(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -669,4 +712,29 @@ fn watch_response(
         Body::from_stream(stream),
     )
         .into_response()
+}
+
+/// Now as RFC 3339 (UTC, seconds), for timestamps the server sets.
+fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
 }

@@ -3,12 +3,13 @@
 //! resourceVersions and a bounded watch history (410 beyond it), and allocates cluster IPs and
 //! node ports.
 //!
-//! Status: the store, discovery, get/list/watch/create/update/merge-patch/delete and Service
-//! allocation. Not yet: strategic merge patch semantics (applied as merge patches), JSON patch,
-//! validation, durability (`--data-dir`), the EndpointSlice controller.
+//! Status: the store, discovery, get/list/watch/create/update/merge-patch/delete, Service
+//! allocation and the EndpointSlice controller. Not yet: strategic merge patch semantics (applied
+//! as merge patches), JSON patch, validation, durability (`--data-dir`).
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod endpointslice_controller;
 pub mod selector;
 pub mod store;
 
@@ -21,6 +22,7 @@ pub async fn serve(
     service_range: (Ipv4Addr, u32),
 ) -> std::io::Result<()> {
     let app = Arc::new(api::App::new(service_range));
+    tokio::spawn(endpointslice_controller::run(Arc::clone(&app)));
     let router = axum::Router::new().fallback(api::handle).with_state(app);
     axum::serve(listener, router).await
 }
