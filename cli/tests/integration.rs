@@ -10,6 +10,7 @@ mod testbed;
 
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use testbed::Bed;
@@ -52,25 +53,43 @@ fn kubectl_apply_becomes_rules_and_delete_removes_them() {
     ) else {
         return;
     };
-    // The control plane, listening on the node namespace's loopback.
-    let ns = bed.node.name.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            control_plane::serve(listener, ("10.96.0.0".parse().unwrap(), 1 << 16))
-                .await
-                .unwrap();
-        });
-    });
-    let addr = rx.recv().unwrap();
+    // The control plane, listening on the node namespace's loopback, on its own runtime so the test
+    // can stop it (drop the runtime: every connection dies) and start it again with the same objects.
+    let app = Arc::new(control_plane::api::App::new((
+        "10.96.0.0".parse().unwrap(),
+        1 << 16,
+    )));
+    let node_ns = bed.node.name.clone();
+    let start_api =
+        |addr: Option<std::net::SocketAddr>| -> (tokio::runtime::Runtime, std::net::SocketAddr) {
+            let app = Arc::clone(&app);
+            let ns = node_ns.clone();
+            std::thread::spawn(move || {
+                let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+                nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let listener = rt.block_on(async {
+                    let bind = addr.map_or("127.0.0.1:0".to_owned(), |a| a.to_string());
+                    for _ in 0..50 {
+                        if let Ok(l) = tokio::net::TcpListener::bind(&bind).await {
+                            return l;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    panic!("cannot bind {bind}");
+                });
+                let addr = listener.local_addr().unwrap();
+                rt.spawn(control_plane::serve_app(listener, app));
+                (rt, addr)
+            })
+            .join()
+            .unwrap()
+        };
+    let (api, addr) = start_api(None);
     let kubeconfig = bed.dir.join("kubeconfig");
     std::fs::write(&kubeconfig, control_plane::kubeconfig(addr)).unwrap();
     let kubectl = |args: &[&str], stdin: &str| -> String {
@@ -169,6 +188,31 @@ fn kubectl_apply_becomes_rules_and_delete_removes_them() {
     assert_eq!(bed.tcp("client", "10.96.0.10:80").pod(), Some("pod-b"));
     wait_for("REJECT once no endpoint is left", || {
         bed.tcp("client", "10.96.0.10:80") == testbed::Reply::Refused
+    });
+
+    // The API server goes away: the rules stay and keep working.
+    status("pod-a", "10.244.1.11", true);
+    wait_for("pod-a ready again", || {
+        bed.tcp("client", "10.96.0.10:80").pod() == Some("pod-a")
+    });
+    api.shutdown_background();
+    std::thread::sleep(Duration::from_secs(2));
+    for r in bed.tcp_many("client", "10.96.0.10:80", 5) {
+        assert_eq!(
+            r.pod(),
+            Some("pod-a"),
+            "rules kept while the API server is down"
+        );
+    }
+    // It comes back (same objects); a change made after that is applied.
+    let (_api, _) = start_api(Some(addr));
+    kubectl(&["apply", "-f", "-"], &pod("pod-b"));
+    status("pod-b", "10.244.1.12", true);
+    status("pod-a", "10.244.1.11", false);
+    wait_for("the change made after the API returned", || {
+        bed.tcp_many("client", "10.96.0.10:80", 5)
+            .iter()
+            .all(|r| r.pod() == Some("pod-b"))
     });
 
     kubectl(&["delete", "service", "web"], "");

@@ -21,7 +21,15 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     service_range: (Ipv4Addr, u32),
 ) -> std::io::Result<()> {
-    let app = Arc::new(api::App::new(service_range));
+    serve_app(listener, Arc::new(api::App::new(service_range))).await
+}
+
+/// Serves an existing server state: lets a test stop the API (drop its runtime) and bring it back
+/// with the same objects, as an API server restart with durable storage would.
+pub async fn serve_app(
+    listener: tokio::net::TcpListener,
+    app: Arc<api::App>,
+) -> std::io::Result<()> {
     tokio::spawn(endpointslice_controller::run(Arc::clone(&app)));
     let router = axum::Router::new().fallback(api::handle).with_state(app);
     axum::serve(listener, router).await
