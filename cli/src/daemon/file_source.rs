@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use fixtures::Manifests;
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -124,11 +124,7 @@ impl FileSource {
                 p.on_node_synced();
             }
         }
-        shared
-            .health
-            .lock()
-            .expect("health lock")
-            .queued(SystemTime::now());
+        shared.queued(&shared.pending.lock().expect("pending lock"));
         shared.notify();
         let thread = std::thread::Builder::new()
             .name("manifests".into())
@@ -148,19 +144,18 @@ impl FileSource {
                     };
                     let changed = {
                         let mut trackers = shared.pending.lock().expect("pending lock");
-                        trackers
+                        let changed = trackers
                             .iter_mut()
                             .map(|p| apply(p, &current, &next))
                             .max()
-                            .unwrap_or(0)
+                            .unwrap_or(0);
+                        if changed > 0 {
+                            shared.queued(&trackers);
+                        }
+                        changed
                     };
                     if changed > 0 {
                         tracing::debug!("{changed} objects changed in the manifests");
-                        shared
-                            .health
-                            .lock()
-                            .expect("health lock")
-                            .queued(SystemTime::now());
                         shared.notify();
                     }
                     current = next;

@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -182,14 +181,13 @@ where
                 Ok(event) => {
                     let changed = {
                         let mut trackers = shared.pending.lock().expect("pending lock");
-                        store.handle(event, &mut trackers)
+                        let changed = store.handle(event, &mut trackers);
+                        if changed {
+                            shared.queued(&trackers);
+                        }
+                        changed
                     };
                     if changed {
-                        shared
-                            .health
-                            .lock()
-                            .expect("health lock")
-                            .queued(SystemTime::now());
                         shared.notify();
                     }
                 }

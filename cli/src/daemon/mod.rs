@@ -47,6 +47,22 @@ impl Shared {
         cv.notify_all();
     }
 
+    /// Records that sources queued changes: health (the oldest waiting change) and the
+    /// pending/total change metrics. Call with the trackers' lock held and released by the caller.
+    pub(crate) fn queued(&self, trackers: &[PendingChanges]) {
+        self.health
+            .lock()
+            .expect("health lock")
+            .queued(std::time::SystemTime::now());
+        if let Some(first) = trackers.first() {
+            self.metrics.lock().expect("metrics lock").changes(
+                first.counters(),
+                first.pending_service_changes(),
+                first.pending_endpoint_changes(),
+            );
+        }
+    }
+
     pub(crate) fn stopping(&self) -> bool {
         self.shutdown.load(Ordering::SeqCst)
     }

@@ -117,7 +117,11 @@ fn run(settings: Settings, shared: Arc<Shared>, variants: Vec<Variant>) {
                 }
                 let first = &trackers[0];
                 let mut metrics = shared.metrics.lock().expect("metrics lock");
-                metrics.changes(first.counters(), 0, 0);
+                metrics.changes(
+                    first.counters(),
+                    first.pending_service_changes(),
+                    first.pending_endpoint_changes(),
+                );
                 shared
                     .health
                     .lock()
