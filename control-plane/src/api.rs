@@ -113,6 +113,72 @@ fn status(code: StatusCode, reason: &str, message: String) -> Response {
         .into_response()
 }
 
+fn invalid(kind: &str, name: &str, causes: &[crate::validate::Cause]) -> Response {
+    let summary: Vec<String> = causes
+        .iter()
+        .map(|c| format!("{}: {}", c.field, c.message))
+        .collect();
+    let body = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": format!("{kind} \"{name}\" is invalid: {}", summary.join(", ")),
+        "reason": "Invalid", "code": 422,
+        "details": {"name": name, "kind": kind.to_lowercase(), "causes": causes.iter().map(|c| c.to_json()).collect::<Vec<_>>()},
+    });
+    (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// Fields of `sent` that the typed model drops: unknown to the API (for `fieldValidation=Strict`).
+fn unknown_fields(info: &ResourceInfo, sent: &Value) -> Vec<String> {
+    fn roundtrip<T: serde::de::DeserializeOwned + serde::Serialize>(v: &Value) -> Option<Value> {
+        serde_json::to_value(serde_json::from_value::<T>(v.clone()).ok()?).ok()
+    }
+    use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let typed = match info.kind {
+        "Service" => roundtrip::<Service>(sent),
+        "Pod" => roundtrip::<Pod>(sent),
+        "Node" => roundtrip::<Node>(sent),
+        "Namespace" => roundtrip::<Namespace>(sent),
+        "EndpointSlice" => roundtrip::<EndpointSlice>(sent),
+        _ => None,
+    };
+    let Some(typed) = typed else {
+        return Vec::new();
+    };
+    fn walk(path: &str, sent: &Value, kept: &Value, out: &mut Vec<String>) {
+        match (sent, kept) {
+            (Value::Object(s), Value::Object(k)) => {
+                for (key, v) in s {
+                    let p = if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    };
+                    match k.get(key) {
+                        Some(kv) => walk(&p, v, kv, out),
+                        None if !v.is_null() => out.push(p),
+                        None => {}
+                    }
+                }
+            }
+            (Value::Array(s), Value::Array(k)) => {
+                for (i, (sv, kv)) in s.iter().zip(k).enumerate() {
+                    walk(&format!("{path}[{i}]"), sv, kv, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk("", sent, &typed, &mut out);
+    out
+}
+
 fn store_error(e: StoreError) -> Response {
     let (code, reason) = match &e {
         StoreError::NotFound { .. } => (StatusCode::NOT_FOUND, "NotFound"),
@@ -495,6 +561,29 @@ pub async fn handle(
                     "Invalid",
                     format!("{} is invalid: metadata.name: Required value", info.kind),
                 );
+            }
+            if query_param(&uri, "fieldValidation").as_deref() == Some("Strict") {
+                let unknown = unknown_fields(&info, &object);
+                if !unknown.is_empty() {
+                    return status(
+                        StatusCode::BAD_REQUEST,
+                        "BadRequest",
+                        format!(
+                            "strict decoding error: unknown field \"{}\"",
+                            unknown.join("\", unknown field \"")
+                        ),
+                    );
+                }
+            }
+            if info.name == "services" {
+                let causes = crate::validate::service(&object, app.service_range, (30000, 32767));
+                if !causes.is_empty() {
+                    let name = object["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                    return invalid("Service", &name, &causes);
+                }
             }
             let mut store = app.store.lock().expect("store lock");
             if info.namespaced && store.get("namespaces", "", &ns).is_err() {

@@ -12,6 +12,7 @@ pub mod api;
 pub mod endpointslice_controller;
 pub mod selector;
 pub mod store;
+pub mod validate;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;

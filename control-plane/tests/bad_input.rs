@@ -1,0 +1,77 @@
+//! Bad input gets a `Status` with a clear message, and the server keeps serving.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+async fn start() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(control_plane::serve(
+        listener,
+        ("10.96.0.0".parse().unwrap(), 1 << 16),
+    ));
+    addr
+}
+
+/// One HTTP/1.1 request; returns (status, JSON body).
+fn request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let code = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    (
+        code,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_unknown_and_invalid_input_get_status_errors() {
+    let addr = start().await;
+    tokio::task::spawn_blocking(move || {
+        let svcs = "/api/v1/namespaces/default/services";
+        let (code, body) = request(addr, "POST", svcs, "{not json");
+        assert_eq!(code, 400);
+        assert_eq!(body["kind"], "Status");
+        assert!(body["message"].as_str().unwrap().contains("invalid JSON"), "{body}");
+
+        let unknown = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":80}],"clusterIPz":"x"}}"#;
+        let (code, body) = request(addr, "POST", &format!("{svcs}?fieldValidation=Strict"), unknown);
+        assert_eq!(code, 400, "{body}");
+        assert!(body["message"].as_str().unwrap().contains("unknown field \"spec.clusterIPz\""), "{body}");
+
+        let invalid = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"b"},"spec":{"ports":[{"port":0},{"port":70000,"protocol":"ICMP"}]}}"#;
+        let (code, body) = request(addr, "POST", svcs, invalid);
+        assert_eq!(code, 422);
+        assert_eq!(body["reason"], "Invalid");
+        let fields: Vec<&str> = body["details"]["causes"].as_array().unwrap().iter().map(|c| c["field"].as_str().unwrap()).collect();
+        assert!(fields.contains(&"spec.ports[0].port") && fields.contains(&"spec.ports[1].protocol"), "{body}");
+
+        let (code, body) = request(addr, "POST", "/api/v1/namespaces/nope/services", r#"{"metadata":{"name":"c"},"spec":{"ports":[{"port":80}]}}"#);
+        assert_eq!((code, body["reason"].as_str()), (404, Some("NotFound")));
+
+        // Still serving: a valid Service is created and gets a cluster IP.
+        let (code, body) = request(addr, "POST", svcs, r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"ok"},"spec":{"ports":[{"port":80}]}}"#);
+        assert_eq!(code, 201, "{body}");
+        assert!(body["spec"]["clusterIP"].as_str().unwrap().starts_with("10.96."));
+        let (code, _) = request(addr, "POST", svcs, r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"ok"},"spec":{"ports":[{"port":80}]}}"#);
+        assert_eq!(code, 409);
+    })
+    .await
+    .unwrap();
+}
