@@ -374,22 +374,6 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// RFC 7386 JSON merge patch.
-fn merge_patch(target: &mut Value, patch: &Value) {
-    match (target, patch) {
-        (Value::Object(t), Value::Object(p)) => {
-            for (k, v) in p {
-                if v.is_null() {
-                    t.remove(k);
-                } else {
-                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
-                }
-            }
-        }
-        (t, p) => *t = p.clone(),
-    }
-}
-
 /// Fills in what the API server allocates for a Service: the cluster IP and node ports.
 fn allocate_service(app: &App, store: &Store, svc: &mut Value) -> Result<(), Box<Response>> {
     let spec = &mut svc["spec"];
@@ -633,20 +617,22 @@ pub async fn handle(
                 .get("content-type")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default();
-            if content_type.starts_with("application/json-patch+json") {
-                return status(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "UnsupportedMediaType",
-                    "json-patch is not supported yet".into(),
-                );
-            }
+
             let mut store = app.store.lock().expect("store lock");
             let mut object = match store.get(info.name, &ns, &name) {
                 Ok(o) => o,
                 Err(e) => return store_error(e),
             };
             // Merge patch; strategic merge patches are applied as merge patches for now.
-            merge_patch(&mut object, &patch);
+            if content_type.starts_with("application/json-patch+json") {
+                if let Err(e) = crate::patch::json_patch(&mut object, &patch) {
+                    return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e);
+                }
+            } else if content_type.starts_with("application/strategic-merge-patch+json") {
+                crate::patch::strategic(&mut object, &patch);
+            } else {
+                crate::patch::merge(&mut object, &patch);
+            }
             object["metadata"]["resourceVersion"] = Value::Null;
             store
                 .update(info.name, &ns, &name, object)

@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod endpointslice_controller;
+pub mod patch;
 pub mod selector;
 pub mod store;
 pub mod validate;
