@@ -83,8 +83,15 @@ impl App {
     /// A server with the `default` and `kube-system` namespaces, allocating cluster IPs from
     /// `range` (network address, size).
     pub fn new(service_range: (Ipv4Addr, u32)) -> Self {
-        let mut store = Store::new(10_000);
+        Self::with_store(Store::new(10_000), service_range)
+    }
+
+    /// A server over `store` (e.g. a durable one); creates `default` and `kube-system` if absent.
+    pub fn with_store(mut store: Store, service_range: (Ipv4Addr, u32)) -> Self {
         for ns in ["default", "kube-system"] {
+            if store.get("namespaces", "", ns).is_ok() {
+                continue;
+            }
             store
                 .create(
                     "namespaces",
@@ -185,6 +192,7 @@ fn store_error(e: StoreError) -> Response {
         StoreError::AlreadyExists { .. } => (StatusCode::CONFLICT, "AlreadyExists"),
         StoreError::Conflict { .. } => (StatusCode::CONFLICT, "Conflict"),
         StoreError::Gone { .. } => (StatusCode::GONE, "Expired"),
+        StoreError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
     };
     status(code, reason, e.to_string())
 }
@@ -514,13 +522,58 @@ pub async fn handle(
             }
             let store = app.store.lock().expect("store lock");
             let namespace = (!ns.is_empty()).then_some(ns.as_str());
+            let mut items = store.list(info.name, namespace, |o| {
+                labels.matches(o) && fields.matches(o)
+            });
+            // Pagination: `continue` is the position after the last item returned (items come in
+            // a stable order), `limit` the page size.
+            let start: usize = query_param(&uri, "continue")
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            let limit: usize = query_param(&uri, "limit")
+                .and_then(|l| l.parse().ok())
+                .filter(|l| *l > 0)
+                .unwrap_or(usize::MAX);
+            let total = items.len();
+            items = items.into_iter().skip(start).take(limit).collect();
+            let mut metadata = json!({"resourceVersion": store.version().to_string()});
+            if start.saturating_add(limit) < total {
+                metadata["continue"] = json!((start + limit).to_string());
+                metadata["remainingItemCount"] = json!(total - start - limit);
+            }
+            ok(json!({
+                "apiVersion": info.group_version,
+                "kind": list_kind(&info),
+                "metadata": metadata,
+                "items": items,
+            }))
+        }
+        (Method::DELETE, None) => {
+            // deletecollection
+            let mut store = app.store.lock().expect("store lock");
+            let namespace = (!ns.is_empty()).then_some(ns.as_str());
             let items = store.list(info.name, namespace, |o| {
                 labels.matches(o) && fields.matches(o)
             });
+            let mut deleted = Vec::new();
+            for o in items {
+                let n = o["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                let onns = o["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                if let Ok(d) = store.delete(info.name, &onns, &n) {
+                    deleted.push(d);
+                }
+            }
             ok(json!({
-                "apiVersion": info.group_version, "kind": list_kind(&info),
+                "apiVersion": info.group_version,
+                "kind": list_kind(&info),
                 "metadata": {"resourceVersion": store.version().to_string()},
-                "items": items,
+                "items": deleted,
             }))
         }
         (Method::GET, Some(name)) => {

@@ -11,6 +11,7 @@
 pub mod api;
 pub mod endpointslice_controller;
 pub mod patch;
+pub mod persist;
 pub mod selector;
 pub mod store;
 pub mod validate;

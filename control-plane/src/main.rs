@@ -16,6 +16,10 @@ struct Args {
     /// Write a kubeconfig for clients here.
     #[arg(long, value_name = "PATH")]
     kubeconfig_out: Option<PathBuf>,
+    /// Keep objects in DIR (an embedded database): a restarted server serves the same objects and
+    /// resourceVersions. Without it, everything is in memory.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     /// The Service cluster IP range (IPv4 CIDR).
     #[arg(long, default_value = "10.96.0.0/16")]
     service_cluster_ip_range: String,
@@ -47,6 +51,13 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(path, control_plane::kubeconfig(addr)).context("writing the kubeconfig")?;
     }
     tracing::info!("serving the Kubernetes API on http://{addr}");
-    control_plane::serve(listener, (net, 1u32 << (32 - prefix))).await?;
+    let range = (net, 1u32 << (32 - prefix));
+    let store = match &args.data_dir {
+        Some(dir) => control_plane::store::Store::open(10_000, dir)
+            .map_err(|e| anyhow::anyhow!("opening {}: {e}", dir.display()))?,
+        None => control_plane::store::Store::new(10_000),
+    };
+    let app = std::sync::Arc::new(control_plane::api::App::with_store(store, range));
+    control_plane::serve_app(listener, app).await?;
     Ok(())
 }

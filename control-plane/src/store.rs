@@ -51,6 +51,9 @@ pub enum StoreError {
         /// The name.
         name: String,
     },
+    /// 500: the durable store could not commit.
+    #[error("storage error: {0}")]
+    Storage(String),
     /// 410: the watch asked for history the store no longer keeps.
     #[error("too old resource version: {requested} ({oldest})")]
     Gone {
@@ -71,6 +74,7 @@ pub struct Store {
     history: VecDeque<WatchEvent>,
     history_limit: usize,
     events: broadcast::Sender<WatchEvent>,
+    persist: Option<crate::persist::Persist>,
 }
 
 impl Store {
@@ -83,7 +87,42 @@ impl Store {
             history: VecDeque::new(),
             history_limit,
             events,
+            persist: None,
         }
+    }
+
+    /// A store kept durable in `dir`: loads what is there (objects and resourceVersion) and commits
+    /// every later write before it returns.
+    pub fn open(history_limit: usize, dir: &std::path::Path) -> Result<Self, StoreError> {
+        let (persist, loaded) =
+            crate::persist::Persist::open(dir).map_err(|e| StoreError::Storage(e.to_string()))?;
+        let mut store = Self::new(history_limit);
+        for (key, object) in loaded.objects {
+            let mut parts = key.splitn(3, '/');
+            let (Some(r), Some(ns), Some(n)) = (parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            store
+                .objects
+                .insert((r.to_owned(), ns.to_owned(), n.to_owned()), object);
+        }
+        store.version = loaded.version.max(store.version);
+        store.persist = Some(persist);
+        Ok(store)
+    }
+
+    /// Whether objects have been loaded or created (a fresh store has none).
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+
+    fn save(&self, key: &Key, object: Option<&Value>) -> Result<(), StoreError> {
+        if let Some(p) = &self.persist {
+            let k = format!("{}/{}/{}", key.0, key.1, key.2);
+            p.write(&k, object, self.version)
+                .map_err(|e| StoreError::Storage(e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// The current resourceVersion.
@@ -147,6 +186,7 @@ impl Store {
         let uid = format!("00000000-0000-4000-8000-{:012x}", self.version + 1);
         object["metadata"]["uid"] = Value::String(uid);
         self.bump("ADDED", resource, namespace, &mut object);
+        self.save(&key, Some(&object))?;
         self.objects.insert(key, object.clone());
         Ok(object)
     }
@@ -180,6 +220,7 @@ impl Store {
             object["metadata"]["namespace"] = Value::String(namespace.to_owned());
         }
         self.bump("MODIFIED", resource, namespace, &mut object);
+        self.save(&key, Some(&object))?;
         self.objects.insert(key, object.clone());
         Ok(object)
     }
@@ -199,6 +240,7 @@ impl Store {
             });
         };
         self.bump("DELETED", resource, namespace, &mut object);
+        self.save(&key, None)?;
         Ok(object)
     }
 
