@@ -75,3 +75,32 @@ async fn malformed_unknown_and_invalid_input_get_status_errors() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pagination_and_deletecollection() {
+    let addr = start().await;
+    tokio::task::spawn_blocking(move || {
+        let svcs = "/api/v1/namespaces/default/services";
+        for i in 0..5 {
+            let (code, _) = request(addr, "POST", svcs, &format!(
+                r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"s{i}","labels":{{"batch":"{}"}}}},"spec":{{"ports":[{{"port":80}}]}}}}"#,
+                i % 2
+            ));
+            assert_eq!(code, 201);
+        }
+        let (_, page1) = request(addr, "GET", &format!("{svcs}?limit=2"), "");
+        assert_eq!(page1["items"].as_array().unwrap().len(), 2);
+        let token = page1["metadata"]["continue"].as_str().unwrap().to_owned();
+        let (_, page2) = request(addr, "GET", &format!("{svcs}?limit=2&continue={token}"), "");
+        let (_, page3) = request(addr, "GET", &format!("{svcs}?limit=2&continue={}", page2["metadata"]["continue"].as_str().unwrap()), "");
+        assert_eq!(page3["items"].as_array().unwrap().len(), 1);
+        assert!(page3["metadata"]["continue"].is_null());
+        let (code, gone) = request(addr, "DELETE", &format!("{svcs}?labelSelector=batch%3D0"), "");
+        assert_eq!(code, 200);
+        assert_eq!(gone["items"].as_array().unwrap().len(), 3);
+        let (_, rest) = request(addr, "GET", svcs, "");
+        assert_eq!(rest["items"].as_array().unwrap().len(), 2);
+    })
+    .await
+    .unwrap();
+}
