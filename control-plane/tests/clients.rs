@@ -204,6 +204,7 @@ async fn kubectl_get_watch_sees_changes() {
             text.push_str(&String::from_utf8_lossy(&buf[..n]));
         }
         let _ = watch.kill();
+        let _ = watch.wait();
         assert!(
             text.contains("service/web"),
             "kubectl get -w printed {text:?}"
@@ -264,13 +265,12 @@ async fn watch_from_a_too_old_version_gets_410_and_kube_rs_relists() {
     let mut inits = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while inits < 1 {
-        match tokio::time::timeout_at(deadline, stream.next())
+        if let Ok(Event::InitDone) = tokio::time::timeout_at(deadline, stream.next())
             .await
             .expect("events")
             .unwrap()
         {
-            Ok(Event::InitDone) => inits += 1,
-            _ => {}
+            inits += 1;
         }
     }
 }
