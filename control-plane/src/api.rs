@@ -31,6 +31,9 @@ pub struct ResourceInfo {
     pub short_names: &'static [&'static str],
 }
 
+/// How often a watch that allows bookmarks gets one.
+pub const BOOKMARK_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Everything served.
 pub const RESOURCES: &[ResourceInfo] = &[
     ResourceInfo {
@@ -438,6 +441,37 @@ fn allocate_service(app: &App, store: &Store, svc: &mut Value) -> Result<(), Box
             }
         }
     }
+    // A Local LoadBalancer gets a health-check node port for the load balancer to probe.
+    if kind == "LoadBalancer"
+        && spec["externalTrafficPolicy"] == json!("Local")
+        && spec["healthCheckNodePort"].as_i64().unwrap_or(0) == 0
+    {
+        let used: BTreeSet<i64> = store
+            .list("services", None, |_| true)
+            .iter()
+            .flat_map(|s| {
+                let mut v: Vec<i64> = s["spec"]["ports"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|p| p["nodePort"].as_i64())
+                    .collect();
+                v.extend(s["spec"]["healthCheckNodePort"].as_i64());
+                v
+            })
+            .chain(
+                spec["ports"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|p| p["nodePort"].as_i64()),
+            )
+            .collect();
+        let free = (30000..=32767).find(|p| !used.contains(p));
+        spec["healthCheckNodePort"] = json!(free);
+    }
     if let Some(ports) = spec["ports"].as_array_mut() {
         for p in ports {
             if p["protocol"].is_null() {
@@ -831,8 +865,27 @@ fn watch_response(
             }
         }
     });
+    // With allowWatchBookmarks, a BOOKMARK carrying the current resourceVersion every few seconds,
+    // so a client that reconnects resumes from a recent version instead of re-listing.
+    let bookmarks = query_param(uri, "allowWatchBookmarks").is_some_and(|b| b == "true");
+    let bookmark_app = Arc::clone(app);
+    let kind = info.kind;
+    let api_version = info.group_version;
+    let ticks = futures::stream::unfold((), move |()| {
+        let app = Arc::clone(&bookmark_app);
+        async move {
+            tokio::time::sleep(BOOKMARK_INTERVAL).await;
+            let version = app.store.lock().expect("store lock").version();
+            let line = json!({"type": "BOOKMARK", "object": {
+                "kind": kind, "apiVersion": api_version,
+                "metadata": {"resourceVersion": version.to_string()},
+            }});
+            Some((format!("{line}\n"), ()))
+        }
+    })
+    .filter(move |_| futures::future::ready(bookmarks));
     let stream = futures::stream::iter(replay)
-        .chain(live)
+        .chain(futures::stream::select(live, ticks))
         .map(Ok::<_, std::io::Error>)
         .take_until(tokio::time::sleep(Duration::from_secs(timeout)));
     (

@@ -111,6 +111,12 @@ impl Store {
         Ok(store)
     }
 
+    /// Drops the watch history (as a restarted server without it would): any watch resumed from an
+    /// earlier version is then told 410 and must re-list.
+    pub fn forget_history(&mut self) {
+        self.history.clear();
+    }
+
     /// Whether objects have been loaded or created (a fresh store has none).
     pub fn is_empty(&self) -> bool {
         self.objects.is_empty()

@@ -104,3 +104,26 @@ async fn pagination_and_deletecollection() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_load_balancers_get_a_health_check_node_port_and_watches_get_bookmarks() {
+    let addr = start().await;
+    tokio::task::spawn_blocking(move || {
+        let svcs = "/api/v1/namespaces/default/services";
+        let (code, body) = request(addr, "POST", svcs, r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"lb"},"spec":{"type":"LoadBalancer","externalTrafficPolicy":"Local","ports":[{"port":80}]}}"#);
+        assert_eq!(code, 201, "{body}");
+        let np = body["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
+        let hc = body["spec"]["healthCheckNodePort"].as_i64().unwrap();
+        assert!((30000..=32767).contains(&np) && (30000..=32767).contains(&hc) && np != hc, "{body}");
+
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(s, "GET {svcs}?watch=true&resourceVersion=0&allowWatchBookmarks=true&timeoutSeconds=7 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        assert!(text.contains("\"type\":\"ADDED\""), "the current objects first: {text}");
+        assert!(text.contains("\"type\":\"BOOKMARK\""), "a bookmark within the timeout: {text}");
+    })
+    .await
+    .unwrap();
+}

@@ -214,20 +214,36 @@ async fn kubectl_get_watch_sees_changes() {
     .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watch_from_a_too_old_version_gets_410_and_kube_rs_relists() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    // A tiny history, so a watch that reconnects with an old version is told 410.
-    let app = std::sync::Arc::new(control_plane::api::App::with_store(
+#[test]
+fn watch_from_a_too_old_version_gets_410_and_kube_rs_relists() {
+    use std::sync::Arc;
+    // The server runs on its own runtime so the test can cut every connection (drop the runtime)
+    // and bring it back on the same port with the history gone.
+    let app = Arc::new(control_plane::api::App::with_store(
         control_plane::store::Store::new(2),
         ("10.96.0.0".parse().unwrap(), 1 << 16),
     ));
-    tokio::spawn(control_plane::serve_app(
-        listener,
-        std::sync::Arc::clone(&app),
-    ));
-    // Raw watch from version 1: an in-stream ERROR with code 410 (history holds 2 events).
+    let serve = |addr: &str| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let addr = addr.to_owned();
+        let listener = rt.block_on(async move {
+            for _ in 0..50 {
+                if let Ok(l) = tokio::net::TcpListener::bind(&addr).await {
+                    return l;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("cannot bind {addr}");
+        });
+        let bound = listener.local_addr().unwrap();
+        rt.spawn(control_plane::serve_app(listener, Arc::clone(&app)));
+        (rt, bound)
+    };
+    let (server, addr) = serve("127.0.0.1:0");
     for i in 0..5 {
         app.store
             .lock()
@@ -239,40 +255,70 @@ async fn watch_from_a_too_old_version_gets_410_and_kube_rs_relists() {
             )
             .unwrap();
     }
-    let body = tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        write!(s, "GET /api/v1/services?watch=true&resourceVersion=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        text
-    })
-    .await
-    .unwrap();
+    // A raw watch from an old version: an in-stream ERROR with code 410.
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET /api/v1/services?watch=true&resourceVersion=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
     assert!(
         body.contains("\"type\":\"ERROR\"") && body.contains("410"),
         "{body}"
     );
 
-    // kube-rs, told 410, re-lists and carries on.
-    let client =
-        kube::Client::try_from(kube::Config::new(format!("http://{addr}").parse().unwrap()))
-            .unwrap();
-    let mut stream = std::pin::pin!(watcher::watcher(
-        Api::<Service>::all(client),
-        watcher::Config::default()
-    ));
-    let mut inits = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while inits < 1 {
-        if let Ok(Event::InitDone) = tokio::time::timeout_at(deadline, stream.next())
-            .await
-            .expect("events")
-            .unwrap()
-        {
-            inits += 1;
+    // kube-rs: list, watch; then the server goes away and comes back without history: the
+    // resumed watch is told 410 and the watcher re-lists, seeing what was created meanwhile.
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<String>>();
+    client_rt.spawn(async move {
+        let client =
+            kube::Client::try_from(kube::Config::new(format!("http://{addr}").parse().unwrap()))
+                .unwrap();
+        let mut stream = std::pin::pin!(watcher::watcher(
+            Api::<Service>::all(client),
+            watcher::Config::default()
+        ));
+        let mut names = Vec::new();
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(Event::Init) => names.clear(),
+                Ok(Event::InitApply(s)) => names.push(s.metadata.name.unwrap_or_default()),
+                Ok(Event::InitDone) if tx.send(names.clone()).is_err() => return,
+                _ => {}
+            }
+        }
+    });
+    let first = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(first.len(), 5);
+    std::thread::sleep(Duration::from_millis(300)); // the watch is open
+    server.shutdown_background();
+    {
+        let mut store = app.store.lock().unwrap();
+        store.forget_history();
+        // More changes than the history (2) keeps: the watcher's version is no longer covered.
+        for name in ["late", "later", "latest"] {
+            store
+                .create(
+                    "services",
+                    "default",
+                    serde_json::json!({"metadata": {"name": name}}),
+                )
+                .unwrap();
         }
     }
+    let (_server, again) = serve(&addr.to_string());
+    assert_eq!(again, addr);
+    let second = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a re-list after 410");
+    assert!(
+        second.contains(&"latest".to_owned()) && second.len() == 8,
+        "{second:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
