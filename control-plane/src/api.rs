@@ -1,7 +1,7 @@
 //! The REST API: discovery, and get/list/watch/create/update/patch/delete for the resources kproxy
 //! and its tests use, with Kubernetes' paths, Status errors and watch semantics.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -840,31 +840,31 @@ fn watch_response(
                 store.version(),
             ),
             Err(e) => {
-                let gone = json!({"type": "ERROR", "object": {
-                    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                    "message": e.to_string(), "reason": "Expired", "code": 410,
-                }});
-                return ([("content-type", "application/json")], format!("{gone}\n"))
+                return (
+                    [("content-type", "application/json")],
+                    gone_line(&e.to_string()),
+                )
                     .into_response();
             }
         }
     };
     drop(store);
-    let live = futures::stream::unfold(rx, move |mut rx| {
-        let matches = matches.clone();
-        async move {
-            loop {
-                match rx.recv().await {
-                    Ok(e) if e.resource_version > from && matches(&e) => {
-                        return Some((event_line(&e), rx))
-                    }
-                    Ok(_) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(_) => return None,
-                }
+    let live = futures::stream::unfold(
+        LiveWatch {
+            rx,
+            last: from,
+            backlog: VecDeque::new(),
+            app: Arc::clone(app),
+            done: false,
+        },
+        move |mut watch| {
+            let matches = matches.clone();
+            async move {
+                let line = watch.next_line(&matches).await?;
+                Some((line, watch))
             }
-        }
-    });
+        },
+    );
     // With allowWatchBookmarks, a BOOKMARK carrying the current resourceVersion every few seconds,
     // so a client that reconnects resumes from a recent version instead of re-listing.
     let bookmarks = query_param(uri, "allowWatchBookmarks").is_some_and(|b| b == "true");
@@ -895,6 +895,69 @@ fn watch_response(
         .into_response()
 }
 
+/// One watch's live phase: events from the store's fan-out channel, in resourceVersion order.
+///
+/// A watcher that falls behind the channel (`Lagged`) is not allowed to lose events: it catches up
+/// from the store's history after the last version it sent, then skips channel events it has
+/// already sent. Only when that history is gone too does it get the in-stream 410 that makes a
+/// client re-list, as the real API server does.
+struct LiveWatch {
+    rx: tokio::sync::broadcast::Receiver<WatchEvent>,
+    /// The resourceVersion of the last event considered (sent or filtered out).
+    last: u64,
+    /// Events recovered from the history after a lag, not yet considered.
+    backlog: VecDeque<WatchEvent>,
+    app: Arc<App>,
+    /// Set after the 410: the stream then ends.
+    done: bool,
+}
+
+impl LiveWatch {
+    /// The next line to send, or `None` when the watch ends.
+    async fn next_line(&mut self, matches: &impl Fn(&WatchEvent) -> bool) -> Option<String> {
+        use tokio::sync::broadcast::error::RecvError;
+        if self.done {
+            return None;
+        }
+        loop {
+            let event = match self.backlog.pop_front() {
+                Some(e) => e,
+                None => match self.rx.recv().await {
+                    Ok(e) if e.resource_version <= self.last => continue,
+                    Ok(e) => e,
+                    Err(RecvError::Lagged(_)) => {
+                        let store = self.app.store.lock().expect("store lock");
+                        match store.events_since(self.last) {
+                            Ok(events) => {
+                                self.backlog.extend(events);
+                                continue;
+                            }
+                            Err(e) => {
+                                self.done = true;
+                                return Some(gone_line(&e.to_string()));
+                            }
+                        }
+                    }
+                    Err(RecvError::Closed) => return None,
+                },
+            };
+            self.last = event.resource_version;
+            if matches(&event) {
+                return Some(event_line(&event));
+            }
+        }
+    }
+}
+
+/// The in-stream ERROR event (410 Expired) that tells a client its version is too old.
+fn gone_line(message: &str) -> String {
+    let gone = json!({"type": "ERROR", "object": {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": "Expired", "code": 410,
+    }});
+    format!("{gone}\n")
+}
+
 /// Now as RFC 3339 (UTC, seconds), for timestamps the server sets.
 fn now_rfc3339() -> String {
     let secs = std::time::SystemTime::now()
@@ -918,4 +981,73 @@ fn now_rfc3339() -> String {
         (rem % 3600) / 60,
         rem % 60
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app_with(history: usize, fanout: usize) -> Arc<App> {
+        Arc::new(App::with_store(
+            Store::with_fanout_capacity(history, fanout),
+            (Ipv4Addr::new(10, 96, 0, 0), 1 << 16),
+        ))
+    }
+
+    fn create_pods(app: &App, n: usize) {
+        let mut store = app.store.lock().unwrap();
+        for i in 0..n {
+            store
+                .create(
+                    "pods",
+                    "default",
+                    json!({"metadata": {"name": format!("p{i}")}}),
+                )
+                .unwrap();
+        }
+    }
+
+    fn live(app: &Arc<App>) -> LiveWatch {
+        let store = app.store.lock().unwrap();
+        LiveWatch {
+            rx: store.subscribe(),
+            last: store.version(),
+            backlog: VecDeque::new(),
+            app: Arc::clone(app),
+            done: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lagging_watcher_catches_up_from_history_in_order() {
+        let app = app_with(1000, 2);
+        let mut watch = live(&app);
+        create_pods(&app, 50);
+        let mut names = Vec::new();
+        for _ in 0..50 {
+            let line = watch.next_line(&|e| e.resource == "pods").await.unwrap();
+            let v: Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(v["type"], "ADDED");
+            names.push(v["object"]["metadata"]["name"].as_str().unwrap().to_owned());
+        }
+        let expected: Vec<String> = (0..50).map(|i| format!("p{i}")).collect();
+        assert_eq!(names, expected);
+        // Nothing is sent twice: the channel's retained copies are skipped.
+        let next = tokio::time::timeout(Duration::from_millis(50), watch.next_line(&|_| true));
+        assert!(next.await.is_err(), "no further events");
+    }
+
+    #[tokio::test]
+    async fn a_watcher_lagging_past_the_history_gets_410_then_ends() {
+        let app = app_with(5, 2);
+        let mut watch = live(&app);
+        create_pods(&app, 20);
+        let line = watch.next_line(&|_| true).await.unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            (v["type"].as_str(), v["object"]["code"].as_i64()),
+            (Some("ERROR"), Some(410))
+        );
+        assert!(watch.next_line(&|_| true).await.is_none());
+    }
 }

@@ -3,9 +3,7 @@
 //! resourceVersions and a bounded watch history (410 beyond it), and allocates cluster IPs and
 //! node ports.
 //!
-//! Status: the store, discovery, get/list/watch/create/update/merge-patch/delete, Service
-//! allocation and the EndpointSlice controller. Not yet: strategic merge patch semantics (applied
-//! as merge patches), JSON patch, validation, durability (`--data-dir`).
+//! What it covers, and what it leaves out, is in `docs/control-plane.md`.
 #![warn(missing_docs)]
 
 pub mod api;

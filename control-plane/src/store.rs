@@ -66,6 +66,9 @@ pub enum StoreError {
 
 type Key = (String, String, String); // resource, namespace, name
 
+/// Events buffered for live watchers before a slow one must catch up from the history.
+pub const DEFAULT_FANOUT_CAPACITY: usize = 4096;
+
 /// The store.
 #[derive(Debug)]
 pub struct Store {
@@ -80,7 +83,15 @@ pub struct Store {
 impl Store {
     /// An empty store keeping `history_limit` past events for watches.
     pub fn new(history_limit: usize) -> Self {
-        let (events, _) = broadcast::channel(4096);
+        Self::with_fanout_capacity(history_limit, DEFAULT_FANOUT_CAPACITY)
+    }
+
+    /// An empty store whose live fan-out channel holds `fanout_capacity` events. A watcher that
+    /// falls further behind than that is not dropped: it catches up from the history (see
+    /// `api`), so a small capacity only trades memory for history lookups. Tests use a small one
+    /// to exercise that path.
+    pub fn with_fanout_capacity(history_limit: usize, fanout_capacity: usize) -> Self {
+        let (events, _) = broadcast::channel(fanout_capacity.max(1));
         Self {
             objects: BTreeMap::new(),
             version: 1,
