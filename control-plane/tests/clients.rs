@@ -322,7 +322,7 @@ fn watch_from_a_too_old_version_gets_410_and_kube_rs_relists() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn endpointslice_controller_follows_a_ready_pod() {
+async fn endpointslice_controller_follows_a_pod_ready_terminating_and_deleted() {
     let (addr, _) = start().await;
     let client =
         kube::Client::try_from(kube::Config::new(format!("http://{addr}").parse().unwrap()))
@@ -341,25 +341,49 @@ async fn endpointslice_controller_follows_a_ready_pod() {
     })).unwrap();
     let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
         Api::namespaced(client, "default");
-    let started = std::time::Instant::now();
-    pods.create(&Default::default(), &pod).await.unwrap();
-    loop {
-        let list = slices.list(&Default::default()).await.unwrap();
-        let ready = list.items.iter().any(|s| {
-            s.endpoints.iter().flatten().any(|e| {
-                e.addresses == ["10.1.2.3"]
-                    && e.conditions.as_ref().and_then(|c| c.ready) == Some(true)
-            })
-        });
-        if ready {
-            break;
+    // Polls the slices until `want` holds for the pod's endpoint (None: no endpoint), and returns
+    // how long that took. Reported, not asserted as a timing: the API round trips dominate.
+    let wait_for = |want: Option<(bool, bool)>| {
+        let slices = slices.clone();
+        async move {
+            let started = std::time::Instant::now();
+            loop {
+                let list = slices.list(&Default::default()).await.unwrap();
+                let state = list
+                    .items
+                    .iter()
+                    .flat_map(|s| s.endpoints.iter().flatten())
+                    .find(|e| e.addresses == ["10.1.2.3"])
+                    .map(|e| {
+                        let c = e.conditions.clone().unwrap_or_default();
+                        (c.ready == Some(true), c.terminating == Some(true))
+                    });
+                if state == want {
+                    return started.elapsed();
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "slice never reached {want:?}; last {state:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "no slice for the pod"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    // Reported, not asserted as a timing: the API round trips dominate.
-    eprintln!("pod ready -> slice in {:?}", started.elapsed());
+    };
+    pods.create(&Default::default(), &pod).await.unwrap();
+    let ready = wait_for(Some((true, false))).await;
+    // Deleted with a grace period: terminating, no longer ready, still listed.
+    let graceful = kube::api::DeleteParams {
+        grace_period_seconds: Some(30),
+        ..Default::default()
+    };
+    pods.delete("p", &graceful).await.unwrap();
+    let terminating = wait_for(Some((false, true))).await;
+    // Gone for good: the endpoint leaves the slice.
+    pods.delete("p", &kube::api::DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    let removed = wait_for(None).await;
+    eprintln!(
+        "pod ready -> slice {ready:?}; deleted -> terminating {terminating:?}; removed {removed:?}"
+    );
 }
