@@ -80,7 +80,12 @@ pub struct App {
     pub store: Mutex<Store>,
     /// Cluster IPs handed out (last octets of the service range).
     pub service_range: (Ipv4Addr, u32),
+    /// The inclusive range node ports are allocated from (`--service-node-port-range`).
+    pub node_port_range: (i64, i64),
 }
+
+/// The API server's default `--service-node-port-range`.
+pub const DEFAULT_NODE_PORT_RANGE: (i64, i64) = (30000, 32767);
 
 impl App {
     /// A server with the `default` and `kube-system` namespaces, allocating cluster IPs from
@@ -106,7 +111,14 @@ impl App {
         Self {
             store: Mutex::new(store),
             service_range,
+            node_port_range: DEFAULT_NODE_PORT_RANGE,
         }
+    }
+
+    /// The same server allocating and validating node ports in `range` (inclusive).
+    pub fn with_node_port_range(mut self, range: (i64, i64)) -> Self {
+        self.node_port_range = range;
+        self
     }
 }
 
@@ -385,6 +397,19 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Every node port taken by a stored Service: its ports' `nodePort`s and its `healthCheckNodePort`.
+fn used_node_ports(store: &Store) -> BTreeSet<i64> {
+    let mut used = BTreeSet::new();
+    for svc in store.list("services", None, |_| true) {
+        let spec = &svc["spec"];
+        for p in spec["ports"].as_array().into_iter().flatten() {
+            used.extend(p["nodePort"].as_i64().filter(|&n| n != 0));
+        }
+        used.extend(spec["healthCheckNodePort"].as_i64().filter(|&n| n != 0));
+    }
+    used
+}
+
 /// Fills in what the API server allocates for a Service: the cluster IP and node ports.
 fn allocate_service(app: &App, store: &Store, svc: &mut Value) -> Result<(), Box<Response>> {
     let spec = &mut svc["spec"];
@@ -421,56 +446,53 @@ fn allocate_service(app: &App, store: &Store, svc: &mut Value) -> Result<(), Box
         )));
     }
     spec["clusterIPs"] = json!([spec["clusterIP"].clone()]);
-    if kind == "NodePort" || kind == "LoadBalancer" {
-        let used_ports: BTreeSet<i64> = store
-            .list("services", None, |_| true)
-            .iter()
-            .flat_map(|s| s["spec"]["ports"].as_array().cloned().unwrap_or_default())
-            .filter_map(|p| p["nodePort"].as_i64())
-            .collect();
-        let mut next = 30000;
-        if let Some(ports) = spec["ports"].as_array_mut() {
-            for p in ports {
+    let needs_node_ports = kind == "NodePort" || kind == "LoadBalancer";
+    let needs_health_check = kind == "LoadBalancer"
+        && spec["externalTrafficPolicy"] == json!("Local")
+        && spec["healthCheckNodePort"].as_i64().unwrap_or(0) == 0;
+    if needs_node_ports || needs_health_check {
+        let mut used = used_node_ports(store);
+        let (low, high) = app.node_port_range;
+        let range_full = || {
+            Box::new(status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                format!("failed to allocate a nodePort: range {low}-{high} is full"),
+            ))
+        };
+        if needs_node_ports {
+            // Requested ports first, so a later allocation cannot take one of them.
+            let ports = spec["ports"]
+                .as_array_mut()
+                .map(Vec::as_mut_slice)
+                .unwrap_or_default();
+            for (i, p) in ports.iter().enumerate() {
+                let requested = p["nodePort"].as_i64().unwrap_or(0);
+                if requested != 0 && !used.insert(requested) {
+                    return Err(Box::new(status(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "Invalid",
+                        format!("Service is invalid: spec.ports[{i}].nodePort: Invalid value: {requested}: provided port is already allocated"),
+                    )));
+                }
+            }
+            for p in ports.iter_mut() {
                 if p["nodePort"].as_i64().unwrap_or(0) == 0 {
-                    while used_ports.contains(&next) {
-                        next += 1;
-                    }
-                    p["nodePort"] = json!(next);
-                    next += 1;
+                    let free = (low..=high)
+                        .find(|n| !used.contains(n))
+                        .ok_or_else(range_full)?;
+                    used.insert(free);
+                    p["nodePort"] = json!(free);
                 }
             }
         }
-    }
-    // A Local LoadBalancer gets a health-check node port for the load balancer to probe.
-    if kind == "LoadBalancer"
-        && spec["externalTrafficPolicy"] == json!("Local")
-        && spec["healthCheckNodePort"].as_i64().unwrap_or(0) == 0
-    {
-        let used: BTreeSet<i64> = store
-            .list("services", None, |_| true)
-            .iter()
-            .flat_map(|s| {
-                let mut v: Vec<i64> = s["spec"]["ports"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .filter_map(|p| p["nodePort"].as_i64())
-                    .collect();
-                v.extend(s["spec"]["healthCheckNodePort"].as_i64());
-                v
-            })
-            .chain(
-                spec["ports"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .filter_map(|p| p["nodePort"].as_i64()),
-            )
-            .collect();
-        let free = (30000..=32767).find(|p| !used.contains(p));
-        spec["healthCheckNodePort"] = json!(free);
+        // A Local LoadBalancer gets a health-check node port for the load balancer to probe.
+        if needs_health_check {
+            let free = (low..=high)
+                .find(|n| !used.contains(n))
+                .ok_or_else(range_full)?;
+            spec["healthCheckNodePort"] = json!(free);
+        }
     }
     if let Some(ports) = spec["ports"].as_array_mut() {
         for p in ports {
@@ -647,7 +669,8 @@ pub async fn handle(
                 }
             }
             if info.name == "services" {
-                let causes = crate::validate::service(&object, app.service_range, (30000, 32767));
+                let causes =
+                    crate::validate::service(&object, app.service_range, app.node_port_range);
                 if !causes.is_empty() {
                     let name = object["metadata"]["name"]
                         .as_str()

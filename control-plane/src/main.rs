@@ -23,6 +23,22 @@ struct Args {
     /// The Service cluster IP range (IPv4 CIDR).
     #[arg(long, default_value = "10.96.0.0/16")]
     service_cluster_ip_range: String,
+    /// The inclusive range NodePorts (and health-check node ports) are allocated from.
+    #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
+    service_node_port_range: (i64, i64),
+}
+
+/// `LOW-HIGH`, as kube-apiserver's `--service-node-port-range` takes it.
+fn parse_port_range(text: &str) -> Result<(i64, i64), String> {
+    let (low, high) = text
+        .split_once('-')
+        .ok_or_else(|| format!("{text:?} is not LOW-HIGH"))?;
+    let low: i64 = low.trim().parse().map_err(|e| format!("{low:?}: {e}"))?;
+    let high: i64 = high.trim().parse().map_err(|e| format!("{high:?}: {e}"))?;
+    if !(1..=65535).contains(&low) || !(low..=65535).contains(&high) {
+        return Err(format!("{text:?}: need 1 <= LOW <= HIGH <= 65535"));
+    }
+    Ok((low, high))
 }
 
 #[tokio::main]
@@ -57,7 +73,24 @@ async fn main() -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("opening {}: {e}", dir.display()))?,
         None => control_plane::store::Store::new(10_000),
     };
-    let app = std::sync::Arc::new(control_plane::api::App::with_store(store, range));
+    let app = std::sync::Arc::new(
+        control_plane::api::App::with_store(store, range)
+            .with_node_port_range(args.service_node_port_range),
+    );
     control_plane::serve_app(listener, app).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_port_range;
+
+    #[test]
+    fn node_port_ranges() {
+        assert_eq!(parse_port_range("30000-32767"), Ok((30000, 32767)));
+        assert_eq!(parse_port_range("80-80"), Ok((80, 80)));
+        for bad in ["30000", "32767-30000", "0-10", "1-70000", "a-b"] {
+            assert!(parse_port_range(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -127,3 +127,44 @@ async fn local_load_balancers_get_a_health_check_node_port_and_watches_get_bookm
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_ports_come_from_the_configured_range_and_are_never_shared() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = control_plane::api::App::new(("10.96.0.0".parse().unwrap(), 1 << 16))
+        .with_node_port_range((31000, 31002));
+    tokio::spawn(control_plane::serve_app(listener, std::sync::Arc::new(app)));
+    tokio::task::spawn_blocking(move || {
+        let svcs = "/api/v1/namespaces/default/services";
+        let node_port = |name: &str, ports: &str| {
+            format!(r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"{name}"}},"spec":{{"type":"NodePort","ports":[{ports}]}}}}"#)
+        };
+        let (code, body) = request(addr, "POST", svcs, &node_port("a", r#"{"name":"x","port":80},{"name":"y","port":81}"#));
+        assert_eq!(code, 201, "{body}");
+        let got: Vec<i64> = body["spec"]["ports"].as_array().unwrap().iter().map(|p| p["nodePort"].as_i64().unwrap()).collect();
+        assert_eq!(got, [31000, 31001]);
+
+        let (code, body) = request(addr, "POST", svcs, &node_port("b", r#"{"port":80,"nodePort":31001}"#));
+        assert_eq!(code, 422, "{body}");
+        assert!(body["message"].as_str().unwrap().contains("spec.ports[0].nodePort: Invalid value: 31001: provided port is already allocated"), "{body}");
+
+        let (code, body) = request(addr, "POST", svcs, &node_port("c", r#"{"port":80,"nodePort":30000}"#));
+        assert_eq!(code, 422, "outside the configured range: {body}");
+
+        let (code, body) = request(addr, "POST", svcs, &node_port("d", r#"{"port":80}"#));
+        assert_eq!((code, body["spec"]["ports"][0]["nodePort"].as_i64()), (201, Some(31002)), "{body}");
+
+        let (code, body) = request(addr, "POST", svcs, &node_port("e", r#"{"port":80}"#));
+        assert_eq!((code, body["reason"].as_str()), (500, Some("InternalError")), "{body}");
+        assert!(body["message"].as_str().unwrap().contains("range 31000-31002 is full"), "{body}");
+
+        // Deleting a Service frees its ports.
+        let (code, _) = request(addr, "DELETE", &format!("{svcs}/a"), "");
+        assert_eq!(code, 200);
+        let (code, body) = request(addr, "POST", svcs, &node_port("e", r#"{"port":80}"#));
+        assert_eq!((code, body["spec"]["ports"][0]["nodePort"].as_i64()), (201, Some(31000)), "{body}");
+    })
+    .await
+    .unwrap();
+}
