@@ -397,10 +397,40 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Every node port taken by a stored Service: its ports' `nodePort`s and its `healthCheckNodePort`.
-fn used_node_ports(store: &Store) -> BTreeSet<i64> {
+/// For a Service update (PUT or PATCH, spec or status): the same validation as on create, the
+/// cluster IP immutable, node ports kept or allocated. Other resources pass through.
+fn check_service_update(
+    app: &App,
+    store: &Store,
+    info: &ResourceInfo,
+    ns: &str,
+    name: &str,
+    object: &mut Value,
+) -> Result<(), Box<Response>> {
+    if info.name != "services" {
+        return Ok(());
+    }
+    let existing = store
+        .get("services", ns, name)
+        .map_err(|e| Box::new(store_error(e)))?;
+    allocate_service(app, store, object, Some(&existing))?;
+    let causes = crate::validate::service(object, app.service_range, app.node_port_range);
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(Box::new(invalid("Service", name, &causes)))
+    }
+}
+
+/// Every node port taken by a stored Service other than `except` (the one being updated): its
+/// ports' `nodePort`s and its `healthCheckNodePort`.
+fn used_node_ports(store: &Store, except: Option<&Value>) -> BTreeSet<i64> {
+    let uid = except.map(|e| &e["metadata"]["uid"]);
     let mut used = BTreeSet::new();
     for svc in store.list("services", None, |_| true) {
+        if uid.is_some_and(|u| *u == svc["metadata"]["uid"]) {
+            continue;
+        }
         let spec = &svc["spec"];
         for p in spec["ports"].as_array().into_iter().flatten() {
             used.extend(p["nodePort"].as_i64().filter(|&n| n != 0));
@@ -411,12 +441,59 @@ fn used_node_ports(store: &Store) -> BTreeSet<i64> {
 }
 
 /// Fills in what the API server allocates for a Service: the cluster IP and node ports.
-fn allocate_service(app: &App, store: &Store, svc: &mut Value) -> Result<(), Box<Response>> {
+///
+/// On an update (`existing` is the stored Service) the cluster IP is immutable and kept when the
+/// new object leaves it out; node ports and the health-check port the update leaves out are kept
+/// (matched by port and protocol), and new ones are allocated, e.g. when the type becomes NodePort.
+fn allocate_service(
+    app: &App,
+    store: &Store,
+    svc: &mut Value,
+    existing: Option<&Value>,
+) -> Result<(), Box<Response>> {
     let spec = &mut svc["spec"];
     if spec["type"].is_null() {
         spec["type"] = json!("ClusterIP");
     }
     let kind = spec["type"].as_str().unwrap_or_default().to_owned();
+    if let Some(old) = existing.map(|e| &e["spec"]) {
+        let old_ip = old["clusterIP"].as_str().unwrap_or_default();
+        let new_ip = spec["clusterIP"].as_str().unwrap_or_default();
+        if new_ip.is_empty() && !old_ip.is_empty() {
+            spec["clusterIP"] = old["clusterIP"].clone();
+            spec["clusterIPs"] = old["clusterIPs"].clone();
+        } else if new_ip != old_ip && !old_ip.is_empty() && kind != "ExternalName" {
+            return Err(Box::new(status(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid",
+                format!("Service is invalid: spec.clusterIP: Invalid value: \"{new_ip}\": field is immutable"),
+            )));
+        }
+        let same_port = |p: &Value, q: &Value| {
+            p["port"] == q["port"]
+                && p["protocol"].as_str().unwrap_or("TCP")
+                    == q["protocol"].as_str().unwrap_or("TCP")
+        };
+        let old_ports = old["ports"].as_array().cloned().unwrap_or_default();
+        if kind == "NodePort" || kind == "LoadBalancer" {
+            for p in spec["ports"].as_array_mut().into_iter().flatten() {
+                if p["nodePort"].as_i64().unwrap_or(0) == 0 {
+                    if let Some(q) = old_ports.iter().find(|q| same_port(p, q)) {
+                        if q["nodePort"].as_i64().unwrap_or(0) != 0 {
+                            p["nodePort"] = q["nodePort"].clone();
+                        }
+                    }
+                }
+            }
+        }
+        if spec["healthCheckNodePort"].as_i64().unwrap_or(0) == 0
+            && old["healthCheckNodePort"].as_i64().unwrap_or(0) != 0
+            && kind == "LoadBalancer"
+            && spec["externalTrafficPolicy"] == json!("Local")
+        {
+            spec["healthCheckNodePort"] = old["healthCheckNodePort"].clone();
+        }
+    }
     if kind == "ExternalName" || spec["clusterIP"] == json!("None") {
         return Ok(());
     }
@@ -425,7 +502,9 @@ fn allocate_service(app: &App, store: &Store, svc: &mut Value) -> Result<(), Box
         .iter()
         .filter_map(|s| s["spec"]["clusterIP"].as_str().map(str::to_owned))
         .collect();
-    if spec["clusterIP"].as_str().unwrap_or_default().is_empty() {
+    if existing.is_some() {
+        // Kept (or checked immutable) above.
+    } else if spec["clusterIP"].as_str().unwrap_or_default().is_empty() {
         let (net, size) = app.service_range;
         let free = (1..size.saturating_sub(1))
             .map(|i| Ipv4Addr::from(u32::from(net) + i).to_string())
@@ -445,13 +524,15 @@ fn allocate_service(app: &App, store: &Store, svc: &mut Value) -> Result<(), Box
             format!("Service is invalid: spec.clusterIP: Invalid value: {}: provided IP is already allocated", spec["clusterIP"]),
         )));
     }
-    spec["clusterIPs"] = json!([spec["clusterIP"].clone()]);
+    if spec["clusterIPs"].is_null() || existing.is_none() {
+        spec["clusterIPs"] = json!([spec["clusterIP"].clone()]);
+    }
     let needs_node_ports = kind == "NodePort" || kind == "LoadBalancer";
     let needs_health_check = kind == "LoadBalancer"
         && spec["externalTrafficPolicy"] == json!("Local")
         && spec["healthCheckNodePort"].as_i64().unwrap_or(0) == 0;
     if needs_node_ports || needs_health_check {
-        let mut used = used_node_ports(store);
+        let mut used = used_node_ports(store, existing);
         let (low, high) = app.node_port_range;
         let range_full = || {
             Box::new(status(
@@ -688,7 +769,7 @@ pub async fn handle(
                 );
             }
             if info.name == "services" {
-                if let Err(r) = allocate_service(&app, &store, &mut object) {
+                if let Err(r) = allocate_service(&app, &store, &mut object, None) {
                     return *r;
                 }
             }
@@ -713,6 +794,9 @@ pub async fn handle(
             object["apiVersion"] = json!(info.group_version);
             object["kind"] = json!(info.kind);
             let mut store = app.store.lock().expect("store lock");
+            if let Err(r) = check_service_update(&app, &store, &info, &ns, &name, &mut object) {
+                return *r;
+            }
             store
                 .update(info.name, &ns, &name, object)
                 .map(ok)
@@ -744,6 +828,9 @@ pub async fn handle(
                 crate::patch::merge(&mut object, &patch);
             }
             object["metadata"]["resourceVersion"] = Value::Null;
+            if let Err(r) = check_service_update(&app, &store, &info, &ns, &name, &mut object) {
+                return *r;
+            }
             store
                 .update(info.name, &ns, &name, object)
                 .map(ok)

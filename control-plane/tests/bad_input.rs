@@ -168,3 +168,73 @@ async fn node_ports_come_from_the_configured_range_and_are_never_shared() {
     .await
     .unwrap();
 }
+
+/// One request with a content type of the caller's choosing (for patches).
+fn patch(addr: std::net::SocketAddr, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "PATCH {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/merge-patch+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let code = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    (
+        code,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_updates_are_validated_and_keep_their_allocations() {
+    let addr = start().await;
+    tokio::task::spawn_blocking(move || {
+        let svcs = "/api/v1/namespaces/default/services";
+        let svc = format!("{svcs}/u");
+        let (code, created) = request(addr, "POST", svcs, r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"u"},"spec":{"ports":[{"port":80}]}}"#);
+        assert_eq!(code, 201, "{created}");
+        let ip = created["spec"]["clusterIP"].clone();
+
+        // Becoming a NodePort Service allocates a node port; the cluster IP stays.
+        let (code, body) = patch(addr, &svc, r#"{"spec":{"type":"NodePort"}}"#);
+        assert_eq!(code, 200, "{body}");
+        let node_port = body["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
+        assert!((30000..=32767).contains(&node_port), "{body}");
+        assert_eq!(body["spec"]["clusterIP"], ip);
+
+        let (code, body) = patch(addr, &svc, r#"{"spec":{"clusterIP":"10.96.9.9"}}"#);
+        assert_eq!(code, 422, "{body}");
+        assert!(body["message"].as_str().unwrap().contains("field is immutable"), "{body}");
+
+        let (code, body) = patch(addr, &svc, r#"{"spec":{"ports":[{"port":0,"protocol":"ICMP"}]}}"#);
+        assert_eq!((code, body["reason"].as_str()), (422, Some("Invalid")), "{body}");
+        let fields: Vec<&str> = body["details"]["causes"].as_array().unwrap().iter().map(|c| c["field"].as_str().unwrap()).collect();
+        assert!(fields.contains(&"spec.ports[0].port") && fields.contains(&"spec.ports[0].protocol"), "{body}");
+
+        // A PUT that leaves the node port and cluster IP out keeps both.
+        let (_, mut current) = request(addr, "GET", &svc, "");
+        current["metadata"]["labels"] = serde_json::json!({"changed": "yes"});
+        current["spec"]["ports"][0]["nodePort"] = serde_json::Value::Null;
+        current["spec"]["clusterIP"] = serde_json::Value::Null;
+        let (code, body) = request(addr, "PUT", &svc, &current.to_string());
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["spec"]["ports"][0]["nodePort"].as_i64(), Some(node_port));
+        assert_eq!(body["spec"]["clusterIP"], ip);
+        assert_eq!(body["metadata"]["labels"]["changed"], "yes");
+
+        // Another Service cannot take that node port by an update either.
+        let (code, _) = request(addr, "POST", svcs, r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"v"},"spec":{"type":"NodePort","ports":[{"port":80}]}}"#);
+        assert_eq!(code, 201);
+        let (code, body) = patch(addr, &format!("{svcs}/v"), &format!(r#"{{"spec":{{"ports":[{{"port":80,"nodePort":{node_port}}}]}}}}"#));
+        assert_eq!(code, 422, "{body}");
+        assert!(body["message"].as_str().unwrap().contains("provided port is already allocated"), "{body}");
+    })
+    .await
+    .unwrap();
+}
