@@ -13,17 +13,28 @@ async fn start() -> std::net::SocketAddr {
     addr
 }
 
-/// One HTTP/1.1 request; returns (status, JSON body).
+/// One HTTP/1.1 request with a JSON body; returns (status, JSON body).
 fn request(
     addr: std::net::SocketAddr,
     method: &str,
     path: &str,
     body: &str,
 ) -> (u16, serde_json::Value) {
+    request_as(addr, method, path, "application/json", body)
+}
+
+/// One HTTP/1.1 request with the given content type; returns (status, JSON body).
+fn request_as(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
     let mut s = TcpStream::connect(addr).unwrap();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -169,26 +180,9 @@ async fn node_ports_come_from_the_configured_range_and_are_never_shared() {
     .unwrap();
 }
 
-/// One request with a content type of the caller's choosing (for patches).
+/// A merge patch.
 fn patch(addr: std::net::SocketAddr, path: &str, body: &str) -> (u16, serde_json::Value) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "PATCH {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/merge-patch+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let code = text[9..12].parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .unwrap_or_default();
-    (
-        code,
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
-    )
+    request_as(addr, "PATCH", path, "application/merge-patch+json", body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
