@@ -168,15 +168,7 @@ pub fn reconcile(store: &mut Store) {
     let mut desired: BTreeMap<(String, String), Value> = BTreeMap::new();
     for svc in &services {
         for slice in desired_slices(svc, &pods, &nodes) {
-            let ns = slice["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            let n = slice["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            desired.insert((ns, n), slice);
+            desired.insert(namespace_and_name(&slice), slice);
         }
     }
     let existing = store.list("endpointslices", None, |s| {
@@ -192,14 +184,7 @@ pub fn reconcile(store: &mut Store) {
         v
     };
     for slice in &existing {
-        let ns = slice["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let n = slice["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let (ns, n) = namespace_and_name(slice);
         match desired.remove(&(ns.clone(), n.clone())) {
             None => {
                 let _ = store.delete("endpointslices", &ns, &n);
@@ -231,6 +216,17 @@ pub async fn run(app: Arc<App>) {
             Err(_) => return,
         }
     }
+}
+
+/// An object's (namespace, name), the key slices are matched by.
+fn namespace_and_name(object: &Value) -> (String, String) {
+    let field = |f: &str| {
+        object["metadata"][f]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    (field("namespace"), field("name"))
 }
 
 #[cfg(test)]
