@@ -397,29 +397,34 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// For a Service update (PUT or PATCH, spec or status): the same validation as on create, the
-/// cluster IP immutable, node ports kept or allocated. Other resources pass through.
-fn check_service_update(
+/// Stores the new state of an object (PUT, or PATCH after the patch is applied) and answers with
+/// it. A Service is first checked like a create: validated, its cluster IP immutable, node ports
+/// kept or allocated.
+fn write_update(
     app: &App,
-    store: &Store,
+    store: &mut Store,
     info: &ResourceInfo,
     ns: &str,
     name: &str,
-    object: &mut Value,
-) -> Result<(), Box<Response>> {
-    if info.name != "services" {
-        return Ok(());
+    mut object: Value,
+) -> Response {
+    if info.name == "services" {
+        let existing = match store.get("services", ns, name) {
+            Ok(e) => e,
+            Err(e) => return store_error(e),
+        };
+        if let Err(r) = allocate_service(app, store, &mut object, Some(&existing)) {
+            return *r;
+        }
+        let causes = crate::validate::service(&object, app.service_range, app.node_port_range);
+        if !causes.is_empty() {
+            return invalid("Service", name, &causes);
+        }
     }
-    let existing = store
-        .get("services", ns, name)
-        .map_err(|e| Box::new(store_error(e)))?;
-    allocate_service(app, store, object, Some(&existing))?;
-    let causes = crate::validate::service(object, app.service_range, app.node_port_range);
-    if causes.is_empty() {
-        Ok(())
-    } else {
-        Err(Box::new(invalid("Service", name, &causes)))
-    }
+    store
+        .update(info.name, ns, name, object)
+        .map(ok)
+        .unwrap_or_else(store_error)
 }
 
 /// Every node port taken by a stored Service other than `except` (the one being updated): its
@@ -497,32 +502,33 @@ fn allocate_service(
     if kind == "ExternalName" || spec["clusterIP"] == json!("None") {
         return Ok(());
     }
-    let used: BTreeSet<String> = store
-        .list("services", None, |_| true)
-        .iter()
-        .filter_map(|s| s["spec"]["clusterIP"].as_str().map(str::to_owned))
-        .collect();
-    if existing.is_some() {
-        // Kept (or checked immutable) above.
-    } else if spec["clusterIP"].as_str().unwrap_or_default().is_empty() {
-        let (net, size) = app.service_range;
-        let free = (1..size.saturating_sub(1))
-            .map(|i| Ipv4Addr::from(u32::from(net) + i).to_string())
-            .find(|ip| !used.contains(ip))
-            .ok_or_else(|| {
-                status(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "InternalError",
-                    "no free cluster IPs".into(),
-                )
-            })?;
-        spec["clusterIP"] = json!(free);
-    } else if used.contains(spec["clusterIP"].as_str().unwrap_or_default()) {
-        return Err(Box::new(status(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "Invalid",
-            format!("Service is invalid: spec.clusterIP: Invalid value: {}: provided IP is already allocated", spec["clusterIP"]),
-        )));
+    // On an update the cluster IP was kept or checked immutable above.
+    if existing.is_none() {
+        let used: BTreeSet<String> = store
+            .list("services", None, |_| true)
+            .iter()
+            .filter_map(|s| s["spec"]["clusterIP"].as_str().map(str::to_owned))
+            .collect();
+        if spec["clusterIP"].as_str().unwrap_or_default().is_empty() {
+            let (net, size) = app.service_range;
+            let free = (1..size.saturating_sub(1))
+                .map(|i| Ipv4Addr::from(u32::from(net) + i).to_string())
+                .find(|ip| !used.contains(ip))
+                .ok_or_else(|| {
+                    status(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "InternalError",
+                        "no free cluster IPs".into(),
+                    )
+                })?;
+            spec["clusterIP"] = json!(free);
+        } else if used.contains(spec["clusterIP"].as_str().unwrap_or_default()) {
+            return Err(Box::new(status(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid",
+                format!("Service is invalid: spec.clusterIP: Invalid value: {}: provided IP is already allocated", spec["clusterIP"]),
+            )));
+        }
     }
     if spec["clusterIPs"].is_null() || existing.is_none() {
         spec["clusterIPs"] = json!([spec["clusterIP"].clone()]);
@@ -794,13 +800,7 @@ pub async fn handle(
             object["apiVersion"] = json!(info.group_version);
             object["kind"] = json!(info.kind);
             let mut store = app.store.lock().expect("store lock");
-            if let Err(r) = check_service_update(&app, &store, &info, &ns, &name, &mut object) {
-                return *r;
-            }
-            store
-                .update(info.name, &ns, &name, object)
-                .map(ok)
-                .unwrap_or_else(store_error)
+            write_update(&app, &mut store, &info, &ns, &name, object)
         }
         (Method::PATCH, Some(name)) => {
             let patch = match parse_body() {
@@ -817,7 +817,6 @@ pub async fn handle(
                 Ok(o) => o,
                 Err(e) => return store_error(e),
             };
-            // Merge patch; strategic merge patches are applied as merge patches for now.
             if content_type.starts_with("application/json-patch+json") {
                 if let Err(e) = crate::patch::json_patch(&mut object, &patch) {
                     return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e);
@@ -827,14 +826,9 @@ pub async fn handle(
             } else {
                 crate::patch::merge(&mut object, &patch);
             }
+            // A patch applies to whatever is stored: no optimistic-concurrency check.
             object["metadata"]["resourceVersion"] = Value::Null;
-            if let Err(r) = check_service_update(&app, &store, &info, &ns, &name, &mut object) {
-                return *r;
-            }
-            store
-                .update(info.name, &ns, &name, object)
-                .map(ok)
-                .unwrap_or_else(store_error)
+            write_update(&app, &mut store, &info, &ns, &name, object)
         }
         (Method::DELETE, Some(name)) => {
             // Pods with a grace period become terminating first, and go when it has passed.
