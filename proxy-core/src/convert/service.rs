@@ -135,20 +135,17 @@ pub fn service_ports(
 
     let health_check_node_port =
         if service_type == ServiceType::LoadBalancer && external_policy_local {
-            match spec.health_check_node_port {
-                None | Some(0) => None,
-                Some(p) => match port_number(p) {
-                    Some(p) => Some(p),
-                    None => {
-                        warn(
-                            warnings,
-                            "spec.healthCheckNodePort".into(),
-                            format!("port {p} is outside 1-65535"),
-                            Skipped::Value,
-                        );
-                        None
-                    }
-                },
+            match optional_port(spec.health_check_node_port) {
+                Ok(p) => p,
+                Err(p) => {
+                    warn(
+                        warnings,
+                        "spec.healthCheckNodePort".into(),
+                        format!("port {p} is outside 1-65535"),
+                        Skipped::Value,
+                    );
+                    None
+                }
             }
         } else {
             None
@@ -233,20 +230,17 @@ pub fn service_ports(
             continue;
         };
         let node_port = if has_node_ports {
-            match port.node_port {
-                None | Some(0) => None,
-                Some(p) => match port_number(p) {
-                    Some(p) => Some(p),
-                    None => {
-                        warn(
-                            warnings,
-                            field(),
-                            format!("nodePort {p} is outside 1-65535"),
-                            Skipped::Port,
-                        );
-                        continue;
-                    }
-                },
+            match optional_port(port.node_port) {
+                Ok(p) => p,
+                Err(p) => {
+                    warn(
+                        warnings,
+                        field(),
+                        format!("nodePort {p} is outside 1-65535"),
+                        Skipped::Port,
+                    );
+                    continue;
+                }
             }
         } else {
             None
@@ -369,4 +363,27 @@ fn parse_cidr(s: &str) -> Option<IpNetwork> {
 /// A port number in 1–65535, or `None`.
 pub(crate) fn port_number(p: i32) -> Option<u16> {
     u16::try_from(p).ok().filter(|p| *p != 0)
+}
+
+/// A port field where unset and 0 both mean "none" (nodePort, healthCheckNodePort); `Err` carries
+/// a value outside 1-65535 for the caller's warning.
+fn optional_port(value: Option<i32>) -> Result<Option<u16>, i32> {
+    match value {
+        None | Some(0) => Ok(None),
+        Some(p) => port_number(p).map(Some).ok_or(p),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::optional_port;
+
+    #[test]
+    fn optional_ports() {
+        assert_eq!(optional_port(None), Ok(None));
+        assert_eq!(optional_port(Some(0)), Ok(None));
+        assert_eq!(optional_port(Some(30080)), Ok(Some(30080)));
+        assert_eq!(optional_port(Some(70_000)), Err(70_000));
+        assert_eq!(optional_port(Some(-1)), Err(-1));
+    }
 }
