@@ -441,43 +441,44 @@ impl Bed {
 
     /// Like [`Bed::sync`], for the IPv6 family (ip6tables).
     pub fn sync6(&self, yaml: &str, variant: &str) -> Result<String, String> {
-        let file = self.dir.join("manifests6.yaml");
-        std::fs::write(&file, yaml).map_err(|e| e.to_string())?;
-        self.kproxy(&[
-            "sync",
-            "-f",
-            file.to_str().expect("utf-8 path"),
-            "--ip-family",
-            "ipv6",
-            "--hostname-override",
-            NODE_NAME,
-            "--cluster-cidr",
-            "10.244.0.0/16,fd00:244::/32",
-            "--node-ip",
-            NODE_IP6,
-            "--iptables-variant",
-            variant,
-        ])
+        self.sync_family(yaml, variant, true)
     }
 
     /// Writes `yaml` as the bed's only manifest and applies it with `kproxy sync` in the node
     /// namespace, with the iptables `variant` (`nft` or `legacy`).
     pub fn sync(&self, yaml: &str, variant: &str) -> Result<String, String> {
-        let file = self.dir.join("manifests.yaml");
+        self.sync_family(yaml, variant, false)
+    }
+
+    /// `kproxy sync` of `yaml` for one IP family: IPv6 adds `--ip-family ipv6`, the IPv6 cluster
+    /// CIDR and the node's IPv6 address.
+    fn sync_family(&self, yaml: &str, variant: &str, ipv6: bool) -> Result<String, String> {
+        let file = self.dir.join(if ipv6 {
+            "manifests6.yaml"
+        } else {
+            "manifests.yaml"
+        });
         std::fs::write(&file, yaml).map_err(|e| e.to_string())?;
-        self.kproxy(&[
-            "sync",
-            "-f",
-            file.to_str().expect("utf-8 path"),
+        let (cluster_cidr, node_ip) = if ipv6 {
+            ("10.244.0.0/16,fd00:244::/32", NODE_IP6)
+        } else {
+            ("10.244.0.0/16", NODE_IP)
+        };
+        let mut args = vec!["sync", "-f", file.to_str().expect("utf-8 path")];
+        if ipv6 {
+            args.extend(["--ip-family", "ipv6"]);
+        }
+        args.extend([
             "--hostname-override",
             NODE_NAME,
             "--cluster-cidr",
-            "10.244.0.0/16",
+            cluster_cidr,
             "--node-ip",
-            NODE_IP,
+            node_ip,
             "--iptables-variant",
             variant,
-        ])
+        ]);
+        self.kproxy(&args)
     }
 
     /// Runs the kproxy binary in the node namespace; returns stderr on success too.
