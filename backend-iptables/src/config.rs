@@ -2,37 +2,32 @@
 
 use std::net::IpAddr;
 
-use ipnetwork::IpNetwork;
+use proxy_core::datapath::{DetectLocalMode, NodePortAddressSpec};
 use proxy_core::IpFamily;
-
-/// Which node addresses accept NodePort traffic (kube-proxy's `nodePortAddresses`, resolved).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum NodePortAddresses {
-    /// Every local address (`-m addrtype --dst-type LOCAL`), kube-proxy's default.
-    All,
-    /// Only these addresses (the node's addresses inside the configured CIDRs). A loopback address
-    /// here is honoured only for IPv4 with localhost NodePorts on.
-    Only(Vec<IpAddr>),
-}
 
 /// Settings for one renderer (one IP family).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RenderConfig {
     /// The family of the state this renderer takes (iptables for IPv4, ip6tables for IPv6).
     pub family: IpFamily,
-    /// The pod network (`clusterCIDR`) of this family: traffic from outside it to a cluster IP is
-    /// masqueraded, and pod traffic to external addresses short-circuits Local policies. `None`
-    /// disables both (upstream's "no local detector").
-    pub cluster_cidr: Option<IpNetwork>,
+    /// How local pod traffic is recognised (`detectLocalMode`): traffic that is not local is
+    /// masqueraded on its way to a cluster IP, and local traffic to an external address
+    /// short-circuits Local policies. Resolved for the family and the state's node at each full
+    /// render (`NodeCIDR` follows the Node's pod CIDRs without a new renderer). A mode that cannot
+    /// recognise anything (no cluster CIDR of the family) disables both.
+    pub detect_local: DetectLocalMode,
     /// Masquerade all traffic to cluster IPs (`masqueradeAll`).
     pub masquerade_all: bool,
     /// The fwmark bit used to flag packets for masquerading (`iptables.masqueradeBit`, default 14).
     pub masquerade_bit: u8,
-    /// The node's own addresses of this family: used to let the node reach a load balancer whose
-    /// source ranges include it, and by the packet-flow evaluator as the node's local addresses.
+    /// Addresses of this node known from flags (`kproxy render --node-ip`), in addition to the
+    /// addresses of the state's Node, which are read at each full render. Used to let the node
+    /// reach a load balancer whose source ranges include it, and by the packet-flow evaluator as
+    /// the node's local addresses.
     pub node_ips: Vec<IpAddr>,
-    /// Where NodePorts are reachable.
-    pub node_port_addresses: NodePortAddresses,
+    /// Where NodePorts are reachable (`nodePortAddresses`), matched at each full render against the
+    /// node's interface addresses ([`Renderer::set_interface_addresses`](crate::Renderer::set_interface_addresses)).
+    pub node_port_addresses: NodePortAddressSpec,
     /// Allow NodePorts on 127.0.0.1 (`iptables.localhostNodePorts`, IPv4 only; needs
     /// `route_localnet`, and brings the CVE-2020-8558 guard rule).
     pub localhost_node_ports: bool,
@@ -48,11 +43,11 @@ impl RenderConfig {
     pub fn new(family: IpFamily) -> Self {
         Self {
             family,
-            cluster_cidr: None,
+            detect_local: DetectLocalMode::ClusterCidr(Vec::new()),
             masquerade_all: false,
             masquerade_bit: 14,
             node_ips: Vec::new(),
-            node_port_addresses: NodePortAddresses::All,
+            node_port_addresses: NodePortAddressSpec::default(),
             localhost_node_ports: family == IpFamily::V4,
             masquerade_random_fully: false,
             conntrack_tcp_liberal: false,
@@ -63,15 +58,6 @@ impl RenderConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.masquerade_bit > 31 {
             return Err(ConfigError::MasqueradeBit(self.masquerade_bit));
-        }
-        if let Some(cidr) = self.cluster_cidr {
-            if !self.family.contains(&cidr.ip()) {
-                return Err(ConfigError::WrongFamily {
-                    what: "cluster CIDR",
-                    value: cidr.to_string(),
-                    family: self.family,
-                });
-            }
         }
         for ip in &self.node_ips {
             if !self.family.contains(ip) {
@@ -88,6 +74,12 @@ impl RenderConfig {
     /// The masquerade mark as kube-proxy prints it, e.g. `0x4000`.
     pub fn masquerade_mark(&self) -> String {
         format!("{:#x}", 1u32 << self.masquerade_bit)
+    }
+
+    /// The same settings with `detectLocalMode: ClusterCIDR` and this cluster CIDR (or none).
+    pub fn with_cluster_cidr(mut self, cidr: Option<ipnetwork::IpNetwork>) -> Self {
+        self.detect_local = DetectLocalMode::ClusterCidr(cidr.into_iter().collect());
+        self
     }
 
     /// Whether localhost NodePorts are in effect (IPv4 only).

@@ -9,13 +9,12 @@
 
 pub mod chain_name;
 pub mod config;
-pub mod conntrack;
 pub mod jumps;
 pub mod proxier;
 pub mod render;
 pub mod ruleset;
 
-pub use config::{ConfigError, NodePortAddresses, RenderConfig};
+pub use config::{ConfigError, RenderConfig};
 pub use proxier::exec::{detect_variant, IptablesCmd, IptablesOps, Variant};
-pub use proxier::IptablesProxier;
-pub use render::{RenderSummary, Renderer, RuleCounts, SharedChain, Table};
+pub use proxier::{cleanup_node, IptablesProxier};
+pub use render::{NodeView, RenderSummary, Renderer, RuleCounts, SharedChain, Table};

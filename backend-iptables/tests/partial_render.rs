@@ -61,8 +61,8 @@ impl Harness {
 }
 
 fn config() -> RenderConfig {
-    let mut c = RenderConfig::new(IpFamily::V4);
-    c.cluster_cidr = Some("10.0.0.0/8".parse().unwrap());
+    let c = RenderConfig::new(IpFamily::V4);
+    let mut c = c.with_cluster_cidr(Some("10.0.0.0/8".parse().unwrap()));
     c.node_ips = vec!["192.168.0.1".parse().unwrap()];
     c
 }

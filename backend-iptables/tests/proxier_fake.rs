@@ -188,3 +188,62 @@ fn restart_deletes_chains_a_previous_run_left() {
     assert!(!saved.contains("KUBE-SVC-AAAAAAAAAAAAAAAA"), "{saved}");
     assert!(saved.contains("KUBE-SVC-"), "current chains are there");
 }
+
+/// A Node update (new address, new pod CIDR, new label) reaches the rules through the state: the
+/// same proxier — its name cache, what it learned at start — renders the new node-derived rules.
+#[test]
+fn a_node_update_is_applied_without_a_new_proxier() {
+    use proxy_core::datapath::{DetectLocalMode, NodePortAddressSpec};
+    use proxy_core::NodeHandler;
+
+    let m = fixtures::examples();
+    let (mut pending, mut state) = common::state_of(&m, IpFamily::V4, fixtures::EXAMPLE_NODE);
+    let mut config = backend_iptables::RenderConfig::new(IpFamily::V4);
+    config.detect_local = DetectLocalMode::NodeCidr;
+    config.node_port_addresses = NodePortAddressSpec::parse(&["192.168.0.0/16"]).unwrap();
+    let fake = Shared::default();
+    let mut proxier = IptablesProxier::new(
+        Renderer::new(config.clone()).unwrap(),
+        Box::new(fake.clone()),
+        None,
+    )
+    .with_route_localnet(false);
+    proxier.sync(&state, &state.resync_diff()).unwrap();
+    let nat = || fake.0.lock().unwrap().rules.save("nat").unwrap();
+    let before = nat();
+    assert!(
+        !before.contains("-d 192.168.77.7"),
+        "the new address is not there yet"
+    );
+
+    let node = fixtures::builder::NodeBuilder::new(fixtures::EXAMPLE_NODE)
+        .address("InternalIP", "192.168.77.7")
+        .label("team", "blue")
+        .build();
+    let mut node = node;
+    node.spec = Some(k8s_openapi::api::core::v1::NodeSpec {
+        pod_cidrs: Some(vec!["10.244.9.0/24".into()]),
+        ..Default::default()
+    });
+    pending.on_node_change(&node);
+    let diff = state.apply(&mut pending);
+    assert!(diff.node_changed);
+    let report = proxier.sync(&state, &diff).unwrap();
+    assert!(report.full, "node-wide rules are rewritten");
+    let after = nat();
+    assert!(
+        after.contains("-d 192.168.77.7/32 -j KUBE-NODEPORTS")
+            || after.contains("-d 192.168.77.7 -j KUBE-NODEPORTS"),
+        "NodePorts follow the Node's new address:\n{after}"
+    );
+    assert!(
+        after.contains("! -s 10.244.9.0/24") && !before.contains("10.244.9.0/24"),
+        "NodeCIDR detection follows the Node's pod CIDR:\n{after}"
+    );
+    fake.0
+        .lock()
+        .unwrap()
+        .rules
+        .equivalent_to(&expected_kernel(&config, &state))
+        .unwrap();
+}

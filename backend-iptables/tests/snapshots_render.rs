@@ -2,7 +2,8 @@
 
 mod common;
 
-use backend_iptables::{NodePortAddresses, Renderer};
+use backend_iptables::Renderer;
+use proxy_core::datapath::{DetectLocalMode, NodePortAddressSpec};
 use proxy_core::IpFamily;
 
 fn render(family: IpFamily, tweak: impl FnOnce(&mut backend_iptables::RenderConfig)) -> String {
@@ -27,7 +28,7 @@ fn examples_ipv6() {
 fn examples_ipv4_masquerade_all_no_localhost_node_ports() {
     insta::assert_snapshot!(render(IpFamily::V4, |c| {
         c.masquerade_all = true;
-        c.cluster_cidr = None;
+        c.detect_local = DetectLocalMode::ClusterCidr(Vec::new());
         c.localhost_node_ports = false;
         c.masquerade_random_fully = true;
     }));
@@ -36,10 +37,8 @@ fn examples_ipv4_masquerade_all_no_localhost_node_ports() {
 #[test]
 fn examples_ipv4_node_port_addresses() {
     insta::assert_snapshot!(render(IpFamily::V4, |c| {
-        c.node_port_addresses = NodePortAddresses::Only(vec![
-            "192.168.56.10".parse().unwrap(),
-            "127.0.0.1".parse().unwrap(),
-        ]);
+        c.node_port_addresses =
+            NodePortAddressSpec::parse(&["192.168.56.0/24", "127.0.0.0/8"]).unwrap();
     }));
 }
 

@@ -9,10 +9,10 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use backend_iptables::conntrack::{ConntrackOps, NetlinkConntrack};
 use backend_iptables::{IptablesCmd, IptablesProxier, Renderer, Variant};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kproxy_benches::{build_state_streaming, iptables_config};
+use kproxy_netlink::{ConntrackOps, NetlinkConntrack};
 use proxy_core::{EndpointSliceHandler, IpFamily, Proxier};
 
 struct Netns(String);

@@ -59,8 +59,8 @@ pub fn peak_rss_kib() -> Option<u64> {
 
 /// The iptables render settings the benches use: a pod network, one node IP, defaults otherwise.
 pub fn iptables_config() -> backend_iptables::RenderConfig {
-    let mut c = backend_iptables::RenderConfig::new(IpFamily::V4);
-    c.cluster_cidr = Some("10.0.0.0/8".parse().expect("valid CIDR"));
+    let c = backend_iptables::RenderConfig::new(IpFamily::V4);
+    let mut c = c.with_cluster_cidr(Some("10.0.0.0/8".parse().expect("valid CIDR")));
     c.node_ips = vec!["192.168.0.1".parse().expect("valid IP")];
     c
 }

@@ -4,6 +4,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use ipnetwork::IpNetwork;
+use proxy_core::ProxyMode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -65,11 +66,11 @@ pub(crate) struct SyncArgs {
     pub(crate) iptables_variant: IptablesVariant,
 }
 
-/// The proxy mode (`--proxy-mode`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub(crate) enum ProxyMode {
-    /// iptables-restore rules in kube-proxy's layout.
-    Iptables,
+/// Parses `--proxy-mode`: any mode kproxy knows (an unknown one lists them; one this build lacks
+/// is refused later, with the same list).
+fn parse_mode(s: &str) -> Result<ProxyMode, String> {
+    s.parse()
+        .map_err(|e: proxy_core::UnknownMode| e.to_string())
 }
 
 /// `kproxy render`.
@@ -78,8 +79,8 @@ pub(crate) struct RenderArgs {
     #[command(flatten)]
     pub(crate) manifests: ManifestArgs,
 
-    /// Which datapath to render for.
-    #[arg(long, value_enum, default_value_t = ProxyMode::Iptables)]
+    /// Which datapath to render for (iptables, ipvs, nftables, userspace).
+    #[arg(long, value_name = "MODE", default_value = "iptables", value_parser = parse_mode)]
     pub(crate) proxy_mode: ProxyMode,
 
     /// The IP family (iptables-restore for ipv4, ip6tables-restore for ipv6).
@@ -111,6 +112,25 @@ pub(crate) struct RenderArgs {
     /// Do not accept NodePorts on 127.0.0.1 (kube-proxy's `iptables.localhostNodePorts: false`).
     #[arg(long)]
     pub(crate) no_localhost_nodeports: bool,
+
+    #[command(flatten)]
+    pub(crate) detect_local: DetectLocalArgs,
+}
+
+/// How local pod traffic is recognised (kube-proxy's `--detect-local-mode` and its settings).
+#[derive(Debug, Args)]
+pub(crate) struct DetectLocalArgs {
+    /// ClusterCIDR (default), NodeCIDR, BridgeInterface or InterfaceNamePrefix.
+    #[arg(long, value_name = "MODE")]
+    pub(crate) detect_local_mode: Option<String>,
+
+    /// The pods' bridge, for `--detect-local-mode BridgeInterface`.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) pod_bridge_interface: Option<String>,
+
+    /// The pods' interface name prefix, for `--detect-local-mode InterfaceNamePrefix`.
+    #[arg(long, value_name = "PREFIX")]
+    pub(crate) pod_interface_name_prefix: Option<String>,
 }
 
 /// Parses a CIDR strictly (a bare IP is not a CIDR).
@@ -158,6 +178,11 @@ pub(crate) struct StateArgs {
     /// The IP family.
     #[arg(long, value_enum, default_value_t = Family::Ipv4)]
     pub(crate) ip_family: Family,
+
+    /// The proxy mode the state is for (the state is the same for every mode; a mode this build
+    /// lacks is refused, as everywhere).
+    #[arg(long, value_name = "MODE", default_value = "iptables", value_parser = parse_mode)]
+    pub(crate) proxy_mode: ProxyMode,
 }
 
 /// The long-running proxy's flags (kube-proxy's names). Flags override the `--config` file.
@@ -242,13 +267,39 @@ pub(crate) struct DaemonArgs {
     #[arg(long, value_name = "NAME")]
     pub(crate) ipvs_scheduler: Option<String>,
 
-    /// The proxy mode.
-    #[arg(long = "proxy-mode", value_enum, id = "daemon_proxy_mode")]
+    /// The proxy mode: iptables, ipvs, nftables or userspace (default: the config's `mode`, else
+    /// iptables).
+    #[arg(long = "proxy-mode", value_name = "MODE", value_parser = parse_mode, id = "daemon_proxy_mode")]
     pub(crate) proxy_mode: Option<ProxyMode>,
 
     /// Which iptables binaries to use.
     #[arg(long = "iptables-variant", value_enum, default_value_t = IptablesVariant::Auto, id = "daemon_iptables_variant")]
     pub(crate) iptables_variant: IptablesVariant,
+
+    /// How local pod traffic is recognised: ClusterCIDR, NodeCIDR, BridgeInterface,
+    /// InterfaceNamePrefix (default: the config's `detectLocalMode`).
+    #[arg(
+        long = "detect-local-mode",
+        value_name = "MODE",
+        id = "daemon_detect_local_mode"
+    )]
+    pub(crate) detect_local_mode: Option<String>,
+
+    /// The pods' bridge (`detectLocal.bridgeInterface`).
+    #[arg(
+        long = "pod-bridge-interface",
+        value_name = "NAME",
+        id = "daemon_pod_bridge_interface"
+    )]
+    pub(crate) pod_bridge_interface: Option<String>,
+
+    /// The pods' interface name prefix (`detectLocal.interfaceNamePrefix`).
+    #[arg(
+        long = "pod-interface-name-prefix",
+        value_name = "PREFIX",
+        id = "daemon_pod_interface_name_prefix"
+    )]
+    pub(crate) pod_interface_name_prefix: Option<String>,
 }
 
 fn parse_duration(s: &str) -> Result<proxy_core::config::GoDuration, String> {

@@ -7,6 +7,7 @@ mod args;
 mod commands;
 mod daemon;
 mod input;
+mod modes;
 
 use std::process::ExitCode;
 
@@ -29,9 +30,9 @@ fn main() -> ExitCode {
         Err(err) => {
             eprintln!("kproxy: {err:#}");
             if input::is_bad_input(&err)
-                || err
-                    .chain()
-                    .any(|e| e.is::<daemon::settings_error::BadSetting>())
+                || err.chain().any(|e| {
+                    e.is::<daemon::settings_error::BadSetting>() || e.is::<modes::ModeNotBuilt>()
+                })
             {
                 ExitCode::from(2)
             } else {

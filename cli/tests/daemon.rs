@@ -155,7 +155,7 @@ fn daemon_follows_manifests_and_serves_health_and_metrics() {
         "kubeproxy_sync_partial_proxy_rules_duration_seconds_count",
         "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
         "kubeproxy_sync_proxy_rules_endpoint_changes_total",
-        "kubeproxy_sync_proxy_rules_iptables{table=\"nat\"}",
+        "kubeproxy_sync_proxy_rules_iptables_total{table=\"nat\"}",
         "kubeproxy_network_programming_duration_seconds_count",
     ] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");

@@ -6,10 +6,10 @@ mod testbed;
 
 use std::sync::mpsc;
 
-use backend_iptables::conntrack::{ConntrackOps, NetlinkConntrack};
 use backend_iptables::{IptablesCmd, IptablesProxier, RenderConfig, Renderer, Variant};
 use fixtures::builder::{EndpointBuilder, ServiceBuilder, SliceBuilder};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kproxy_netlink::{ConntrackOps, NetlinkConntrack};
 use proxy_core::{
     EndpointSliceHandler, IpFamily, NodeInfo, PendingChanges, Proxier, ProxyState, ServiceFilter,
     ServiceHandler, SyncReport,
@@ -41,8 +41,8 @@ fn spawn_proxier(bed: &Bed, variant: Variant) -> mpsc::Sender<Step> {
     std::thread::spawn(move || {
         let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
         nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let mut config = RenderConfig::new(IpFamily::V4);
-        config.cluster_cidr = Some("10.244.0.0/16".parse().unwrap());
+        let config = RenderConfig::new(IpFamily::V4);
+        let mut config = config.with_cluster_cidr(Some("10.244.0.0/16".parse().unwrap()));
         config.node_ips = vec![NODE_IP.parse().unwrap()];
         let conntrack = NetlinkConntrack::open()
             .ok()

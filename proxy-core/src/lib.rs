@@ -32,34 +32,40 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![deny(rustdoc::broken_intra_doc_links)]
 
+pub mod addresses;
 pub mod change_tracker;
 pub mod config;
 pub mod convert;
+pub mod datapath;
 pub mod describe;
 pub mod diff;
 mod endpoint_slice_cache;
 pub mod handler;
 pub mod health;
 pub mod metrics;
+pub mod mode;
 pub mod model;
 pub mod pending;
 pub mod proxier;
 pub mod rfc3339;
 pub mod schedule;
 pub mod selection;
+pub mod service_health;
 pub mod state;
 
+pub use addresses::{AddressDiff, AddressTracker, Frontend, FrontendAddress};
 pub use change_tracker::{Change, ChangeTracker};
 pub use convert::{ConversionWarning, ServiceFilter};
 pub use describe::describe;
 pub use diff::{ConntrackCleanup, ConntrackTarget, PortChange, StateDiff};
 pub use handler::{EndpointSliceHandler, NodeHandler, ServiceHandler};
+pub use mode::{ProxyMode, UnknownMode};
 pub use model::{
     Endpoint, IpFamily, NamespacedName, NodeInfo, Protocol, ServicePort, ServicePortName,
     ServiceType, SessionAffinity,
 };
-pub use pending::{ChangeCounters, PendingChanges};
-pub use proxier::{Proxier, ProxierError, SyncReport};
+pub use pending::{ChangeCounters, PendingBatch, PendingChanges};
+pub use proxier::{ErrorKind, ObjectCount, Proxier, ProxierError, SyncReport};
 pub use schedule::{ScheduleConfig, SyncKind, SyncSchedule};
 pub use selection::{select_endpoints, EndpointSelection, TopologyMode};
 pub use state::{ProxyState, ServicePortEntry};

@@ -30,6 +30,8 @@ pub struct ProxyMetrics {
     service_changes_total: Counter,
     endpoint_changes_total: Counter,
     rules: Family<Labels, Gauge>,
+    rules_last: Family<Labels, Gauge>,
+    objects: Family<Labels, Gauge>,
     restore_failures: Counter,
     no_local_endpoints: Family<Labels, Gauge>,
     invalid_input: Counter,
@@ -62,6 +64,8 @@ impl ProxyMetrics {
             service_changes_total: Counter::default(),
             endpoint_changes_total: Counter::default(),
             rules: Family::default(),
+            rules_last: Family::default(),
+            objects: Family::default(),
             restore_failures: Counter::default(),
             no_local_endpoints: Family::default(),
             invalid_input: Counter::default(),
@@ -110,9 +114,19 @@ impl ProxyMetrics {
             m.endpoint_changes_total.clone(),
         );
         registry.register(
-            "sync_proxy_rules_iptables",
-            "Number of iptables rules written by kube-proxy in last sync",
+            "sync_proxy_rules_iptables_total",
+            "Total number of iptables rules owned by kube-proxy",
             m.rules.clone(),
+        );
+        registry.register(
+            "sync_proxy_rules_iptables_last",
+            "Number of iptables rules written by kube-proxy in last sync",
+            m.rules_last.clone(),
+        );
+        registry.register(
+            "sync_proxy_objects",
+            "Datapath objects other than iptables rules owned by the proxy, by kind (kproxy)",
+            m.objects.clone(),
         );
         registry.register(
             "sync_proxy_rules_iptables_restore_failures",
@@ -191,11 +205,41 @@ impl ProxyMetrics {
         self.seen = counters;
     }
 
-    /// Rules written per table (`filter`, `nat`).
-    pub fn rules(&self, table: &str, count: usize) {
-        self.rules
-            .get_or_create(&vec![("table".to_owned(), table.to_owned())])
-            .set(count as i64);
+    /// Records what the last sync of every family did: iptables rules owned per table
+    /// (`sync_proxy_rules_iptables_total`) and written by it (`sync_proxy_rules_iptables_last`),
+    /// other objects owned per kind (`sync_proxy_objects`). Counts of the same kind add up over
+    /// families.
+    pub fn reports(&self, reports: &[crate::proxier::SyncReport]) {
+        let mut owned: std::collections::BTreeMap<&str, usize> = Default::default();
+        let mut written: std::collections::BTreeMap<&str, usize> = Default::default();
+        for r in reports {
+            for c in &r.owned {
+                *owned.entry(c.kind).or_default() += c.count;
+            }
+            for c in &r.written {
+                *written.entry(c.kind).or_default() += c.count;
+            }
+        }
+        let label = |k: &str, v: &str| vec![(k.to_owned(), v.to_owned())];
+        for (kind, n) in owned {
+            match kind.strip_prefix("iptables/") {
+                Some(table) => self
+                    .rules
+                    .get_or_create(&label("table", table))
+                    .set(n as i64),
+                None => self
+                    .objects
+                    .get_or_create(&label("kind", kind))
+                    .set(n as i64),
+            };
+        }
+        for (kind, n) in written {
+            if let Some(table) = kind.strip_prefix("iptables/") {
+                self.rules_last
+                    .get_or_create(&label("table", table))
+                    .set(n as i64);
+            }
+        }
     }
 
     /// Counts Local-policy Service ports with no local endpoint, per traffic policy.
@@ -247,7 +291,17 @@ mod tests {
             &[UNIX_EPOCH + Duration::from_secs(5)],
             UNIX_EPOCH + Duration::from_secs(7),
         );
-        m.rules("nat", 42);
+        m.reports(&[crate::proxier::SyncReport {
+            full: false,
+            written: vec![crate::proxier::ObjectCount::iptables("nat", 3)],
+            owned: vec![
+                crate::proxier::ObjectCount::iptables("nat", 42),
+                crate::proxier::ObjectCount {
+                    kind: "ipvs/virtual-servers",
+                    count: 7,
+                },
+            ],
+        }]);
         m.changes(
             ChangeCounters {
                 service_changes_total: 3,
@@ -275,7 +329,9 @@ mod tests {
             "kubeproxy_sync_proxy_rules_service_changes_total 4",
             "kubeproxy_sync_proxy_rules_endpoint_changes_total 5",
             "kubeproxy_sync_proxy_rules_service_changes_pending 0",
-            "kubeproxy_sync_proxy_rules_iptables{table=\"nat\"} 42",
+            "kubeproxy_sync_proxy_rules_iptables_total{table=\"nat\"} 42",
+            "kubeproxy_sync_proxy_rules_iptables_last{table=\"nat\"} 3",
+            "kubeproxy_sync_proxy_objects{kind=\"ipvs/virtual-servers\"} 7",
             "kubeproxy_sync_proxy_rules_iptables_restore_failures_total 1",
             "kubeproxy_invalid_input_objects_total 1",
             "kubeproxy_network_programming_duration_seconds_count 1",

@@ -1,7 +1,7 @@
 //! [`PendingChanges`]: what the handlers recorded since the last sync, for one IP family.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -42,9 +42,28 @@ pub struct PendingChanges {
     nodes_synced: bool,
     warnings: Warnings,
     counters: ChangeCounters,
-    oldest_pending: Option<Instant>,
     names: Interner,
     trigger_times: Vec<SystemTime>,
+}
+
+/// Changes taken out of a [`PendingChanges`] by [`PendingChanges::take_batch`], to be applied to
+/// the state without holding the trackers' lock.
+#[derive(Debug)]
+pub struct PendingBatch {
+    pub(crate) family: IpFamily,
+    pub(crate) services: Vec<(
+        NamespacedName,
+        crate::change_tracker::Change<Arc<ServicePortMap>>,
+    )>,
+    pub(crate) slices: Vec<(SliceKey, crate::change_tracker::Change<Arc<SliceInfo>>)>,
+    pub(crate) node: Option<NodeInfo>,
+}
+
+impl PendingBatch {
+    /// Whether the batch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.slices.is_empty() && self.node.is_none()
+    }
 }
 
 /// Monotonic counters for the `sync_proxy_rules_*_changes_total` metrics and skipped input.
@@ -74,7 +93,6 @@ impl PendingChanges {
             nodes_synced: false,
             warnings: Warnings::new(),
             counters: ChangeCounters::default(),
-            oldest_pending: None,
             names: Interner::new(),
             trigger_times: Vec::new(),
         }
@@ -121,11 +139,6 @@ impl PendingChanges {
         !self.services.is_empty() || !self.slices.is_empty() || self.node.is_some()
     }
 
-    /// When the oldest change still waiting was recorded; healthz compares it to 2 × syncPeriod.
-    pub fn oldest_pending(&self) -> Option<Instant> {
-        self.oldest_pending
-    }
-
     /// The counters so far.
     pub fn counters(&self) -> ChangeCounters {
         self.counters
@@ -143,17 +156,16 @@ impl PendingChanges {
         self.warnings.drain().collect()
     }
 
-    /// Called by [`ProxyState::apply`](crate::ProxyState::apply) once it has drained the trackers.
-    pub(crate) fn mark_applied(&mut self) {
-        self.oldest_pending = None;
-    }
-
-    fn note_pending(&mut self, pending: bool) {
-        if pending && self.oldest_pending.is_none() {
-            self.oldest_pending = Some(Instant::now());
-        }
-        if !self.has_pending() {
-            self.oldest_pending = None;
+    /// Takes every recorded change out, leaving the trackers empty, in O(changes). The sync runner
+    /// calls this with the trackers' lock held and applies the batch
+    /// ([`ProxyState::apply_batch`](crate::ProxyState::apply_batch)) after releasing it, so the
+    /// sources never wait for a state update (a Node zone change re-selects every port).
+    pub fn take_batch(&mut self) -> PendingBatch {
+        PendingBatch {
+            family: self.family,
+            services: self.services.take(),
+            slices: self.slices.take(),
+            node: self.node.take(),
         }
     }
 
@@ -194,8 +206,7 @@ impl PendingChanges {
         let mut warnings = Warnings::new();
         let current = new.and_then(|s| self.convert_service(s, &mut warnings));
         self.keep_warnings(warnings);
-        let pending = self.services.record(key, previous, current);
-        self.note_pending(pending);
+        self.services.record(key, previous, current);
     }
 
     fn record_slice(&mut self, old: Option<&EndpointSlice>, new: Option<&EndpointSlice>) {
@@ -231,7 +242,6 @@ impl PendingChanges {
                 }
             }
         }
-        self.note_pending(pending);
     }
 }
 
@@ -282,9 +292,9 @@ impl NodeHandler for PendingChanges {
         if let Some(mut info) = info {
             // The state is per family; so are the node addresses it exposes.
             info.addresses.retain(|a| self.family.contains(a));
+            info.pod_cidrs.retain(|c| self.family.contains(&c.ip()));
             self.node_deleted = false;
             self.node = Some(info);
-            self.note_pending(true);
         }
     }
 
@@ -295,7 +305,6 @@ impl NodeHandler for PendingChanges {
         // Upstream forgets the labels of a deleted node: topology falls back to no hints.
         self.node_deleted = true;
         self.node = Some(NodeInfo::named(self.node_name.clone()));
-        self.note_pending(true);
     }
 
     fn on_node_synced(&mut self) {

@@ -9,7 +9,7 @@ use crate::endpoint_slice_cache::EndpointSliceCache;
 use crate::model::{
     Endpoint, IpFamily, NamespacedName, NodeInfo, Protocol, ServicePort, ServicePortName,
 };
-use crate::pending::PendingChanges;
+use crate::pending::{PendingBatch, PendingChanges};
 use crate::selection::{select_endpoints, EndpointSelection};
 
 /// Everything a backend needs for one Service port: the port, its endpoints and the selection.
@@ -138,7 +138,14 @@ impl ProxyState {
 
     /// Applies the changes recorded in `pending` (draining it) and returns what changed.
     pub fn apply(&mut self, pending: &mut PendingChanges) -> StateDiff {
-        debug_assert_eq!(pending.family(), self.family);
+        self.apply_batch(pending.take_batch())
+    }
+
+    /// Applies changes taken out of a [`PendingChanges`] with
+    /// [`take_batch`](PendingChanges::take_batch) and returns what changed. Costs O(changes),
+    /// except that a change of this node's name or zone re-selects every port.
+    pub fn apply_batch(&mut self, batch: PendingBatch) -> StateDiff {
+        debug_assert_eq!(batch.family, self.family);
         let mut diff = StateDiff {
             full: !self.applied_once,
             ..StateDiff::default()
@@ -149,7 +156,7 @@ impl ProxyState {
         let mut new_services: HashMap<ServicePortName, Option<Arc<ServicePort>>> = HashMap::new();
         let mut touched: BTreeSet<ServicePortName> = BTreeSet::new();
 
-        for (service, change) in pending.services.take() {
+        for (service, change) in batch.services {
             let current = change.current;
             for name in self.port_names_of(&service) {
                 let still_there = current.as_ref().is_some_and(|m| m.contains_key(&name));
@@ -166,9 +173,9 @@ impl ProxyState {
             }
         }
 
-        touched.extend(self.slices.apply(pending.slices.take()));
+        touched.extend(self.slices.apply(batch.slices));
 
-        if let Some(node) = pending.node.take() {
+        if let Some(node) = batch.node {
             if node != self.node {
                 let reselect = node.name != self.node.name || node.zone() != self.node.zone();
                 diff.node_changed = true;
@@ -178,7 +185,6 @@ impl ProxyState {
                 }
             }
         }
-        pending.mark_applied();
 
         let mut conntrack = BTreeSet::new();
         for name in touched {
@@ -225,6 +231,17 @@ impl ProxyState {
         }
         diff.conntrack = conntrack.into_iter().collect();
         diff
+    }
+
+    /// The ports of one Service, in name order: a range of the sorted map, O(log n + its ports).
+    pub fn ports_of_service<'a>(
+        &'a self,
+        service: &'a NamespacedName,
+    ) -> impl Iterator<Item = (&'a ServicePortName, &'a ServicePortEntry)> + 'a {
+        let start = ServicePortName::new(service.clone(), "", Protocol::Tcp);
+        self.ports
+            .range((Bound::Included(start), Bound::Unbounded))
+            .take_while(move |(name, _)| &name.service == service)
     }
 
     /// The names of the ports of `service` now in the state: a range of the sorted map.

@@ -1,16 +1,20 @@
 //! Property: any sequence of add/update/delete events, applied through the trackers and diffs with
 //! syncs at random points, ends in the same state as building it from scratch from the final objects;
-//! and the diffs, replayed on a mirror, reproduce the state after every sync.
+//! and the diffs, replayed on a mirror, reproduce the state after every sync; and the address-level
+//! view, updated from each diff, equals the view computed from scratch, its lists being exactly the
+//! set differences.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 
 use fixtures::builder::{EndpointBuilder, NodeBuilder, ServiceBuilder, SliceBuilder};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use proptest::prelude::*;
 use proxy_core::{
-    EndpointSliceHandler, IpFamily, NodeHandler, NodeInfo, PendingChanges, ProxyState,
-    ServiceFilter, ServiceHandler, ServicePortEntry, ServicePortName, StateDiff,
+    AddressTracker, EndpointSliceHandler, Frontend, FrontendAddress, IpFamily, NodeHandler,
+    NodeInfo, PendingChanges, ProxyState, ServiceFilter, ServiceHandler, ServicePortEntry,
+    ServicePortName, StateDiff,
 };
 
 const NODE: &str = "n0";
@@ -22,6 +26,8 @@ struct ServiceVariant {
     ports: u8,
     policy: u8,
     affinity: bool,
+    /// External IPs: none, one shared by every Service, or that one and the Service's own.
+    external: u8,
 }
 
 #[derive(Clone, Debug)]
@@ -74,6 +80,12 @@ fn build_service(i: usize, v: &ServiceVariant) -> Service {
     if v.affinity {
         b = b.client_ip_affinity(Some(60));
     }
+    let own = format!("192.0.2.{}", 10 + i);
+    b = match v.external {
+        0 => b,
+        1 => b.external_ips(&["192.0.2.1"]),
+        _ => b.external_ips(&["192.0.2.1", &own]),
+    };
     b.build()
 }
 
@@ -114,10 +126,13 @@ fn build_node(v: u8) -> Node {
 }
 
 fn service_variant() -> impl Strategy<Value = ServiceVariant> {
-    (0u8..4, 0u8..3, any::<bool>()).prop_map(|(ports, policy, affinity)| ServiceVariant {
-        ports,
-        policy,
-        affinity,
+    (0u8..4, 0u8..3, any::<bool>(), 0u8..3).prop_map(|(ports, policy, affinity, external)| {
+        ServiceVariant {
+            ports,
+            policy,
+            affinity,
+            external,
+        }
     })
 }
 
@@ -178,6 +193,77 @@ fn replay(mirror: &mut Entries, diff: &StateDiff, state: &ProxyState) -> Result<
     Ok(())
 }
 
+/// The address-level view after `diff` equals one computed from scratch, and its lists are exactly
+/// the set differences of the views before and after.
+fn check_addresses(
+    tracker: &mut AddressTracker,
+    state: &ProxyState,
+    diff: &StateDiff,
+) -> Result<(), TestCaseError> {
+    let set = |t: &AddressTracker| -> (BTreeSet<IpAddr>, BTreeSet<Frontend>) {
+        (t.addresses().collect(), t.frontends().collect())
+    };
+    let (addrs_before, fronts_before) = set(tracker);
+    let ad = tracker.update(state, diff);
+    let scratch = AddressTracker::from_state(state);
+    prop_assert_eq!(&*tracker, &scratch, "incremental view differs from scratch");
+    let (addrs_after, fronts_after) = set(tracker);
+    prop_assert_eq!(
+        &ad.addresses_added,
+        &addrs_after
+            .difference(&addrs_before)
+            .copied()
+            .collect::<Vec<_>>()
+    );
+    prop_assert_eq!(
+        &ad.addresses_removed,
+        &addrs_before
+            .difference(&addrs_after)
+            .copied()
+            .collect::<Vec<_>>()
+    );
+    prop_assert_eq!(
+        &ad.frontends_added,
+        &fronts_after
+            .difference(&fronts_before)
+            .copied()
+            .collect::<Vec<_>>()
+    );
+    prop_assert_eq!(
+        &ad.frontends_removed,
+        &fronts_before
+            .difference(&fronts_after)
+            .copied()
+            .collect::<Vec<_>>()
+    );
+    // A changed frontend is one present before and after that belongs to a changed port.
+    let mut expected_changed = BTreeSet::new();
+    for f in fronts_before.intersection(&fronts_after) {
+        let of_changed_port = ad.full
+            || diff.changed.iter().any(|c| {
+                let e = state.get(&c.name).unwrap();
+                e.service.protocol == f.protocol
+                    && match f.address {
+                        FrontendAddress::Service(ip) => {
+                            e.service.port == f.port && e.service.service_ips().any(|a| a == ip)
+                        }
+                        FrontendAddress::NodePort => e.service.node_port == Some(f.port),
+                    }
+            });
+        if of_changed_port {
+            expected_changed.insert(*f);
+        }
+    }
+    prop_assert_eq!(
+        ad.frontends_changed
+            .iter()
+            .copied()
+            .collect::<BTreeSet<_>>(),
+        expected_changed
+    );
+    Ok(())
+}
+
 fn run(events: Vec<Event>) -> Result<(), TestCaseError> {
     let mut services: HashMap<usize, Service> = HashMap::new();
     let mut slices: HashMap<usize, EndpointSlice> = HashMap::new();
@@ -185,6 +271,7 @@ fn run(events: Vec<Event>) -> Result<(), TestCaseError> {
     let mut pending = PendingChanges::new(IpFamily::V4, NODE, ServiceFilter::default());
     let mut state = ProxyState::new(IpFamily::V4, NodeInfo::named(NODE));
     let mut mirror = Entries::new();
+    let mut addresses = AddressTracker::new();
 
     for ev in events.into_iter().chain([Event::Sync]) {
         match ev {
@@ -225,6 +312,7 @@ fn run(events: Vec<Event>) -> Result<(), TestCaseError> {
             }
             Event::Sync => {
                 let diff = state.apply(&mut pending);
+                check_addresses(&mut addresses, &state, &diff)?;
                 replay(&mut mirror, &diff, &state)?;
                 prop_assert_eq!(&mirror, &entries(&state));
                 let counted: usize = mirror.values().map(|e| e.endpoints.len()).sum();

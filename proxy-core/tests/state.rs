@@ -133,7 +133,7 @@ fn update_to_an_equal_object_is_no_change() {
         .build();
     p.on_service_update(&v1, &v2);
     assert_eq!(p.pending_service_changes(), 0);
-    assert!(p.oldest_pending().is_none());
+    assert!(!p.has_pending());
 }
 
 #[test]
@@ -469,22 +469,22 @@ fn synced_only_after_both_initial_lists() {
 }
 
 #[test]
-fn pending_counts_and_age() {
+fn pending_counts_and_drain() {
     let mut p = pending();
-    assert!(p.oldest_pending().is_none());
+    assert!(!p.has_pending());
     p.on_service_add(&svc("a", "172.30.0.1"));
     p.on_endpoint_slice_add(&slice("a-1", "a", ("p80", 8080, "TCP"), &["10.0.0.1"]));
     assert_eq!(
         (p.pending_service_changes(), p.pending_endpoint_changes()),
         (1, 1)
     );
-    assert!(p.oldest_pending().is_some());
+    assert!(p.has_pending());
     state().apply(&mut p);
     assert_eq!(
         (p.pending_service_changes(), p.pending_endpoint_changes()),
         (0, 0)
     );
-    assert!(p.oldest_pending().is_none());
+    assert!(!p.has_pending());
 }
 
 #[test]

@@ -5,13 +5,15 @@ pub mod fake;
 
 use std::time::{Duration, Instant};
 
-use proxy_core::{IpFamily, Proxier, ProxierError, ProxyState, StateDiff, SyncReport};
+use proxy_core::{
+    IpFamily, ObjectCount, Proxier, ProxierError, ProxyMode, ProxyState, StateDiff, SyncReport,
+};
 
 use crate::chain_name::is_service_chain;
-use crate::conntrack::{stale_for_diff, stale_for_state, ConntrackOps};
 use crate::jumps::{jump_rules, JumpRule};
-use crate::render::Renderer;
+use crate::render::{Renderer, RuleCounts};
 use exec::{ExecError, IptablesOps};
+use kproxy_netlink::ConntrackOps;
 
 /// The chain whose disappearance means someone flushed the tables under us.
 pub const CANARY_CHAIN: &str = "KUBE-PROXY-CANARY";
@@ -30,7 +32,7 @@ pub const OWNED_CHAINS: &[&str] = &[
     CANARY_CHAIN,
 ];
 
-const BACKEND: &str = "iptables";
+const MODE: ProxyMode = ProxyMode::Iptables;
 
 /// Whether `chain` is one kproxy owns.
 pub fn is_owned_chain(chain: &str) -> bool {
@@ -62,6 +64,9 @@ pub struct IptablesProxier {
     /// The nat table as saved at start, reused to check the nat jumps without a second save.
     saved_nat: Option<String>,
     buf: Vec<u8>,
+    /// Whether to match `nodePortAddresses` against this machine's interface addresses at each
+    /// sync (on for a real node; off where the node is not this machine, e.g. in-process tests).
+    read_interfaces: bool,
 }
 
 impl IptablesProxier {
@@ -84,6 +89,31 @@ impl IptablesProxier {
             jumps_ok: false,
             saved_nat: None,
             buf: Vec::new(),
+            read_interfaces: false,
+        }
+    }
+
+    /// Match `nodePortAddresses` CIDRs against this machine's interface addresses, read at each
+    /// sync (upstream does the same); a change of the selected addresses forces a full sync.
+    /// Without it, the node's own addresses stand in.
+    pub fn with_interface_addresses(mut self, read: bool) -> Self {
+        self.read_interfaces = read;
+        self
+    }
+
+    /// Reads the interface addresses when `nodePortAddresses` needs them; `true` when the selected
+    /// NodePort addresses changed since the last full sync.
+    fn node_port_addresses_changed(&mut self, state: &ProxyState) -> bool {
+        let config = self.renderer.config();
+        if !self.read_interfaces || config.node_port_addresses.matches_all(config.family) {
+            return false;
+        }
+        match interface_addresses() {
+            Ok(addrs) => self.renderer.set_interface_addresses(state, addrs),
+            Err(e) => {
+                tracing::warn!("cannot list interface addresses for nodePortAddresses: {e}");
+                false
+            }
         }
     }
 
@@ -100,11 +130,6 @@ impl IptablesProxier {
         self
     }
 
-    /// Rules kproxy has in each table after the last sync (`sync_proxy_rules_iptables_total`).
-    pub fn rule_counts(&self) -> crate::render::RuleCounts {
-        self.renderer.counts()
-    }
-
     fn family(&self) -> IpFamily {
         self.renderer.config().family
     }
@@ -113,7 +138,17 @@ impl IptablesProxier {
         operation: impl std::fmt::Display,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> ProxierError {
-        ProxierError::new(BACKEND, operation, source)
+        ProxierError::new(MODE, operation, source)
+    }
+
+    /// An error from running iptables: fatal when the binary cannot be started at all (it is not
+    /// installed; retrying will not install it), retryable otherwise.
+    fn exec_err(operation: impl std::fmt::Display, error: ExecError) -> ProxierError {
+        if matches!(error, ExecError::Spawn { .. }) {
+            ProxierError::fatal(MODE, operation, error)
+        } else {
+            ProxierError::new(MODE, operation, error)
+        }
     }
 
     /// Learns the per-service chains already in the kernel (a previous run's), so the first full
@@ -122,7 +157,7 @@ impl IptablesProxier {
         let saved = self
             .iptables
             .save("nat")
-            .map_err(|e| Self::err("iptables-save of the nat table", e))?;
+            .map_err(|e| Self::exec_err("iptables-save of the nat table", e))?;
         let names = saved
             .lines()
             .filter_map(|l| l.strip_prefix(':'))
@@ -148,7 +183,7 @@ impl IptablesProxier {
             let saved = match reuse {
                 Some(saved) => saved,
                 None => self.iptables.save(table.name()).map_err(|e| {
-                    Self::err(format!("iptables-save of the {} table", table.name()), e)
+                    Self::exec_err(format!("iptables-save of the {} table", table.name()), e)
                 })?,
             };
             let present = |from: &str, to: &str| {
@@ -176,20 +211,20 @@ impl IptablesProxier {
         }
         self.iptables
             .restore(&mut |w| w.write_all(text.as_bytes()))
-            .map_err(|e| Self::err("adding the jumps from the built-in chains", e))
+            .map_err(|e| Self::exec_err("adding the jumps from the built-in chains", e))
     }
 
     fn canary_exists(&mut self) -> Result<bool, ProxierError> {
         self.iptables
             .run(&["-t", "mangle", "-S", CANARY_CHAIN])
-            .map_err(|e| Self::err("checking the canary chain", e))
+            .map_err(|e| Self::exec_err("checking the canary chain", e))
     }
 
     fn ensure_canary(&mut self) -> Result<(), ProxierError> {
         if !self.canary_exists()? {
             self.iptables
                 .run(&["-t", "mangle", "-N", CANARY_CHAIN])
-                .map_err(|e| Self::err("creating the canary chain", e))?;
+                .map_err(|e| Self::exec_err("creating the canary chain", e))?;
         }
         self.last_canary_check = Some(Instant::now());
         Ok(())
@@ -249,7 +284,7 @@ impl IptablesProxier {
             }
             _ => String::new(),
         };
-        Self::err(format!("iptables-restore of the {what}{excerpt}"), error)
+        Self::exec_err(format!("iptables-restore of the {what}{excerpt}"), error)
     }
 
     fn full_sync(&mut self, state: &ProxyState) -> Result<SyncReport, ProxierError> {
@@ -274,10 +309,7 @@ impl IptablesProxier {
         self.ensure_canary()?;
         self.needs_full = false;
         let counts = summary.map(|s| s.counts).unwrap_or_default();
-        Ok(SyncReport {
-            full: true,
-            objects_written: counts.filter + counts.nat,
-        })
+        Ok(report(true, counts, counts))
     }
 
     fn cleanup_conntrack(&mut self, state: &ProxyState, diff: &StateDiff, full: bool) {
@@ -295,15 +327,7 @@ impl IptablesProxier {
                 return;
             }
         };
-        let stale = if full {
-            let mut s = stale_for_state(&flows, state);
-            s.extend(stale_for_diff(&flows, &diff.conntrack));
-            s.sort_unstable_by_key(|f| (f.orig_src, f.orig_dst, f.zone));
-            s.dedup();
-            s
-        } else {
-            stale_for_diff(&flows, &diff.conntrack)
-        };
+        let stale = proxy_core::datapath::stale_after_sync(&flows, state, &diff.conntrack, full);
         for flow in &stale {
             match ct.delete(flow) {
                 Ok(_) => tracing::debug!(
@@ -323,7 +347,7 @@ impl IptablesProxier {
         for table in ["nat", "filter", "mangle"] {
             let saved = iptables
                 .save(table)
-                .map_err(|e| Self::err(format!("iptables-save of the {table} table"), e))?;
+                .map_err(|e| Self::exec_err(format!("iptables-save of the {table} table"), e))?;
             let mut ours = Vec::new();
             let mut unjump = Vec::new();
             for line in saved.lines() {
@@ -363,15 +387,85 @@ impl IptablesProxier {
             text.push_str("COMMIT\n");
             iptables
                 .restore(&mut |w| w.write_all(text.as_bytes()))
-                .map_err(|e| Self::err(format!("removing kproxy's chains from {table}"), e))?;
+                .map_err(|e| Self::exec_err(format!("removing kproxy's chains from {table}"), e))?;
         }
         Ok(())
     }
 }
 
+/// Every address on this machine's interfaces (both families, loopback included).
+fn interface_addresses() -> nix::Result<Vec<std::net::IpAddr>> {
+    let mut out = Vec::new();
+    for ifa in nix::ifaddrs::getifaddrs()? {
+        let Some(addr) = ifa.address else { continue };
+        if let Some(v4) = addr.as_sockaddr_in() {
+            out.push(std::net::IpAddr::V4(v4.ip()));
+        } else if let Some(v6) = addr.as_sockaddr_in6() {
+            out.push(std::net::IpAddr::V6(v6.ip()));
+        }
+    }
+    Ok(out)
+}
+
+/// Removes kproxy's iptables chains and jumps from both variants (nft, legacy) and both families,
+/// wherever the binaries exist; what other tools own stays. Needs no running proxier
+/// (`kproxy --cleanup`). Returns what it cleaned, e.g. `iptables-nft (IPv4)`.
+pub fn cleanup_node() -> Result<Vec<String>, ProxierError> {
+    use exec::{IptablesCmd, Variant};
+    let mut cleaned = Vec::new();
+    let mut failures = Vec::new();
+    for family in [IpFamily::V4, IpFamily::V6] {
+        for variant in [Variant::Nft, Variant::Legacy] {
+            let mut cmd = IptablesCmd::new(variant, family);
+            match IptablesProxier::cleanup_tables(&mut cmd) {
+                Ok(()) => cleaned.push(format!("iptables-{variant} ({family})")),
+                // A variant or family that is not installed has nothing to clean.
+                Err(e) if e.is_fatal() => {
+                    tracing::debug!("skipping iptables-{variant} ({family}): {e}")
+                }
+                Err(e) => failures.push(format!(
+                    "iptables-{variant} ({family}): {}",
+                    error_chain(&e)
+                )),
+            }
+        }
+    }
+    if failures.is_empty() {
+        Ok(cleaned)
+    } else {
+        Err(ProxierError::new(MODE, "cleanup", failures.join("\n")))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// The report of a sync that wrote `written` and leaves `owned` rules in place.
+fn report(full: bool, written: RuleCounts, owned: RuleCounts) -> SyncReport {
+    let per_table = |c: RuleCounts| {
+        vec![
+            ObjectCount::iptables("filter", c.filter),
+            ObjectCount::iptables("nat", c.nat),
+        ]
+    };
+    SyncReport {
+        full,
+        written: per_table(written),
+        owned: per_table(owned),
+    }
+}
+
 impl Proxier for IptablesProxier {
-    fn mode(&self) -> &'static str {
-        BACKEND
+    fn mode(&self) -> ProxyMode {
+        MODE
     }
 
     fn sync(&mut self, state: &ProxyState, diff: &StateDiff) -> Result<SyncReport, ProxierError> {
@@ -379,7 +473,9 @@ impl Proxier for IptablesProxier {
             self.seed_existing_chains()?;
             self.seeded = true;
         }
+        let addresses_changed = self.node_port_addresses_changed(state);
         let full = self.needs_full
+            || addresses_changed
             || diff.full
             || self.renderer.would_render_full(state, diff)
             || self.canary_lost()?;
@@ -401,10 +497,7 @@ impl Proxier for IptablesProxier {
                 }
                 self.buf = buf;
             }
-            SyncReport {
-                full: false,
-                objects_written: summary.counts.filter + summary.counts.nat,
-            }
+            report(false, summary.written, summary.counts)
         };
         self.cleanup_conntrack(state, diff, full);
         Ok(report)

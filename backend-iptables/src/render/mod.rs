@@ -6,17 +6,20 @@
 //! edits of the shared chains, so its size follows the change, not the cluster.
 
 mod names;
+mod node_view;
 mod service;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write as _;
 use std::io;
 
+use proxy_core::datapath::NodePortAddresses;
 use proxy_core::{ProxyState, ServicePortEntry, ServicePortName, StateDiff};
 
 use crate::chain_name::ChainName;
-use crate::config::{ConfigError, NodePortAddresses, RenderConfig};
+use crate::config::{ConfigError, RenderConfig};
 use names::NameCache;
+pub use node_view::NodeView;
 use service::{render_service, Context};
 
 /// Endpoint count above which comments are left out of endpoint rules (upstream's threshold).
@@ -246,6 +249,9 @@ pub struct RenderSummary {
     pub bytes: usize,
     /// The total rules kproxy has in each table once the text is applied.
     pub counts: RuleCounts,
+    /// The rules this text writes (`-A`/`-I` lines) per table: all of them for a full render, the
+    /// changed ones for a partial one.
+    pub written: RuleCounts,
 }
 
 /// Renders states into iptables-restore input, remembering what it rendered last so the next
@@ -271,6 +277,12 @@ pub struct Renderer {
     baseline: bool,
     large_cluster: bool,
     counts: RuleCounts,
+    /// The node's interface addresses, when the caller knows them (the proxier lists them); else
+    /// the node's addresses stand in (rendering for a node that is not this machine).
+    interface_addresses: Option<Vec<std::net::IpAddr>>,
+    /// What the last full render derived from the node; partial renders reuse it (a node change
+    /// makes the next render full).
+    node: NodeView,
 }
 
 impl Renderer {
@@ -290,7 +302,32 @@ impl Renderer {
             baseline: false,
             large_cluster: false,
             counts: RuleCounts::default(),
+            interface_addresses: None,
+            node: NodeView::default(),
         })
+    }
+
+    /// Sets the node's interface addresses (every family; loopback included), which
+    /// `nodePortAddresses` CIDRs are matched against. Returns whether the NodePort addresses this
+    /// selects differ from those of the last full render: the caller then renders fully.
+    pub fn set_interface_addresses(
+        &mut self,
+        state: &ProxyState,
+        addresses: Vec<std::net::IpAddr>,
+    ) -> bool {
+        self.interface_addresses = Some(addresses);
+        let view = NodeView::resolve(
+            &self.config,
+            state.node(),
+            self.interface_addresses.as_deref(),
+        );
+        view.node_ports != self.node.node_ports
+    }
+
+    /// What the last full render derived from the node: the local-traffic detector, the masquerade
+    /// decision, the node's addresses and where NodePorts answer.
+    pub fn node_view(&self) -> &NodeView {
+        &self.node
     }
 
     /// The configuration.
@@ -358,6 +395,11 @@ impl Renderer {
         // Until this render is applied, nothing is known about the kernel.
         self.baseline = false;
         self.large_cluster = state.total_endpoints() > LARGE_CLUSTER_ENDPOINTS;
+        self.node = NodeView::resolve(
+            &self.config,
+            state.node(),
+            self.interface_addresses.as_deref(),
+        );
         self.names.begin_pass();
         let mut out = Counting { out, bytes: 0 };
         let b = &mut self.full;
@@ -386,7 +428,7 @@ impl Renderer {
                 counts,
             };
             let mut ctx = Context {
-                config: &self.config,
+                node: &self.node,
                 large_cluster: self.large_cluster,
                 probabilities: &mut self.probabilities,
                 spec: &mut self.spec,
@@ -400,7 +442,7 @@ impl Renderer {
         self.names.evict_unseen();
 
         let b = &mut self.full;
-        let fixed = write_fixed_nat(&self.config, &self.mark, &mut b.chunk);
+        let fixed = write_fixed_nat(&self.config, &self.node, &self.mark, &mut b.chunk);
         counts.nat += fixed;
         // Chains that existed and are no longer used: flush (declare) and delete.
         let mut stale: Vec<ChainName> = previous_active
@@ -426,6 +468,7 @@ impl Renderer {
             full: true,
             bytes: out.bytes,
             counts,
+            written: counts,
         })
     }
 
@@ -449,10 +492,19 @@ impl Renderer {
             self.baseline = false;
             return Err(e);
         }
+        let rules = |text: &str| {
+            text.lines()
+                .filter(|l| l.starts_with("-A ") || l.starts_with("-I "))
+                .count()
+        };
         Ok(RenderSummary {
             full: false,
             bytes: out.bytes,
             counts: self.counts,
+            written: RuleCounts {
+                filter: rules(&filter),
+                nat: rules(&nat),
+            },
         })
     }
 
@@ -475,7 +527,7 @@ impl Renderer {
             let mut c = Collected::default();
             let names = this.names.service(name, entry);
             let mut ctx = Context {
-                config: &this.config,
+                node: &this.node,
                 large_cluster: this.large_cluster,
                 probabilities: &mut this.probabilities,
                 spec: &mut this.spec,
@@ -582,12 +634,12 @@ impl Renderer {
 
 /// The nat rules that do not depend on Services: the NodePorts jump (last in KUBE-SERVICES),
 /// KUBE-MARK-MASQ and KUBE-POSTROUTING. Returns the number of rules.
-fn write_fixed_nat(config: &RenderConfig, mark: &str, out: &mut String) -> usize {
+fn write_fixed_nat(config: &RenderConfig, node: &NodeView, mark: &str, out: &mut String) -> usize {
     let mut rules = 0;
     let services = SharedChain::Services.name();
     let node_ports = SharedChain::NodePorts.name();
     let jump_comment = "-m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\"";
-    match &config.node_port_addresses {
+    match &node.node_ports {
         NodePortAddresses::All => {
             let exclude = match config.family {
                 proxy_core::IpFamily::V6 => " ! -d ::1/128",

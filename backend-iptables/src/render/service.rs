@@ -3,16 +3,17 @@
 use std::fmt::Write;
 use std::net::IpAddr;
 
+use proxy_core::datapath::{MasqueradeDecision, PortVerdict, TrafficTarget};
 use proxy_core::{Endpoint, ServicePortEntry};
 
 use super::names::ServiceNames;
-use super::{SharedChain, Sink, Table, KUBE_MARK_MASQ};
+use super::{NodeView, SharedChain, Sink, Table, KUBE_MARK_MASQ};
 use crate::chain_name::{ChainKind, ChainName};
-use crate::config::RenderConfig;
 
 /// What a service render needs besides the entry.
 pub(crate) struct Context<'a> {
-    pub(crate) config: &'a RenderConfig,
+    /// What the render derived from the node.
+    pub(crate) node: &'a NodeView,
     /// Comments are left out of endpoint rules over 1000 endpoints (upstream's large cluster mode).
     pub(crate) large_cluster: bool,
     pub(crate) probabilities: &'a mut Vec<String>,
@@ -68,24 +69,24 @@ pub(crate) fn render_service(
     let external_chain = names.chain(ChainKind::External);
     let firewall_chain = names.chain(ChainKind::Firewall);
 
-    let has_endpoints = sel.has_any_endpoints;
-    let uses_cluster_chain = !sel.cluster.is_empty() && svc.uses_cluster_endpoints();
-    let uses_local_chain = !sel.local.is_empty() && svc.uses_local_endpoints();
-
-    let (internal_chain, has_internal) = if svc.internal_policy_local {
-        (local_chain, has_endpoints && !sel.local.is_empty())
-    } else {
-        (cluster_chain, has_endpoints)
+    // The decisions are proxy-core's, shared by every mode; this maps them to chains and targets.
+    let verdict = PortVerdict::of(entry);
+    let has_endpoints = verdict.has_endpoints;
+    let uses_cluster_chain = verdict.uses_cluster_endpoints;
+    let uses_local_chain = verdict.uses_local_endpoints;
+    let chain_for = |target: TrafficTarget| match target {
+        TrafficTarget::LocalEndpoints => local_chain,
+        _ => cluster_chain,
     };
-    let (external_policy_chain, has_external) = if svc.external_policy_local {
-        (local_chain, has_endpoints && !sel.local.is_empty())
+    let (internal_chain, has_internal) = (chain_for(verdict.internal), verdict.internal.forwards());
+    let external_policy_chain = if svc.external_policy_local {
+        local_chain
     } else {
-        (cluster_chain, has_endpoints)
+        cluster_chain
     };
-    let uses_external_chain = has_endpoints && svc.externally_accessible();
-    let uses_firewall_chain = has_endpoints
-        && !svc.load_balancer_ips.is_empty()
-        && !svc.load_balancer_source_ranges.is_empty();
+    let has_external = verdict.external.forwards();
+    let uses_external_chain = verdict.external_path;
+    let uses_firewall_chain = verdict.source_ranges_apply;
     let lb_chain = if uses_firewall_chain {
         firewall_chain
     } else {
@@ -219,13 +220,13 @@ pub(crate) fn render_service(
             let _ = write!(spec, "-j {KUBE_MARK_MASQ}");
             sink.rule(external_chain, spec);
         } else {
-            if let Some(cidr) = ctx.config.cluster_cidr {
+            if let Some(local) = &ctx.node.if_local {
                 spec.clear();
                 comment(
                     spec,
                     format_args!("pod traffic for {name} external destinations"),
                 );
-                let _ = write!(spec, "-s {cidr} -j ");
+                let _ = write!(spec, "{local} -j ");
                 cluster_chain.write_to(spec);
                 sink.rule(external_chain, spec);
             }
@@ -259,7 +260,7 @@ pub(crate) fn render_service(
         let allow_from_node = svc
             .load_balancer_source_ranges
             .iter()
-            .any(|r| ctx.config.node_ips.iter().any(|ip| r.contains(*ip)));
+            .any(|r| ctx.node.node_ips.iter().any(|ip| r.contains(*ip)));
         let sources = svc
             .load_balancer_source_ranges
             .iter()
@@ -289,23 +290,20 @@ pub(crate) fn render_service(
     }
 
     // Masquerade off-cluster traffic to the cluster IP, in the internal chain.
-    if has_internal {
-        let masquerade = ctx.config.masquerade_all || ctx.config.cluster_cidr.is_some();
-        if masquerade {
-            let spec = &mut *ctx.spec;
-            spec.clear();
-            comment(spec, format_args!("{name} cluster IP"));
-            protocol(spec, proto);
-            let _ = write!(spec, "-d {cluster_ip} --dport {port} ");
-            if !ctx.config.masquerade_all {
-                if let Some(cidr) = ctx.config.cluster_cidr {
-                    let _ = write!(spec, "! -s {cidr} ");
-                }
+    if has_internal && ctx.node.masquerade != MasqueradeDecision::Never {
+        let spec = &mut *ctx.spec;
+        spec.clear();
+        comment(spec, format_args!("{name} cluster IP"));
+        protocol(spec, proto);
+        let _ = write!(spec, "-d {cluster_ip} --dport {port} ");
+        if ctx.node.masquerade == MasqueradeDecision::OffCluster {
+            if let Some(not_local) = &ctx.node.if_not_local {
+                let _ = write!(spec, "{not_local} ");
             }
-            let _ = write!(spec, "-j {KUBE_MARK_MASQ}");
-            // The chain itself is declared with its endpoint jumps below; this rule leads it.
-            sink.rule(internal_chain, spec);
         }
+        let _ = write!(spec, "-j {KUBE_MARK_MASQ}");
+        // The chain itself is declared with its endpoint jumps below; this rule leads it.
+        sink.rule(internal_chain, spec);
     }
 
     if uses_cluster_chain {

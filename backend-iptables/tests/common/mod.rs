@@ -34,10 +34,10 @@ pub fn examples_state(family: IpFamily) -> ProxyState {
 /// The config the examples are rendered with: the pod network of the examples and the node's IPs.
 pub fn examples_config(family: IpFamily, state: &ProxyState) -> RenderConfig {
     let mut c = RenderConfig::new(family);
-    c.cluster_cidr = Some(match family {
+    c = c.with_cluster_cidr(Some(match family {
         IpFamily::V4 => "10.244.0.0/16".parse().unwrap(),
         IpFamily::V6 => "fd00:244::/32".parse().unwrap(),
-    });
+    }));
     c.node_ips = state.node().addresses.clone();
     c
 }

@@ -1,49 +1,35 @@
-//! `kproxy sync`: render and apply once, through the proxier the daemon uses.
+//! `kproxy sync`: apply the state of manifests once, through the proxier the daemon uses.
 
 use anyhow::Context;
-use backend_iptables::conntrack::{ConntrackOps, NetlinkConntrack};
-use backend_iptables::{detect_variant, IptablesCmd, IptablesProxier, Variant};
-use proxy_core::{IpFamily, Proxier};
+use proxy_core::IpFamily;
 
-use crate::args::{Family, IptablesVariant, SyncArgs};
-use crate::commands::render::renderer_for;
+use crate::args::{Family, SyncArgs};
+use crate::commands::render::settings_for;
 use crate::input;
+use crate::modes::{self, ProxierContext};
 
-/// Loads manifests, builds the state, and applies it with a fresh [`IptablesProxier`]: a full sync,
-/// exactly what the daemon's first sync does (including deleting chains a previous run left).
+/// Loads manifests, builds the state, and applies it with a fresh proxier of the chosen mode: a
+/// full sync, exactly what the daemon's first sync does (including deleting what a previous run
+/// left and no longer needs).
 pub(crate) fn run(args: &SyncArgs) -> anyhow::Result<()> {
+    let mode = args.render.proxy_mode;
+    modes::check_built(mode)?;
     let input = input::load(&args.render.manifests)?;
     let state = input::build_state(&input, args.render.ip_family);
     let family = match args.render.ip_family {
         Family::Ipv4 => IpFamily::V4,
         Family::Ipv6 => IpFamily::V6,
     };
-    let variant = match args.iptables_variant {
-        IptablesVariant::Auto => detect_variant(family),
-        IptablesVariant::Nft => Variant::Nft,
-        IptablesVariant::Legacy => Variant::Legacy,
-    };
-    let renderer = renderer_for(&args.render, &state)?;
-    let conntrack = match NetlinkConntrack::open() {
-        Ok(c) => Some(Box::new(c) as Box<dyn ConntrackOps>),
-        Err(e) => {
-            tracing::warn!("conntrack cleanup disabled: {e}");
-            None
-        }
-    };
-    let mut proxier = IptablesProxier::new(
-        renderer,
-        Box::new(IptablesCmd::new(variant, family)),
-        conntrack,
-    );
-    let diff = state.resync_diff();
+    let mut settings = settings_for(&args.render)?;
+    settings.iptables_variant = args.iptables_variant;
+    let mut proxier = modes::build(mode, family, &settings, &ProxierContext::default())?;
     let report = proxier
-        .sync(&state, &diff)
-        .with_context(|| format!("applying rules with iptables-{variant}"))?;
+        .sync(&state, &state.resync_diff())
+        .with_context(|| format!("applying the {mode} datapath"))?;
     tracing::info!(
-        "synced {} service ports ({} rules) with iptables-{variant}",
+        "synced {} service ports ({} objects written) in {mode} mode",
         state.len(),
-        report.objects_written
+        report.total_written()
     );
     Ok(())
 }

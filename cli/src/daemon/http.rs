@@ -102,6 +102,7 @@ pub(crate) async fn serve_until_signal(
         r = health_server => r.context("healthz server")?,
         r = metrics_server => r.context("metrics server")?,
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = shared.stop.notified() => tracing::info!("stopping after a fatal error"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
     }
     Ok(())

@@ -387,12 +387,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn watchers_list_then_follow_the_api_server() {
-        use std::sync::atomic::AtomicBool;
-        use std::sync::{Condvar, Mutex};
-
         use fixtures::builder::{EndpointBuilder, NodeBuilder, SliceBuilder};
-        use proxy_core::health::ProxyHealth;
-        use proxy_core::metrics::ProxyMetrics;
 
         let svc_a = serde_json::to_value(svc("a", "10.0.0.1")).unwrap();
         let slice = serde_json::to_value(
@@ -415,13 +410,7 @@ mod tests {
         .await;
         let config = kube::Config::new(format!("http://{}", api.addr).parse().unwrap());
         let client = Client::try_from(config).unwrap();
-        let shared = Arc::new(Shared {
-            pending: Mutex::new(trackers()),
-            health: Mutex::new(ProxyHealth::new(std::time::Duration::from_secs(60))),
-            metrics: Mutex::new(ProxyMetrics::new()),
-            wake: (Mutex::new(false), Condvar::new()),
-            shutdown: AtomicBool::new(false),
-        });
+        let shared = Arc::new(Shared::new(trackers(), std::time::Duration::from_secs(60)));
         start(client, "n", &service_selector(None), Arc::clone(&shared));
 
         let wait = |what: &str, f: &dyn Fn(&PendingChanges) -> bool| {

@@ -8,6 +8,7 @@
 mod file_source;
 mod http;
 mod kube_source;
+mod service_health;
 mod settings;
 mod sync_thread;
 
@@ -37,9 +38,32 @@ pub(crate) struct Shared {
     /// Set when a source recorded a change (or on shutdown); the sync thread waits on it.
     pub(crate) wake: (Mutex<bool>, Condvar),
     pub(crate) shutdown: AtomicBool,
+    /// Set by the sync thread when the datapath cannot be programmed at all (a fatal proxier
+    /// error); the daemon then exits with it.
+    pub(crate) fatal: Mutex<Option<String>>,
+    /// Wakes the HTTP side when the daemon must stop without a signal (a fatal error).
+    pub(crate) stop: tokio::sync::Notify,
+    /// What every health-check node port answers, published after each sync.
+    pub(crate) service_health: tokio::sync::watch::Sender<
+        std::collections::BTreeMap<u16, proxy_core::service_health::ServiceHealthEntry>,
+    >,
 }
 
 impl Shared {
+    /// Shared state for these trackers, with `health_timeout` (2 × syncPeriod).
+    pub(crate) fn new(trackers: Vec<PendingChanges>, health_timeout: std::time::Duration) -> Self {
+        Self {
+            pending: Mutex::new(trackers),
+            health: Mutex::new(ProxyHealth::new(health_timeout)),
+            metrics: Mutex::new(ProxyMetrics::new()),
+            wake: (Mutex::new(false), Condvar::new()),
+            shutdown: AtomicBool::new(false),
+            fatal: Mutex::new(None),
+            stop: tokio::sync::Notify::new(),
+            service_health: tokio::sync::watch::channel(Default::default()).0,
+        }
+    }
+
     /// Wakes the sync thread.
     pub(crate) fn notify(&self) {
         let (flag, cv) = &self.wake;
@@ -47,13 +71,20 @@ impl Shared {
         cv.notify_all();
     }
 
-    /// Records that sources queued changes: health (the oldest waiting change) and the
-    /// pending/total change metrics. Call with the trackers' lock held and released by the caller.
+    /// Records that sources queued changes: health (the oldest waiting change is kept by
+    /// [`ProxyHealth`], the one place that tracks it) and the change metrics. Call with the
+    /// trackers' lock held.
     pub(crate) fn queued(&self, trackers: &[PendingChanges]) {
         self.health
             .lock()
             .expect("health lock")
             .queued(std::time::SystemTime::now());
+        self.publish_changes(trackers);
+    }
+
+    /// Mirrors the trackers' change counters into the metrics (pending gauges, cumulative
+    /// counters). The counts live in the trackers; this only publishes them.
+    pub(crate) fn publish_changes(&self, trackers: &[PendingChanges]) {
         if let Some(first) = trackers.first() {
             self.metrics.lock().expect("metrics lock").changes(
                 first.counters(),
@@ -61,6 +92,21 @@ impl Shared {
                 first.pending_endpoint_changes(),
             );
         }
+    }
+
+    /// Publishes what the health-check node ports answer.
+    pub(crate) fn publish_service_health(
+        &self,
+        ports: &std::collections::BTreeMap<u16, proxy_core::service_health::ServiceHealthEntry>,
+    ) {
+        self.service_health.send_replace(ports.clone());
+    }
+
+    /// Stops the daemon with a fatal error.
+    pub(crate) fn fail(&self, error: String) {
+        *self.fatal.lock().expect("fatal lock") = Some(error);
+        self.shutdown.store(true, Ordering::SeqCst);
+        self.stop.notify_one();
     }
 
     pub(crate) fn stopping(&self) -> bool {
@@ -81,13 +127,7 @@ pub(crate) fn run(args: &DaemonArgs) -> anyhow::Result<()> {
         .iter()
         .map(|f| PendingChanges::new(*f, &settings.node_name, settings.filter.clone()))
         .collect();
-    let shared = Arc::new(Shared {
-        pending: Mutex::new(trackers),
-        health: Mutex::new(ProxyHealth::new(settings.sync_period * 2)),
-        metrics: Mutex::new(ProxyMetrics::new()),
-        wake: (Mutex::new(false), Condvar::new()),
-        shutdown: AtomicBool::new(false),
-    });
+    let shared = Arc::new(Shared::new(trackers, settings.sync_period * 2));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -99,7 +139,8 @@ pub(crate) fn run(args: &DaemonArgs) -> anyhow::Result<()> {
             tracing::info!(
                 node = %settings.node_name,
                 families = ?settings.families,
-                "starting kproxy (iptables), manifests from {}",
+                "starting kproxy ({}), manifests from {}",
+                settings.mode,
                 manifests.display()
             );
             // The first load must work: a broken file at start is a configuration error (exit 2).
@@ -113,7 +154,8 @@ pub(crate) fn run(args: &DaemonArgs) -> anyhow::Result<()> {
             tracing::info!(
                 node = %settings.node_name,
                 families = ?settings.families,
-                "starting kproxy (iptables), watching the API server"
+                mode = %settings.mode,
+                "starting kproxy, watching the API server"
             );
             let _guard = runtime.enter();
             let selector = kube_source::service_selector(settings.filter.proxy_name.as_deref());
@@ -121,9 +163,14 @@ pub(crate) fn run(args: &DaemonArgs) -> anyhow::Result<()> {
             None
         }
     };
-    let sync = sync_thread::start(settings.clone(), Arc::clone(&shared))?;
+    let context = crate::modes::ProxierContext {
+        runtime: Some(runtime.handle().clone()),
+    };
+    let sync = sync_thread::start(settings.clone(), Arc::clone(&shared), context)?;
+    let health_ports = runtime.spawn(service_health::serve(Arc::clone(&shared)));
 
-    let result = runtime.block_on(http::serve_until_signal(&settings, Arc::clone(&shared)));
+    let mut result = runtime.block_on(http::serve_until_signal(&settings, Arc::clone(&shared)));
+    health_ports.abort();
 
     // Stop: no new syncs, finish the one in flight, leave the rules in place.
     shared.shutdown.store(true, Ordering::SeqCst);
@@ -132,6 +179,9 @@ pub(crate) fn run(args: &DaemonArgs) -> anyhow::Result<()> {
         source.stop();
     }
     let _ = sync.join();
+    if let Some(error) = shared.fatal.lock().expect("fatal lock").take() {
+        result = Err(anyhow::anyhow!("cannot program the datapath: {error}"));
+    }
     tracing::info!("stopped; rules left in place");
     result
 }

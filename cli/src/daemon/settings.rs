@@ -4,11 +4,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use backend_iptables::{NodePortAddresses, RenderConfig};
 use proxy_core::config::KubeProxyConfiguration;
-use proxy_core::IpFamily;
+use proxy_core::datapath::{DetectLocalMode, NodePortAddressSpec};
+use proxy_core::{IpFamily, ProxyMode};
 
-use crate::args::{DaemonArgs, IptablesVariant};
+use crate::args::DaemonArgs;
+use crate::modes::DatapathSettings;
 
 /// Everything the daemon needs, resolved.
 #[derive(Clone, Debug)]
@@ -19,7 +20,10 @@ pub(crate) struct Settings {
     pub(crate) metrics: SocketAddr,
     pub(crate) sync_period: Duration,
     pub(crate) min_sync_period: Duration,
-    pub(crate) variant: IptablesVariant,
+    /// The proxy mode (`--proxy-mode`, else the config's `mode`, else iptables).
+    pub(crate) mode: ProxyMode,
+    /// What the mode's proxiers are built with.
+    pub(crate) datapath: DatapathSettings,
     /// Which Services are ours (`--service-proxy-name`).
     pub(crate) filter: proxy_core::ServiceFilter,
     /// The IP families to program: those of the cluster CIDRs (IPv4 when none is set).
@@ -68,6 +72,18 @@ impl Settings {
         if let Some(v) = &args.healthz_bind_address {
             config.healthz_bind_address = v.clone();
         }
+        if let Some(mode) = args.proxy_mode {
+            config.mode = mode.as_str().to_owned();
+        }
+        if let Some(v) = &args.detect_local_mode {
+            config.detect_local_mode = v.clone();
+        }
+        if let Some(v) = &args.pod_bridge_interface {
+            config.detect_local.bridge_interface = v.clone();
+        }
+        if let Some(v) = &args.pod_interface_name_prefix {
+            config.detect_local.interface_name_prefix = v.clone();
+        }
         if let Some(v) = &args.metrics_bind_address {
             config.metrics_bind_address = v.clone();
         }
@@ -100,6 +116,23 @@ impl Settings {
         if families.is_empty() {
             families.push(IpFamily::V4);
         }
+        let mode = config.proxy_mode();
+        crate::modes::check_built(mode)?;
+        let mut datapath = DatapathSettings::new(cidrs.clone());
+        datapath.detect_local = DetectLocalMode::from_config(
+            &config.detect_local_mode,
+            cidrs,
+            &config.detect_local.bridge_interface,
+            &config.detect_local.interface_name_prefix,
+        )
+        .map_err(|e| BadSetting(e.to_string()))?;
+        datapath.masquerade_all = config.iptables.masquerade_all;
+        datapath.masquerade_bit = config.iptables.masquerade_bit.unwrap_or(14) as u8;
+        datapath.localhost_node_ports = config.iptables.localhost_node_ports.unwrap_or(true);
+        datapath.conntrack_tcp_liberal = config.conntrack.tcp_be_liberal;
+        datapath.node_port_addresses = NodePortAddressSpec::parse(&config.node_port_addresses)
+            .map_err(|e| BadSetting(e.to_string()))?;
+        datapath.iptables_variant = args.iptables_variant;
         Ok(Self {
             filter: proxy_core::ServiceFilter {
                 proxy_name: args.service_proxy_name.clone(),
@@ -110,55 +143,9 @@ impl Settings {
             sync_period: config.effective_sync_period(),
             min_sync_period: min_sync_period.unwrap_or_else(|| config.effective_min_sync_period()),
             node_name,
-            variant: args.iptables_variant,
+            mode,
+            datapath,
             config,
         })
-    }
-
-    /// The iptables render settings for `family`; node IPs come from the Node object when known.
-    pub(crate) fn render_config(
-        &self,
-        family: IpFamily,
-        node_ips: &[std::net::IpAddr],
-    ) -> anyhow::Result<RenderConfig> {
-        let mut r = RenderConfig::new(family);
-        r.cluster_cidr = self
-            .config
-            .cluster_cidrs()
-            .map_err(|e| BadSetting(e.to_string()))?
-            .into_iter()
-            .find(|c| family.contains(&c.ip()));
-        r.masquerade_all = self.config.iptables.masquerade_all;
-        r.masquerade_bit = self.config.iptables.masquerade_bit.unwrap_or(14) as u8;
-        r.localhost_node_ports = self.config.iptables.localhost_node_ports.unwrap_or(true);
-        r.conntrack_tcp_liberal = self.config.conntrack.tcp_be_liberal;
-        r.node_ips = node_ips
-            .iter()
-            .copied()
-            .filter(|ip| family.contains(ip))
-            .collect();
-        if !self.config.node_port_addresses.is_empty() {
-            let cidrs: Vec<ipnetwork::IpNetwork> = self
-                .config
-                .node_port_addresses
-                .iter()
-                .filter_map(|c| c.parse().ok())
-                .collect();
-            let mut ips: Vec<_> = r
-                .node_ips
-                .iter()
-                .copied()
-                .filter(|ip| cidrs.iter().any(|c| c.contains(*ip)))
-                .collect();
-            let loopback: std::net::IpAddr = match family {
-                IpFamily::V4 => "127.0.0.1".parse().expect("valid"),
-                IpFamily::V6 => "::1".parse().expect("valid"),
-            };
-            if cidrs.iter().any(|c| c.contains(loopback)) {
-                ips.push(loopback);
-            }
-            r.node_port_addresses = NodePortAddresses::Only(ips);
-        }
-        Ok(r)
     }
 }

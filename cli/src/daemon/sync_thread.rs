@@ -1,174 +1,151 @@
-//! The sync thread: waits for changes or the schedule, applies them through the proxier.
+//! The sync thread: waits for changes, the schedule or housekeeping, and drives the proxiers.
+//!
+//! It knows no backend: proxiers come from the mode factory ([`crate::modes`]) and are reached only
+//! through the [`Proxier`] trait.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use backend_iptables::conntrack::{ConntrackOps, NetlinkConntrack};
-use backend_iptables::{detect_variant, IptablesCmd, IptablesProxier, Renderer, Variant};
-use proxy_core::{NodeInfo, Proxier, ProxyState, ScheduleConfig, SyncKind, SyncSchedule};
+use proxy_core::service_health::ServiceHealthPorts;
+use proxy_core::{
+    NodeInfo, PendingBatch, Proxier, ProxyState, ScheduleConfig, StateDiff, SyncKind, SyncReport,
+    SyncSchedule,
+};
 
 use super::{Settings, Shared};
-use crate::args::IptablesVariant;
+use crate::modes::{self, ProxierContext};
 
-/// Starts the thread.
-pub(crate) fn start(settings: Settings, shared: Arc<Shared>) -> anyhow::Result<JoinHandle<()>> {
-    let variants: Vec<Variant> = settings
-        .families
-        .iter()
-        .map(|f| match settings.variant {
-            IptablesVariant::Auto => detect_variant(*f),
-            IptablesVariant::Nft => Variant::Nft,
-            IptablesVariant::Legacy => Variant::Legacy,
-        })
-        .collect();
-    tracing::info!("using iptables-{}", variants[0]);
+/// Builds one proxier per family through the factory and starts the thread. A proxier that cannot
+/// be built is a start-up error.
+pub(crate) fn start(
+    settings: Settings,
+    shared: Arc<Shared>,
+    context: ProxierContext,
+) -> anyhow::Result<JoinHandle<()>> {
+    let mut families = Vec::new();
+    for family in &settings.families {
+        families.push(FamilyProxy {
+            state: ProxyState::new(*family, NodeInfo::named(&settings.node_name)),
+            proxier: modes::build(settings.mode, *family, &settings.datapath, &context)?,
+        });
+    }
     let thread = std::thread::Builder::new()
         .name("sync".into())
-        .spawn(move || run(settings, shared, variants))?;
+        .spawn(move || run(settings, shared, families))?;
     Ok(thread)
 }
 
-fn proxier_for(
-    settings: &Settings,
-    state: &ProxyState,
-    variant: Variant,
-) -> anyhow::Result<IptablesProxier> {
-    let config = settings.render_config(state.family(), &state.node().addresses)?;
-    let conntrack = NetlinkConntrack::open()
-        .map_err(|e| tracing::warn!("conntrack cleanup disabled: {e}"))
-        .ok()
-        .map(|c| Box::new(c) as Box<dyn ConntrackOps>);
-    Ok(IptablesProxier::new(
-        Renderer::new(config)?,
-        Box::new(IptablesCmd::new(variant, state.family())),
-        conntrack,
-    ))
-}
-
-/// One family's state and proxier.
+/// One family's state and proxier. The proxier lives as long as the daemon: Node updates reach it
+/// through the state, so its caches and what it learned at start survive them.
 struct FamilyProxy {
     state: ProxyState,
-    variant: Variant,
-    proxier: Option<IptablesProxier>,
-    node_addresses: Vec<std::net::IpAddr>,
+    proxier: Box<dyn Proxier>,
 }
 
-impl FamilyProxy {
-    fn sync(
-        &mut self,
-        settings: &Settings,
-        diff: &proxy_core::StateDiff,
-    ) -> anyhow::Result<SyncKind> {
-        // The render config depends on the node's addresses: rebuild the proxier when they change.
-        if self.proxier.is_none() || self.state.node().addresses != self.node_addresses {
-            self.node_addresses = self.state.node().addresses.clone();
-            self.proxier = Some(proxier_for(settings, &self.state, self.variant)?);
-        }
-        let proxier = self.proxier.as_mut().expect("just set");
-        let report = proxier.sync(&self.state, diff)?;
-        Ok(if report.full {
-            SyncKind::Full
-        } else {
-            SyncKind::Changes
-        })
+/// What a sync takes out of the trackers, under their lock.
+struct Drained {
+    kind: SyncKind,
+    batches: Vec<PendingBatch>,
+    triggers: Vec<SystemTime>,
+}
+
+fn drain(shared: &Shared, schedule: &mut SyncSchedule) -> Option<Drained> {
+    let mut trackers = shared.pending.lock().expect("pending lock");
+    if trackers.iter().any(|p| p.has_pending()) {
+        schedule.request();
     }
+    let synced = trackers.iter().all(|p| p.is_synced());
+    let kind = schedule.due(Instant::now(), synced)?;
+    let batches = trackers.iter_mut().map(|p| p.take_batch()).collect();
+    let triggers = trackers[0].take_trigger_times();
+    for other in trackers.iter_mut().skip(1) {
+        other.take_trigger_times(); // the same events: count them once
+    }
+    shared.publish_changes(&trackers);
+    shared
+        .health
+        .lock()
+        .expect("health lock")
+        .set_node_eligible(!trackers[0].node_deleted());
+    Some(Drained {
+        kind,
+        batches,
+        triggers,
+    })
 }
 
-fn run(settings: Settings, shared: Arc<Shared>, variants: Vec<Variant>) {
+fn run(settings: Settings, shared: Arc<Shared>, mut families: Vec<FamilyProxy>) {
     let mut schedule = SyncSchedule::new(ScheduleConfig {
         min_interval: settings.min_sync_period,
         max_interval: settings.sync_period,
-        retry_interval: settings
-            .min_sync_period
-            .max(std::time::Duration::from_secs(1)),
+        retry_interval: settings.min_sync_period.max(Duration::from_secs(1)),
     });
-    let mut families: Vec<FamilyProxy> = settings
-        .families
+    let housekeeping_every = families
         .iter()
-        .zip(variants)
-        .map(|(f, variant)| FamilyProxy {
-            state: ProxyState::new(*f, NodeInfo::named(&settings.node_name)),
-            variant,
-            proxier: None,
-            node_addresses: Vec::new(),
-        })
-        .collect();
+        .filter_map(|f| f.proxier.housekeeping_interval())
+        .min();
+    let mut next_housekeeping = housekeeping_every.map(|d| Instant::now() + d);
+    let mut health_ports: Option<ServiceHealthPorts> = None;
+
     while !shared.stopping() {
-        let due = {
-            let mut trackers = shared.pending.lock().expect("pending lock");
-            if trackers.iter().any(|p| p.has_pending()) {
-                schedule.request();
-            }
-            let synced = trackers.iter().all(|p| p.is_synced());
-            schedule.due(Instant::now(), synced).map(|kind| {
-                let diffs: Vec<_> = families
-                    .iter_mut()
-                    .zip(trackers.iter_mut())
-                    .map(|(fam, pending)| {
-                        let mut diff = fam.state.apply(pending);
-                        diff.full |= kind == SyncKind::Full;
-                        diff
-                    })
-                    .collect();
-                let triggers = trackers[0].take_trigger_times();
-                for other in trackers.iter_mut().skip(1) {
-                    other.take_trigger_times(); // the same events: count them once
-                }
-                let first = &trackers[0];
-                let mut metrics = shared.metrics.lock().expect("metrics lock");
-                metrics.changes(
-                    first.counters(),
-                    first.pending_service_changes(),
-                    first.pending_endpoint_changes(),
-                );
-                shared
-                    .health
-                    .lock()
-                    .expect("health lock")
-                    .set_node_eligible(!first.node_deleted());
-                (kind, diffs, triggers)
-            })
-        };
-        if let Some((kind, diffs, triggers)) = due {
+        if let Some(drained) = drain(&shared, &mut schedule) {
+            // The trackers' lock is released: sources keep recording while the state moves.
+            let diffs: Vec<StateDiff> = families
+                .iter_mut()
+                .zip(drained.batches)
+                .map(|(fam, batch)| {
+                    let mut diff = fam.state.apply_batch(batch);
+                    diff.full |= drained.kind == SyncKind::Full;
+                    diff
+                })
+                .collect();
             let started = Instant::now();
-            let mut result: anyhow::Result<SyncKind> = Ok(SyncKind::Changes);
+            let mut reports = Vec::new();
+            let mut failure = None;
             for (fam, diff) in families.iter_mut().zip(&diffs) {
-                match fam.sync(&settings, diff) {
-                    Ok(SyncKind::Full) => {
-                        if result.is_ok() {
-                            result = Ok(SyncKind::Full);
-                        }
-                    }
-                    Ok(SyncKind::Changes) => {}
+                match fam.proxier.sync(&fam.state, diff) {
+                    Ok(report) => reports.push(report),
                     Err(e) => {
-                        result = Err(e.context(format!("{} rules", fam.state.family())));
+                        let fatal = e.is_fatal();
+                        let e =
+                            anyhow::Error::new(e).context(format!("{} rules", fam.state.family()));
+                        failure = Some((fatal, e));
                     }
                 }
             }
             let took = started.elapsed();
-            match result {
-                Ok(done) => {
+            // Health-check node ports follow the first family's state (upstream serves one).
+            let ports =
+                health_ports.get_or_insert_with(|| ServiceHealthPorts::new(&families[0].state));
+            if ports.update(&families[0].state, &diffs[0]) {
+                shared.publish_service_health(ports.ports());
+            }
+            match failure {
+                None => {
+                    let done = if reports.iter().any(|r| r.full) {
+                        SyncKind::Full
+                    } else {
+                        SyncKind::Changes
+                    };
                     schedule.ran(done, started, true);
-                    let now = SystemTime::now();
-                    shared.health.lock().expect("health lock").updated(now);
-                    let metrics = shared.metrics.lock().expect("metrics lock");
-                    metrics.synced(done, took, now);
-                    metrics.programmed(&triggers, now);
-                    metrics.no_local_endpoints(&families[0].state);
-                    let (mut filter, mut nat) = (0, 0);
-                    for fam in &families {
-                        if let Some(p) = fam.proxier.as_ref() {
-                            filter += p.rule_counts().filter;
-                            nat += p.rule_counts().nat;
-                        }
-                    }
-                    metrics.rules("filter", filter);
-                    metrics.rules("nat", nat);
+                    record_success(
+                        &shared,
+                        done,
+                        took,
+                        &drained.triggers,
+                        &reports,
+                        &families[0].state,
+                    );
                     tracing::debug!(?done, ?took, "synced");
                 }
-                Err(e) => {
-                    schedule.ran(kind, started, false);
+                Some((true, e)) => {
+                    tracing::error!("sync failed and cannot be retried: {e:#}");
+                    shared.fail(format!("{e:#}"));
+                    break;
+                }
+                Some((false, e)) => {
+                    schedule.ran(drained.kind, started, false);
                     shared
                         .metrics
                         .lock()
@@ -179,8 +156,21 @@ fn run(settings: Settings, shared: Arc<Shared>, variants: Vec<Variant>) {
             }
             continue;
         }
-        // Sleep until the schedule's next wake-up or a source's notification.
-        let wake_at = schedule.next_wake(Instant::now());
+        if let (Some(at), Some(every)) = (next_housekeeping, housekeeping_every) {
+            if Instant::now() >= at {
+                for fam in &mut families {
+                    if let Err(e) = fam.proxier.housekeeping() {
+                        tracing::warn!("{} housekeeping: {e:#}", fam.state.family());
+                    }
+                }
+                next_housekeeping = Some(Instant::now() + every);
+            }
+        }
+        // Sleep until the schedule's next wake-up, housekeeping, or a source's notification.
+        let mut wake_at = schedule.next_wake(Instant::now());
+        if let Some(at) = next_housekeeping {
+            wake_at = wake_at.min(at);
+        }
         let (flag, cv) = &shared.wake;
         let mut woken = flag.lock().expect("wake lock");
         let timeout = wake_at.saturating_duration_since(Instant::now());
@@ -189,4 +179,26 @@ fn run(settings: Settings, shared: Arc<Shared>, variants: Vec<Variant>) {
         }
         *woken = false;
     }
+    for fam in &mut families {
+        if let Err(e) = fam.proxier.shutdown() {
+            tracing::warn!("{} shutdown: {e:#}", fam.state.family());
+        }
+    }
+}
+
+fn record_success(
+    shared: &Shared,
+    done: SyncKind,
+    took: Duration,
+    triggers: &[SystemTime],
+    reports: &[SyncReport],
+    state: &ProxyState,
+) {
+    let now = SystemTime::now();
+    shared.health.lock().expect("health lock").updated(now);
+    let metrics = shared.metrics.lock().expect("metrics lock");
+    metrics.synced(done, took, now);
+    metrics.programmed(triggers, now);
+    metrics.no_local_endpoints(state);
+    metrics.reports(reports);
 }

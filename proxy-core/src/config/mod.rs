@@ -490,18 +490,8 @@ impl KubeProxyConfiguration {
                 ));
             }
         }
-        if !matches!(
-            self.mode.as_str(),
-            "" | "iptables" | "ipvs" | "nftables" | "userspace"
-        ) {
-            return Err(invalid(
-                "mode",
-                format!(
-                    "unknown proxy mode {:?} (iptables, ipvs, nftables, userspace)",
-                    self.mode
-                ),
-            ));
-        }
+        crate::mode::ProxyMode::from_config(&self.mode)
+            .map_err(|e| invalid("mode", e.to_string()))?;
         if !matches!(
             self.detect_local_mode.as_str(),
             "" | "ClusterCIDR" | "NodeCIDR" | "BridgeInterface" | "InterfaceNamePrefix"
@@ -547,6 +537,12 @@ impl KubeProxyConfiguration {
             out.push(net);
         }
         Ok(out)
+    }
+
+    /// The proxy mode `mode` names (iptables when empty). Call after [`validate`](Self::validate);
+    /// an unknown name falls back to iptables here.
+    pub fn proxy_mode(&self) -> crate::mode::ProxyMode {
+        crate::mode::ProxyMode::from_config(&self.mode).unwrap_or(crate::mode::ProxyMode::Iptables)
     }
 
     /// The effective full-resync period for `mode` (the mode-independent field wins when set).

@@ -36,9 +36,29 @@ pub fn node_info(node: &Node, warnings: &mut Warnings) -> Option<NodeInfo> {
             ),
         }
     }
+    let spec = node.spec.as_ref();
+    let mut pod_cidrs = Vec::new();
+    let listed_cidrs = spec
+        .and_then(|s| s.pod_cidrs.clone())
+        .filter(|c| !c.is_empty())
+        .or_else(|| spec.and_then(|s| s.pod_cidr.clone()).map(|c| vec![c]))
+        .unwrap_or_default();
+    for (i, c) in listed_cidrs.iter().enumerate() {
+        match c.parse::<ipnetwork::IpNetwork>() {
+            Ok(net) if c.contains('/') => pod_cidrs.push(net),
+            _ => warnings.add(
+                ObjectKind::Node,
+                &name,
+                format!("spec.podCIDRs[{i}]"),
+                format!("invalid CIDR {c:?}"),
+                Skipped::Value,
+            ),
+        }
+    }
     Some(NodeInfo {
         name: name.name,
         labels: node.metadata.labels.clone().unwrap_or_default(),
         addresses,
+        pod_cidrs,
     })
 }

@@ -20,6 +20,9 @@ pub struct NodeInfo {
     /// `status.addresses` that parse as IPs (InternalIP and ExternalIP), in the order listed; in a
     /// [`ProxyState`](crate::ProxyState), only those of the state's family.
     pub addresses: Vec<IpAddr>,
+    /// `spec.podCIDRs` (or `spec.podCIDR`) that parse; in a [`ProxyState`](crate::ProxyState), only
+    /// those of the state's family. `detectLocalMode: NodeCIDR` treats them as local traffic.
+    pub pod_cidrs: Vec<ipnetwork::IpNetwork>,
 }
 
 impl NodeInfo {
@@ -37,5 +40,10 @@ impl NodeInfo {
             .get(ZONE_LABEL)
             .map(String::as_str)
             .filter(|z| !z.is_empty())
+    }
+
+    /// The node's primary address of a family: the first listed (`nodePortAddresses: [primary]`).
+    pub fn primary_address(&self, family: crate::model::IpFamily) -> Option<IpAddr> {
+        self.addresses.iter().copied().find(|a| family.contains(a))
     }
 }

@@ -1,0 +1,226 @@
+//! The proxy-mode factory: the one place that knows which crate implements which mode.
+//!
+//! The daemon and every command reach a datapath only through these functions and the
+//! [`Proxier`] trait: [`build`] a proxier for a mode and a family, [`render`] a mode's plan for
+//! review, [`cleanup_all`] what every mode left. A new mode is a new crate and one arm in each
+//! `match` here.
+
+use std::io::Write;
+use std::net::IpAddr;
+
+use anyhow::Context;
+use ipnetwork::IpNetwork;
+use proxy_core::datapath::{DetectLocalMode, NodePortAddressSpec};
+use proxy_core::{IpFamily, Proxier, ProxyMode, ProxyState};
+
+use crate::args::IptablesVariant;
+
+/// The modes this build implements.
+pub(crate) const BUILT: &[ProxyMode] = &[ProxyMode::Iptables];
+
+/// A mode kproxy knows but this build does not implement yet (exit status 2).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "proxy mode {mode} is not available in this build of kproxy; the modes are {all}, and this \
+     build has {built}"
+)]
+pub(crate) struct ModeNotBuilt {
+    mode: ProxyMode,
+    all: String,
+    built: String,
+}
+
+/// Fails with [`ModeNotBuilt`] unless `mode` is implemented.
+pub(crate) fn check_built(mode: ProxyMode) -> Result<(), ModeNotBuilt> {
+    if BUILT.contains(&mode) {
+        return Ok(());
+    }
+    Err(ModeNotBuilt {
+        mode,
+        all: ProxyMode::names(),
+        built: BUILT
+            .iter()
+            .map(|m| m.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
+/// What a mode needs besides the state: kube-proxy's settings, resolved, for every family.
+/// Node-derived values are not here: proxiers read them from the state's node at each sync.
+#[derive(Clone, Debug)]
+pub(crate) struct DatapathSettings {
+    /// How local pod traffic is recognised (`detectLocalMode` and its settings).
+    pub(crate) detect_local: DetectLocalMode,
+    /// `masqueradeAll`.
+    pub(crate) masquerade_all: bool,
+    /// `iptables.masqueradeBit`.
+    pub(crate) masquerade_bit: u8,
+    /// `iptables.localhostNodePorts`.
+    pub(crate) localhost_node_ports: bool,
+    /// `nodePortAddresses`.
+    pub(crate) node_port_addresses: NodePortAddressSpec,
+    /// `conntrack.tcpBeLiberal`.
+    pub(crate) conntrack_tcp_liberal: bool,
+    /// Node addresses given on the command line (`render --node-ip`), besides the Node's.
+    pub(crate) node_ips: Vec<IpAddr>,
+    /// Which iptables binaries (modes that write iptables rules).
+    pub(crate) iptables_variant: IptablesVariant,
+    /// Whether the node is this machine (match `nodePortAddresses` against its interfaces, clean
+    /// conntrack): true for the daemon and `sync`, false for `render`.
+    pub(crate) on_this_node: bool,
+}
+
+impl DatapathSettings {
+    /// kube-proxy's defaults with these cluster CIDRs.
+    pub(crate) fn new(cluster_cidrs: Vec<IpNetwork>) -> Self {
+        Self {
+            detect_local: DetectLocalMode::ClusterCidr(cluster_cidrs),
+            masquerade_all: false,
+            masquerade_bit: 14,
+            localhost_node_ports: true,
+            node_port_addresses: NodePortAddressSpec::default(),
+            conntrack_tcp_liberal: false,
+            node_ips: Vec::new(),
+            iptables_variant: IptablesVariant::Auto,
+            on_this_node: true,
+        }
+    }
+}
+
+/// What a mode that serves sockets needs from the process (userspace's listeners, the IPVS
+/// drain timer); handed to every proxier the factory builds.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ProxierContext {
+    /// The daemon's tokio runtime, when there is one (`kproxy sync` has none).
+    #[allow(dead_code)] // read by the socket-serving modes as they land
+    pub(crate) runtime: Option<tokio::runtime::Handle>,
+}
+
+fn iptables_render_config(
+    settings: &DatapathSettings,
+    family: IpFamily,
+) -> backend_iptables::RenderConfig {
+    let mut c = backend_iptables::RenderConfig::new(family);
+    c.detect_local = settings.detect_local.clone();
+    c.masquerade_all = settings.masquerade_all;
+    c.masquerade_bit = settings.masquerade_bit;
+    c.localhost_node_ports = settings.localhost_node_ports;
+    c.node_port_addresses = settings.node_port_addresses.clone();
+    c.conntrack_tcp_liberal = settings.conntrack_tcp_liberal;
+    c.node_ips = settings
+        .node_ips
+        .iter()
+        .copied()
+        .filter(|ip| family.contains(ip))
+        .collect();
+    c
+}
+
+fn iptables_variant(settings: &DatapathSettings, family: IpFamily) -> backend_iptables::Variant {
+    match settings.iptables_variant {
+        IptablesVariant::Auto => backend_iptables::detect_variant(family),
+        IptablesVariant::Nft => backend_iptables::Variant::Nft,
+        IptablesVariant::Legacy => backend_iptables::Variant::Legacy,
+    }
+}
+
+/// Builds the proxier of `mode` for `family`. Touches nothing on the node until its first sync.
+pub(crate) fn build(
+    mode: ProxyMode,
+    family: IpFamily,
+    settings: &DatapathSettings,
+    _context: &ProxierContext,
+) -> anyhow::Result<Box<dyn Proxier>> {
+    check_built(mode)?;
+    match mode {
+        ProxyMode::Iptables => {
+            let renderer =
+                backend_iptables::Renderer::new(iptables_render_config(settings, family))
+                    .context("invalid iptables settings")?;
+            let variant = iptables_variant(settings, family);
+            tracing::info!("{family}: using iptables-{variant}");
+            let conntrack = if settings.on_this_node {
+                match kproxy_netlink::NetlinkConntrack::open() {
+                    Ok(c) => Some(Box::new(c) as Box<dyn kproxy_netlink::ConntrackOps>),
+                    Err(e) => {
+                        tracing::warn!("conntrack cleanup disabled: {e}");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            let proxier = backend_iptables::IptablesProxier::new(
+                renderer,
+                Box::new(backend_iptables::IptablesCmd::new(variant, family)),
+                conntrack,
+            )
+            .with_interface_addresses(settings.on_this_node);
+            Ok(Box::new(proxier))
+        }
+        ProxyMode::Ipvs | ProxyMode::Nftables | ProxyMode::Userspace => {
+            unreachable!("check_built refused {mode}")
+        }
+    }
+}
+
+/// Writes `mode`'s plan for `state` (iptables: the exact iptables-restore input).
+pub(crate) fn render(
+    mode: ProxyMode,
+    state: &ProxyState,
+    settings: &DatapathSettings,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    check_built(mode)?;
+    match mode {
+        ProxyMode::Iptables => {
+            let mut renderer =
+                backend_iptables::Renderer::new(iptables_render_config(settings, state.family()))
+                    .context("invalid iptables settings")?;
+            renderer.render_full_to(state, out)?;
+            Ok(())
+        }
+        ProxyMode::Ipvs | ProxyMode::Nftables | ProxyMode::Userspace => {
+            unreachable!("check_built refused {mode}")
+        }
+    }
+}
+
+/// Removes what every mode created on this node (`kproxy --cleanup`), without a running proxier.
+/// Every mode's cleanup runs even if one fails; the failures are reported together.
+pub(crate) fn cleanup_all() -> anyhow::Result<()> {
+    let mut failures = Vec::new();
+    for mode in BUILT {
+        let result = match mode {
+            ProxyMode::Iptables => backend_iptables::cleanup_node(),
+            ProxyMode::Ipvs | ProxyMode::Nftables | ProxyMode::Userspace => Ok(Vec::new()),
+        };
+        match result {
+            Ok(cleaned) => {
+                for what in cleaned {
+                    tracing::info!("{mode}: cleaned up {what}");
+                }
+            }
+            Err(e) => failures.push(format!("{:#}", anyhow::Error::new(e))),
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("cleanup incomplete:\n{}", failures.join("\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unbuilt_modes_name_every_mode() {
+        assert!(check_built(ProxyMode::Iptables).is_ok());
+        let err = check_built(ProxyMode::Ipvs).unwrap_err().to_string();
+        assert!(err.contains("proxy mode ipvs"), "{err}");
+        assert!(err.contains("iptables, ipvs, nftables, userspace"), "{err}");
+    }
+}

@@ -1,0 +1,140 @@
+//! A blocking netlink socket that sends one request and collects its answers: the request/reply
+//! loop every netlink family here shares (dump until `NLMSG_DONE`, or wait for the ACK).
+
+use std::io;
+
+use netlink_packet_core::{
+    NetlinkDeserializable, NetlinkMessage, NetlinkPayload, NetlinkSerializable,
+};
+use netlink_sys::Socket;
+
+/// A netlink socket of one protocol, bound to an automatic port, in the caller's network
+/// namespace.
+#[derive(Debug)]
+pub struct NetlinkSocket {
+    socket: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+/// What went wrong talking to the kernel.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    /// A socket call failed, or the kernel answered with an error code.
+    #[error("{operation}: {source}")]
+    Io {
+        /// The call or request.
+        operation: String,
+        /// The error (the kernel's errno for a NACK).
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel's answer did not parse.
+    #[error("{operation}: malformed reply: {reason}")]
+    Malformed {
+        /// The request.
+        operation: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl SocketError {
+    /// The kernel's errno, if the kernel refused the request.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            SocketError::Io { source, .. } => source.raw_os_error(),
+            SocketError::Malformed { .. } => None,
+        }
+    }
+}
+
+impl NetlinkSocket {
+    /// Opens a socket of `protocol` (`netlink_sys::protocols::NETLINK_*`).
+    pub fn open(protocol: isize) -> Result<Self, SocketError> {
+        let io = |operation: &str| {
+            let operation = operation.to_owned();
+            move |source| SocketError::Io { operation, source }
+        };
+        let mut socket = Socket::new(protocol).map_err(io("netlink socket"))?;
+        socket.bind_auto().map_err(io("netlink bind"))?;
+        Ok(Self {
+            socket,
+            seq: 0,
+            buf: vec![0; 1 << 16],
+        })
+    }
+
+    /// Sends `message` (its sequence number set here) and returns every inner message of the
+    /// answer: for a dump, the messages until `NLMSG_DONE`; for a request with `NLM_F_ACK`, none
+    /// (an ACK) or the kernel's error. `operation` names the request in errors.
+    pub fn request<I>(
+        &mut self,
+        mut message: NetlinkMessage<I>,
+        operation: &str,
+    ) -> Result<Vec<I>, SocketError>
+    where
+        I: NetlinkSerializable + NetlinkDeserializable + std::fmt::Debug,
+    {
+        self.seq = self.seq.wrapping_add(1);
+        message.header.sequence_number = self.seq;
+        message.finalize();
+        let mut out = vec![0; message.buffer_len()];
+        message.serialize(&mut out);
+        let dump = message.header.flags & netlink_packet_core::NLM_F_DUMP
+            == netlink_packet_core::NLM_F_DUMP;
+        self.socket
+            .send(&out, 0)
+            .map_err(|source| SocketError::Io {
+                operation: format!("{operation}: send"),
+                source,
+            })?;
+        let mut answers = Vec::new();
+        loop {
+            let n = self
+                .socket
+                .recv(&mut &mut self.buf[..], 0)
+                .map_err(|source| SocketError::Io {
+                    operation: format!("{operation}: recv"),
+                    source,
+                })?;
+            let mut offset = 0;
+            while offset < n {
+                let reply =
+                    NetlinkMessage::<I>::deserialize(&self.buf[offset..n]).map_err(|e| {
+                        SocketError::Malformed {
+                            operation: operation.to_owned(),
+                            reason: e.to_string(),
+                        }
+                    })?;
+                let len = reply.header.length as usize;
+                if len == 0 {
+                    return Err(SocketError::Malformed {
+                        operation: operation.to_owned(),
+                        reason: "zero-length message".into(),
+                    });
+                }
+                offset += (len + 3) & !3;
+                if reply.header.sequence_number != self.seq {
+                    continue; // a late answer to an earlier request
+                }
+                match reply.payload {
+                    NetlinkPayload::Done(_) => return Ok(answers),
+                    NetlinkPayload::Error(e) => match e.code {
+                        None if !dump => return Ok(answers),
+                        None => {}
+                        Some(_) => {
+                            return Err(SocketError::Io {
+                                operation: operation.to_owned(),
+                                source: e.to_io(),
+                            })
+                        }
+                    },
+                    NetlinkPayload::InnerMessage(inner) => answers.push(inner),
+                    NetlinkPayload::Noop | NetlinkPayload::Overrun(_) => {}
+                    _ => {}
+                }
+            }
+        }
+    }
+}
