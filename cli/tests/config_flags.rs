@@ -120,3 +120,83 @@ fn bad_master_url_exits_2() {
     let out = kproxy(&["--master", "not a url", "--hostname-override", "n"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Every way to choose a mode refuses an unknown one and one this build lacks with exit status 2
+/// and the list of modes; none of them falls back to iptables without a word.
+#[test]
+fn unknown_and_unbuilt_modes_exit_2_naming_the_modes() {
+    let manifests = temp("empty.yaml", "");
+    let manifests = manifests.to_str().unwrap();
+    let unknown = temp(
+        "mode-unknown.yaml",
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: nonesuch\n",
+    );
+    let unbuilt = temp(
+        "mode-ipvs.yaml",
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: ipvs\n",
+    );
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--proxy-mode", "nonesuch", "--manifests", manifests],
+            "nonesuch",
+        ),
+        (
+            vec!["--proxy-mode", "userspace", "--manifests", manifests],
+            "userspace",
+        ),
+        (
+            vec![
+                "--config",
+                unknown.to_str().unwrap(),
+                "--manifests",
+                manifests,
+            ],
+            "nonesuch",
+        ),
+        (
+            vec![
+                "--config",
+                unbuilt.to_str().unwrap(),
+                "--manifests",
+                manifests,
+            ],
+            "ipvs",
+        ),
+        (vec!["render", "--proxy-mode", "nonesuch"], "nonesuch"),
+        (vec!["render", "--proxy-mode", "nftables"], "nftables"),
+        (vec!["state", "--proxy-mode", "ipvs"], "ipvs"),
+        (vec!["sync", "--proxy-mode", "ipvs"], "ipvs"),
+    ];
+    for (args, named) in cases {
+        let out = kproxy(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(named),
+            "{args:?} does not name {named}: {stderr}"
+        );
+        assert!(
+            stderr.contains("iptables, ipvs, nftables, userspace"),
+            "{args:?} does not list the modes: {stderr}"
+        );
+    }
+    // The flag wins over the file: `--proxy-mode iptables` with `mode: ipvs` is iptables mode.
+    let out = kproxy(&[
+        "--config",
+        unbuilt.to_str().unwrap(),
+        "--proxy-mode",
+        "iptables",
+        "--write-config-to",
+        unbuilt
+            .with_file_name("effective-mode.yaml")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written = std::fs::read_to_string(unbuilt.with_file_name("effective-mode.yaml")).unwrap();
+    assert!(written.contains("mode: iptables"), "{written}");
+}

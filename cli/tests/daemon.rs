@@ -41,12 +41,22 @@ fn yaml(endpoints: &[(&str, &str, bool)]) -> String {
 
 /// GET `path` on `addr` from inside the node namespace; returns (status, body).
 fn get(bed: &Bed, addr: &str, path: &str) -> (u16, String) {
-    let ns = bed.node.name.clone();
+    get_from(&bed.node.name, addr, path)
+}
+
+/// GET `path` on `addr` from inside namespace `ns`, with a plain HTTP/1.1 client; (status, body).
+fn get_from(ns: &str, addr: &str, path: &str) -> (u16, String) {
+    try_get_from(ns, addr, path).unwrap_or_else(|| panic!("cannot connect to {addr}"))
+}
+
+/// As [`get_from`], or `None` when the connection is refused (nothing listens).
+fn try_get_from(ns: &str, addr: &str, path: &str) -> Option<(u16, String)> {
+    let ns = ns.to_owned();
     let (addr, path) = (addr.to_owned(), path.to_owned());
     std::thread::spawn(move || {
         let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
         nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        let mut s = std::net::TcpStream::connect(&addr).ok()?;
         write!(
             s,
             "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
@@ -59,10 +69,40 @@ fn get(bed: &Bed, addr: &str, path: &str) -> (u16, String) {
             .split_once("\r\n\r\n")
             .map(|(_, b)| b.to_owned())
             .unwrap_or_default();
-        (status, body)
+        Some((status, body))
     })
     .join()
     .unwrap()
+}
+
+/// Starts kproxy in the node namespace on the manifests in `dir`.
+fn start_daemon(bed: &Bed, dir: &std::path::Path) -> Daemon {
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &bed.node.name,
+            env!("CARGO_BIN_EXE_kproxy"),
+        ])
+        .args([
+            "--manifests",
+            dir.to_str().unwrap(),
+            "--hostname-override",
+            "node-a",
+            "--cluster-cidr",
+            "10.244.0.0/16",
+            "--iptables-min-sync-period",
+            "0",
+            "--iptables-variant",
+            "nft",
+            "--healthz-bind-address",
+            "127.0.0.1:10256",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Daemon(child)
 }
 
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
@@ -147,8 +187,21 @@ fn daemon_follows_manifests_and_serves_health_and_metrics() {
         bed.tcp("client", SVC) == Reply::Refused
     });
 
-    let (status, metrics) = get(&bed, "127.0.0.1:10249", "/metrics");
-    assert_eq!(status, 200);
+    // The metrics are recorded just after the rules are applied: wait for them, do not race them.
+    let partial_syncs = |metrics: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with("kubeproxy_sync_partial_proxy_rules_duration_seconds_count"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let mut metrics = String::new();
+    wait_for("changes applied by partial syncs in the metrics", || {
+        let (status, text) = get(&bed, "127.0.0.1:10249", "/metrics");
+        metrics = text;
+        status == 200 && partial_syncs(&metrics) >= 2
+    });
     for name in [
         "kubeproxy_sync_proxy_rules_duration_seconds_count",
         "kubeproxy_sync_full_proxy_rules_duration_seconds_count",
@@ -156,20 +209,11 @@ fn daemon_follows_manifests_and_serves_health_and_metrics() {
         "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
         "kubeproxy_sync_proxy_rules_endpoint_changes_total",
         "kubeproxy_sync_proxy_rules_iptables_total{table=\"nat\"}",
+        "kubeproxy_sync_proxy_rules_iptables_last{table=\"nat\"}",
         "kubeproxy_network_programming_duration_seconds_count",
     ] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
-    let partial = metrics
-        .lines()
-        .find(|l| l.starts_with("kubeproxy_sync_partial_proxy_rules_duration_seconds_count"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap();
-    assert!(
-        partial >= 2,
-        "changes were applied by partial syncs:\n{metrics}"
-    );
 
     // SIGTERM: the daemon exits and the rules stay.
     let pid = daemon.0.id().to_string();
@@ -198,4 +242,68 @@ fn daemon_follows_manifests_and_serves_health_and_metrics() {
         "rules left in place"
     );
     assert_eq!(bed.tcp("client", SVC), Reply::Refused, "and still in force");
+}
+
+/// A LoadBalancer Service with `externalTrafficPolicy: Local`: its health-check node port answers
+/// a real HTTP client outside the node 200 while this node has a ready endpoint, 503 when the only
+/// endpoints are elsewhere, 200 again when one comes back; the listener closes with the Service.
+#[test]
+fn health_check_node_port_follows_local_endpoints() {
+    let Some(bed) = Bed::new("hcnp", &[("pod-a", "10.244.1.11")]) else {
+        return;
+    };
+    let dir = bed.dir.join("manifests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("lb.yaml");
+    let lb = |endpoints: &[(&str, &str, bool)]| {
+        ServiceSpec {
+            name: "lb",
+            cluster_ip: "172.30.0.20",
+            extra_spec: "  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 32000\n",
+            status: "",
+            endpoints,
+        }
+        .yaml()
+    };
+    std::fs::write(&file, lb(&[("10.244.1.11", "node-a", true)])).unwrap();
+    let _daemon = start_daemon(&bed, &dir);
+    let probe = || {
+        let addr = format!("{}:32000", testbed::NODE_IP);
+        try_get_from(&bed.ns("client").name, &addr, "/healthz")
+    };
+
+    let mut last = None;
+    wait_for("200 from the health-check node port", || {
+        last = probe();
+        last.as_ref().is_some_and(|(status, _)| *status == 200)
+    });
+    let (_, body) = last.clone().unwrap();
+    assert!(
+        body.contains("\"namespace\":\"ns1\"")
+            && body.contains("\"name\":\"lb\"")
+            && body.contains("\"localEndpoints\":1"),
+        "{body}"
+    );
+
+    // The only endpoint is now on another node: the load balancer must skip this one.
+    std::fs::write(&file, lb(&[("10.244.1.11", "node-b", true)])).unwrap();
+    wait_for("503 without a local endpoint", || {
+        last = probe();
+        last.as_ref().is_some_and(|(status, _)| *status == 503)
+    });
+    assert!(
+        last.unwrap().1.contains("\"localEndpoints\":0"),
+        "the body says why"
+    );
+
+    // Back on this node, but not ready: still 503. Ready again: 200.
+    std::fs::write(&file, lb(&[("10.244.1.11", "node-a", false)])).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(probe().map(|(s, _)| s), Some(503), "not ready is not local");
+    std::fs::write(&file, lb(&[("10.244.1.11", "node-a", true)])).unwrap();
+    wait_for("200 again", || probe().is_some_and(|(s, _)| s == 200));
+
+    // The Service goes away: so does the listener.
+    std::fs::write(&file, "").unwrap();
+    wait_for("the listener to close", || probe().is_none());
 }

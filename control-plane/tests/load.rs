@@ -55,8 +55,12 @@ async fn fan_out(store: control_plane::store::Store, writer: Writer) {
             tokio::spawn(async move {
                 let mut seen: Vec<(u32, u64)> = Vec::with_capacity(UPDATES as usize);
                 while let Some(event) = stream.try_next().await.unwrap() {
-                    let WatchEvent::Modified(s) = event else {
-                        panic!("unexpected event {event:?}");
+                    // Bookmarks come when the server has been quiet for a while (a busy machine
+                    // makes the run slower, not wrong): they carry no update, so skip them.
+                    let s = match event {
+                        WatchEvent::Modified(s) => s,
+                        WatchEvent::Bookmark(_) => continue,
+                        other => panic!("unexpected event {other:?}"),
                     };
                     let seq: u32 = s.metadata.labels.as_ref().unwrap()["seq"].parse().unwrap();
                     let rv: u64 = s.metadata.resource_version.unwrap().parse().unwrap();

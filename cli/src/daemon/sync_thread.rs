@@ -86,7 +86,7 @@ fn run(settings: Settings, shared: Arc<Shared>, mut families: Vec<FamilyProxy>) 
         .filter_map(|f| f.proxier.housekeeping_interval())
         .min();
     let mut next_housekeeping = housekeeping_every.map(|d| Instant::now() + d);
-    let mut health_ports: Option<ServiceHealthPorts> = None;
+    let mut health_ports = ServiceHealthPorts::default();
 
     while !shared.stopping() {
         if let Some(drained) = drain(&shared, &mut schedule) {
@@ -116,10 +116,8 @@ fn run(settings: Settings, shared: Arc<Shared>, mut families: Vec<FamilyProxy>) 
             }
             let took = started.elapsed();
             // Health-check node ports follow the first family's state (upstream serves one).
-            let ports =
-                health_ports.get_or_insert_with(|| ServiceHealthPorts::new(&families[0].state));
-            if ports.update(&families[0].state, &diffs[0]) {
-                shared.publish_service_health(ports.ports());
+            if health_ports.update(&families[0].state, &diffs[0]) {
+                shared.publish_service_health(health_ports.ports());
             }
             match failure {
                 None => {
