@@ -12,6 +12,7 @@ pub mod config;
 pub mod jumps;
 pub mod proxier;
 pub mod render;
+#[cfg(feature = "test-util")]
 pub mod ruleset;
 
 pub use config::{ConfigError, RenderConfig};

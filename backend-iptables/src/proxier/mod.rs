@@ -1,6 +1,7 @@
 //! [`IptablesProxier`]: applies rendered rules to the node with iptables-restore.
 
 pub mod exec;
+#[cfg(feature = "test-util")]
 pub mod fake;
 
 use std::time::{Duration, Instant};
