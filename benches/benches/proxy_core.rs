@@ -1,4 +1,5 @@
-//! proxy-core at scale: building the state from the initial lists, and the diff after one change.
+//! proxy-core at scale: building the state from the initial lists, the diff after one change, and
+//! the address-level view and health-check ports built from a state and updated after one change.
 //!
 //! Run: `cargo bench -p kproxy-benches --bench proxy_core`.
 
@@ -57,5 +58,47 @@ fn one_endpoint_change(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, state_build, one_endpoint_change);
+/// The address-level view and the health-check ports: built from a whole state (first sync,
+/// periodic resync), and updated after one endpoint change (every other sync).
+fn address_view(c: &mut Criterion) {
+    use proxy_core::service_health::ServiceHealthPorts;
+    use proxy_core::AddressTracker;
+
+    let mut group = c.benchmark_group("address_view");
+    group.sample_size(10);
+    for services in [5_000, 20_000] {
+        let manifests = cluster(services, ENDPOINTS);
+        let (mut pending, mut state) = build_state(&manifests);
+        group.bench_function(BenchmarkId::new("from_state", services), |b| {
+            b.iter(|| black_box(AddressTracker::from_state(&state)))
+        });
+        group.bench_function(BenchmarkId::new("health_ports_from_state", services), |b| {
+            b.iter(|| black_box(ServiceHealthPorts::new(&state)))
+        });
+        let mut tracker = AddressTracker::from_state(&state);
+        let mut health = ServiceHealthPorts::new(&state);
+        let original = manifests.endpoint_slices[services / 2].clone();
+        let a = with_first_endpoint(&original, "11.0.0.1");
+        let b = with_first_endpoint(&original, "11.0.0.2");
+        pending.on_endpoint_slice_update(&original, &a);
+        let diff = state.apply(&mut pending);
+        tracker.update(&state, &diff);
+        let mut current_is_a = true;
+        group.bench_function(BenchmarkId::new("one_endpoint_change", services), |bench| {
+            bench.iter(|| {
+                let (old, new) = if current_is_a { (&a, &b) } else { (&b, &a) };
+                current_is_a = !current_is_a;
+                pending.on_endpoint_slice_update(old, new);
+                let diff = state.apply(&mut pending);
+                let addresses = tracker.update(&state, &diff);
+                assert_eq!(addresses.frontends_changed.len(), 1);
+                black_box(health.update(&state, &diff));
+                black_box(addresses)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, state_build, one_endpoint_change, address_view);
 criterion_main!(benches);

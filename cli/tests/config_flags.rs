@@ -200,3 +200,33 @@ fn unknown_and_unbuilt_modes_exit_2_naming_the_modes() {
     let written = std::fs::read_to_string(unbuilt.with_file_name("effective-mode.yaml")).unwrap();
     assert!(written.contains("mode: iptables"), "{written}");
 }
+
+/// A proxier error retrying cannot fix (here: the iptables binaries cannot be run) stops the
+/// daemon with exit status 1 and says why, instead of retrying forever.
+#[test]
+fn a_fatal_proxier_error_stops_the_daemon() {
+    let manifests = temp("fatal.yaml", "");
+    let out = Command::new(env!("CARGO_BIN_EXE_kproxy"))
+        .args([
+            "--manifests",
+            manifests.to_str().unwrap(),
+            "--hostname-override",
+            "node-a",
+            "--iptables-variant",
+            "nft",
+            "--healthz-bind-address",
+            "127.0.0.1:0",
+            "--metrics-bind-address",
+            "127.0.0.1:0",
+        ])
+        .env("PATH", "/nonexistent")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot program the datapath") && stderr.contains("cannot run"),
+        "{stderr}"
+    );
+}

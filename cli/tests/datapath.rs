@@ -83,6 +83,8 @@ both_variants!(
     one_broken_service_does_not_block_the_others,
     node_port_on_localhost,
     ipv6_with_ip6tables,
+    local_traffic_detection_modes,
+    node_port_addresses_from_interfaces,
 );
 
 fn cluster_ip_tcp_and_udp_from_pod_and_node(variant: &str) {
@@ -482,4 +484,144 @@ fn ipv6_with_ip6tables(variant: &str) {
     assert!(udp.ask(&format!("[{svc6}]:53")).pod().is_some());
     bed.sync6(&yaml(&[]), variant).unwrap();
     assert_eq!(bed.tcp("pod-c", &format!("[{svc6}]:80")), Reply::Refused);
+}
+
+/// `detectLocalMode` decides which pod traffic keeps its source on the way to a cluster IP. With a
+/// cluster CIDR that does not hold the pods, ClusterCIDR sees pod traffic as off-cluster and
+/// masquerades it (the endpoint sees the node's bridge address); BridgeInterface and
+/// InterfaceNamePrefix recognise the pods by their interface, NodeCIDR by the Node's pod CIDR, and
+/// leave the pod's address alone — until the Node's pod CIDR no longer holds the pods.
+fn local_traffic_detection_modes(variant: &str) {
+    let Some(bed) = bed("detectlocal") else {
+        return;
+    };
+    let service = cluster_ip(&[("10.244.1.13", "node-b", true)]);
+    let node = |pod_cidr: &str| {
+        format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: node-a}}\nspec: {{podCIDRs: [{pod_cidr}]}}\nstatus: {{addresses: [{{type: InternalIP, address: {NODE_IP}}}]}}\n---\n"
+        )
+    };
+    let peer_seen = |manifests: &str, detect: &[&str]| {
+        let file = bed.dir.join("detect.yaml");
+        std::fs::write(&file, manifests).unwrap();
+        let mut args = vec![
+            "sync",
+            "-f",
+            file.to_str().unwrap(),
+            "--hostname-override",
+            "node-a",
+            "--cluster-cidr",
+            "10.99.0.0/16",
+            "--iptables-variant",
+            variant,
+        ];
+        args.extend_from_slice(detect);
+        bed.kproxy(&args).unwrap();
+        match bed.tcp("pod-a", &format!("{SVC_IP}:80")) {
+            Reply::Answer { pod, peer } => {
+                assert_eq!(pod, "pod-c");
+                peer
+            }
+            other => panic!("{detect:?}: {other:?}"),
+        }
+    };
+    let pod_a = "10.244.1.11";
+    let gateway = testbed::POD_GATEWAY;
+    assert_eq!(
+        peer_seen(&service, &[]),
+        gateway,
+        "ClusterCIDR: not a pod, masqueraded"
+    );
+    assert_eq!(
+        peer_seen(
+            &service,
+            &[
+                "--detect-local-mode",
+                "BridgeInterface",
+                "--pod-bridge-interface",
+                "kbr0"
+            ]
+        ),
+        pod_a
+    );
+    assert_eq!(
+        peer_seen(
+            &service,
+            &[
+                "--detect-local-mode",
+                "InterfaceNamePrefix",
+                "--pod-interface-name-prefix",
+                "kbr"
+            ]
+        ),
+        pod_a
+    );
+    let with_node = |cidr| format!("{}{service}", node(cidr));
+    assert_eq!(
+        peer_seen(
+            &with_node("10.244.1.0/24"),
+            &["--detect-local-mode", "NodeCIDR"]
+        ),
+        pod_a
+    );
+    assert_eq!(
+        peer_seen(
+            &with_node("10.55.0.0/24"),
+            &["--detect-local-mode", "NodeCIDR"]
+        ),
+        gateway,
+        "the Node's pod CIDR does not hold the pod: masqueraded"
+    );
+}
+
+/// `--nodeport-addresses` is matched against the node's real interface addresses (no `--node-ip`,
+/// no Node object here): the node's client-facing address takes NodePort traffic, its pod-facing
+/// bridge address does not.
+fn node_port_addresses_from_interfaces(variant: &str) {
+    let Some(bed) = bed("npaddrs") else { return };
+    let yaml = ServiceSpec {
+        name: "web",
+        cluster_ip: SVC_IP,
+        extra_spec: "  type: NodePort\n",
+        status: "",
+        endpoints: &all_ready(),
+    }
+    .yaml();
+    let file = bed.dir.join("np.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    bed.kproxy(&[
+        "sync",
+        "-f",
+        file.to_str().unwrap(),
+        "--hostname-override",
+        "node-a",
+        "--cluster-cidr",
+        "10.244.0.0/16",
+        "--nodeport-addresses",
+        "192.168.56.0/24",
+        "--iptables-variant",
+        variant,
+    ])
+    .unwrap();
+    let saved = bed.saved(variant);
+    let jumps: Vec<&str> = saved
+        .lines()
+        .filter(|l| l.starts_with("-A KUBE-SERVICES") && l.ends_with("-j KUBE-NODEPORTS"))
+        .collect();
+    assert_eq!(jumps.len(), 1, "one NodePort address:\n{saved}");
+    assert!(
+        jumps[0].contains(&format!("-d {NODE_IP}/32 ")),
+        "the interface address was selected: {jumps:?}"
+    );
+    assert!(
+        bed.tcp("client", &format!("{NODE_IP}:30080"))
+            .pod()
+            .is_some(),
+        "NodePort on the selected address"
+    );
+    let gateway = format!("{}:30080", testbed::POD_GATEWAY);
+    assert!(
+        bed.tcp("pod-a", &gateway).pod().is_none(),
+        "no NodePort on an address outside nodePortAddresses"
+    );
 }
