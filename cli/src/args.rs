@@ -276,30 +276,10 @@ pub(crate) struct DaemonArgs {
     #[arg(long = "iptables-variant", value_enum, default_value_t = IptablesVariant::Auto, id = "daemon_iptables_variant")]
     pub(crate) iptables_variant: IptablesVariant,
 
-    /// How local pod traffic is recognised: ClusterCIDR, NodeCIDR, BridgeInterface,
-    /// InterfaceNamePrefix (default: the config's `detectLocalMode`).
-    #[arg(
-        long = "detect-local-mode",
-        value_name = "MODE",
-        id = "daemon_detect_local_mode"
-    )]
-    pub(crate) detect_local_mode: Option<String>,
-
-    /// The pods' bridge (`detectLocal.bridgeInterface`).
-    #[arg(
-        long = "pod-bridge-interface",
-        value_name = "NAME",
-        id = "daemon_pod_bridge_interface"
-    )]
-    pub(crate) pod_bridge_interface: Option<String>,
-
-    /// The pods' interface name prefix (`detectLocal.interfaceNamePrefix`).
-    #[arg(
-        long = "pod-interface-name-prefix",
-        value_name = "PREFIX",
-        id = "daemon_pod_interface_name_prefix"
-    )]
-    pub(crate) pod_interface_name_prefix: Option<String>,
+    /// How local pod traffic is recognised (default: the config's `detectLocalMode` and
+    /// `detectLocal` settings).
+    #[command(flatten)]
+    pub(crate) detect_local: DetectLocalArgs,
 }
 
 fn parse_duration(s: &str) -> Result<proxy_core::config::GoDuration, String> {

@@ -75,8 +75,8 @@ fn try_get_from(ns: &str, addr: &str, path: &str) -> Option<(u16, String)> {
     .unwrap()
 }
 
-/// Starts kproxy in the node namespace on the manifests in `dir`.
-fn start_daemon(bed: &Bed, dir: &std::path::Path) -> Daemon {
+/// Starts kproxy in the node namespace on the manifests in `dir`, with these cluster CIDRs.
+fn start_daemon(bed: &Bed, dir: &std::path::Path, cluster_cidr: &str, stderr: Stdio) -> Daemon {
     let child = Command::new("ip")
         .args([
             "netns",
@@ -90,7 +90,7 @@ fn start_daemon(bed: &Bed, dir: &std::path::Path) -> Daemon {
             "--hostname-override",
             "node-a",
             "--cluster-cidr",
-            "10.244.0.0/16",
+            cluster_cidr,
             "--iptables-min-sync-period",
             "0",
             "--iptables-variant",
@@ -99,7 +99,7 @@ fn start_daemon(bed: &Bed, dir: &std::path::Path) -> Daemon {
             "127.0.0.1:10256",
         ])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     Daemon(child)
@@ -129,32 +129,7 @@ fn daemon_follows_manifests_and_serves_health_and_metrics() {
     let file = dir.join("web.yaml");
     std::fs::write(&file, yaml(&[("10.244.1.11", "node-a", true)])).unwrap();
 
-    let child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &bed.node.name,
-            env!("CARGO_BIN_EXE_kproxy"),
-        ])
-        .args([
-            "--manifests",
-            dir.to_str().unwrap(),
-            "--hostname-override",
-            "node-a",
-            "--cluster-cidr",
-            "10.244.0.0/16,fd00:244::/32",
-            "--iptables-min-sync-period",
-            "0",
-            "--iptables-variant",
-            "nft",
-            "--healthz-bind-address",
-            "127.0.0.1:10256",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut daemon = Daemon(child);
+    let mut daemon = start_daemon(&bed, &dir, "10.244.0.0/16,fd00:244::/32", Stdio::piped());
 
     wait_for("the first sync", || {
         bed.tcp("client", SVC).pod() == Some("pod-a")
@@ -266,7 +241,7 @@ fn health_check_node_port_follows_local_endpoints() {
         .yaml()
     };
     std::fs::write(&file, lb(&[("10.244.1.11", "node-a", true)])).unwrap();
-    let _daemon = start_daemon(&bed, &dir);
+    let _daemon = start_daemon(&bed, &dir, "10.244.0.0/16", Stdio::null());
     let probe = || {
         let addr = format!("{}:32000", testbed::NODE_IP);
         try_get_from(&bed.ns("client").name, &addr, "/healthz")

@@ -43,6 +43,18 @@ fn cluster_ip(endpoints: &[(&str, &str, bool)]) -> String {
     .yaml()
 }
 
+/// A NodePort Service `web` (node port 30080) with these endpoints.
+fn node_port_service(endpoints: &[(&str, &str, bool)]) -> String {
+    ServiceSpec {
+        name: "web",
+        cluster_ip: SVC_IP,
+        extra_spec: "  type: NodePort\n",
+        status: "",
+        endpoints,
+    }
+    .yaml()
+}
+
 fn counts(replies: &[Reply]) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for r in replies {
@@ -113,14 +125,7 @@ fn spreads_over_all_endpoints(variant: &str) {
 
 fn node_port_from_outside(variant: &str) {
     let Some(bed) = bed("nodeport") else { return };
-    let yaml = ServiceSpec {
-        name: "web",
-        cluster_ip: SVC_IP,
-        extra_spec: "  type: NodePort\n",
-        status: "",
-        endpoints: &all_ready(),
-    }
-    .yaml();
+    let yaml = node_port_service(&all_ready());
     bed.sync(&yaml, variant).unwrap();
     let replies = bed.tcp_many("client", &format!("{NODE_IP}:30080"), 30);
     let c = counts(&replies);
@@ -364,14 +369,7 @@ fn one_broken_service_does_not_block_the_others(variant: &str) {
 
 fn node_port_on_localhost(variant: &str) {
     let Some(bed) = bed("localhost") else { return };
-    let yaml = ServiceSpec {
-        name: "web",
-        cluster_ip: SVC_IP,
-        extra_spec: "  type: NodePort\n",
-        status: "",
-        endpoints: &all_ready(),
-    }
-    .yaml();
+    let yaml = node_port_service(&all_ready());
     bed.sync(&yaml, variant).unwrap();
     // kproxy turned route_localnet on (in the node's namespace) and installed the guard.
     let localnet = bed
@@ -579,14 +577,7 @@ fn local_traffic_detection_modes(variant: &str) {
 /// bridge address does not.
 fn node_port_addresses_from_interfaces(variant: &str) {
     let Some(bed) = bed("npaddrs") else { return };
-    let yaml = ServiceSpec {
-        name: "web",
-        cluster_ip: SVC_IP,
-        extra_spec: "  type: NodePort\n",
-        status: "",
-        endpoints: &all_ready(),
-    }
-    .yaml();
+    let yaml = node_port_service(&all_ready());
     let file = bed.dir.join("np.yaml");
     std::fs::write(&file, yaml).unwrap();
     bed.kproxy(&[

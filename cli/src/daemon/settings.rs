@@ -75,13 +75,14 @@ impl Settings {
         if let Some(mode) = args.proxy_mode {
             config.mode = mode.as_str().to_owned();
         }
-        if let Some(v) = &args.detect_local_mode {
+        let detect = &args.detect_local;
+        if let Some(v) = &detect.detect_local_mode {
             config.detect_local_mode = v.clone();
         }
-        if let Some(v) = &args.pod_bridge_interface {
+        if let Some(v) = &detect.pod_bridge_interface {
             config.detect_local.bridge_interface = v.clone();
         }
-        if let Some(v) = &args.pod_interface_name_prefix {
+        if let Some(v) = &detect.pod_interface_name_prefix {
             config.detect_local.interface_name_prefix = v.clone();
         }
         if let Some(v) = &args.metrics_bind_address {
