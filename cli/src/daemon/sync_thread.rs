@@ -200,3 +200,181 @@ fn record_success(
     metrics.no_local_endpoints(state);
     metrics.reports(reports);
 }
+
+#[cfg(test)]
+mod tests {
+    //! The runner's side of the lifecycle, with a scripted proxier: what it is called with, when
+    //! housekeeping runs, what a retryable and a fatal error do, and that shutdown is called.
+
+    use std::sync::Mutex;
+
+    use clap::Parser;
+    use fixtures::builder::ServiceBuilder;
+    use proxy_core::{
+        ErrorKind, IpFamily, ObjectCount, PendingChanges, ProxierError, ProxyMode, ServiceFilter,
+        ServiceHandler,
+    };
+
+    use super::*;
+
+    /// What the runner asked of the proxier, in order.
+    #[derive(Debug, Clone, PartialEq)]
+    enum Call {
+        Sync { full: bool, added: usize },
+        Housekeeping,
+        Shutdown,
+    }
+
+    #[derive(Debug)]
+    struct Scripted {
+        calls: Arc<Mutex<Vec<Call>>>,
+        /// The outcome of each sync in turn; `Ok` once the script runs out.
+        script: Vec<Option<ErrorKind>>,
+    }
+
+    impl Proxier for Scripted {
+        fn mode(&self) -> ProxyMode {
+            ProxyMode::Iptables
+        }
+        fn sync(&mut self, _: &ProxyState, diff: &StateDiff) -> Result<SyncReport, ProxierError> {
+            self.calls.lock().unwrap().push(Call::Sync {
+                full: diff.full,
+                added: diff.added.len(),
+            });
+            match (!self.script.is_empty())
+                .then(|| self.script.remove(0))
+                .flatten()
+            {
+                Some(kind) => Err(ProxierError {
+                    kind,
+                    ..ProxierError::new(ProxyMode::Iptables, "a scripted sync", "scripted")
+                }),
+                None => Ok(SyncReport {
+                    full: diff.full,
+                    written: vec![ObjectCount::iptables("nat", 3)],
+                    owned: vec![ObjectCount::iptables("nat", 42)],
+                }),
+            }
+        }
+        fn housekeeping_interval(&self) -> Option<Duration> {
+            Some(Duration::from_millis(20))
+        }
+        fn housekeeping(&mut self) -> Result<(), ProxierError> {
+            self.calls.lock().unwrap().push(Call::Housekeeping);
+            Ok(())
+        }
+        fn shutdown(&mut self) -> Result<(), ProxierError> {
+            self.calls.lock().unwrap().push(Call::Shutdown);
+            Ok(())
+        }
+        fn cleanup(&mut self) -> Result<(), ProxierError> {
+            Ok(())
+        }
+    }
+
+    fn wait_until(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn runner_drives_the_lifecycle_through_the_trait() {
+        let cli = crate::args::Cli::parse_from([
+            "kproxy",
+            "--hostname-override",
+            "n",
+            "--iptables-min-sync-period",
+            "0",
+        ]);
+        let settings = Settings::from_args(&cli.daemon).unwrap();
+        let mut tracker = PendingChanges::new(IpFamily::V4, "n", ServiceFilter::default());
+        tracker.on_service_synced();
+        proxy_core::EndpointSliceHandler::on_endpoint_slice_synced(&mut tracker);
+        let shared = Arc::new(Shared::new(vec![tracker], Duration::from_secs(60)));
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let proxier = Scripted {
+            calls: Arc::clone(&calls),
+            // first sync fine; the second fails (retry); the fourth is fatal
+            script: vec![None, Some(ErrorKind::Retry), None, Some(ErrorKind::Fatal)],
+        };
+        let families = vec![FamilyProxy {
+            state: ProxyState::new(IpFamily::V4, NodeInfo::named("n")),
+            proxier: Box::new(proxier),
+        }];
+        let thread = {
+            let shared = Arc::clone(&shared);
+            std::thread::spawn(move || run(settings, shared, families))
+        };
+        let syncs = || {
+            calls
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|c| matches!(c, Call::Sync { .. }))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let add = |name: &str, ip: &str| {
+            let svc = ServiceBuilder::new("ns", name, ip)
+                .port("p", 80, "TCP")
+                .build();
+            let mut trackers = shared.pending.lock().unwrap();
+            trackers[0].on_service_add(&svc);
+            shared.queued(&trackers);
+            drop(trackers);
+            shared.notify();
+        };
+
+        wait_until("the first sync", || syncs().len() == 1);
+        assert_eq!(
+            syncs()[0],
+            Call::Sync {
+                full: true,
+                added: 0
+            }
+        );
+        wait_until("housekeeping between syncs", || {
+            calls.lock().unwrap().contains(&Call::Housekeeping)
+        });
+
+        add("a", "172.30.0.1"); // this sync fails (retry) ...
+        wait_until("the failing sync", || syncs().len() == 2);
+        assert_eq!(
+            syncs()[1],
+            Call::Sync {
+                full: false,
+                added: 1
+            }
+        );
+        // ... and the retry is full, whatever its diff holds.
+        wait_until("the retry", || syncs().len() == 3);
+        assert!(
+            matches!(syncs()[2], Call::Sync { full: true, .. }),
+            "{:?}",
+            syncs()
+        );
+        let metrics = shared.metrics.lock().unwrap().encode();
+        assert!(
+            metrics.contains("kubeproxy_sync_proxy_rules_iptables_restore_failures_total 1"),
+            "{metrics}"
+        );
+        wait_until("the report in the metrics", || {
+            shared
+                .metrics
+                .lock()
+                .unwrap()
+                .encode()
+                .contains("kubeproxy_sync_proxy_rules_iptables_total{table=\"nat\"} 42")
+        });
+
+        add("b", "172.30.0.2"); // fatal: the runner stops, shuts the proxier down, says why
+        thread.join().unwrap();
+        assert!(shared.stopping());
+        let fatal = shared.fatal.lock().unwrap().clone().unwrap();
+        assert!(fatal.contains("a scripted sync"), "{fatal}");
+        assert_eq!(calls.lock().unwrap().last(), Some(&Call::Shutdown));
+    }
+}
