@@ -10,6 +10,7 @@
 #![deny(rustdoc::broken_intra_doc_links)]
 
 pub mod conntrack;
+pub mod ipset;
 pub mod socket;
 
 pub use conntrack::{ConntrackError, ConntrackOps, NetlinkConntrack};
