@@ -53,12 +53,24 @@ pub fn sync_set(
             spec.port_range,
         )?;
     }
-    client.create(spec, true)?;
+    client.create(&presized(spec, desired.len()), true)?;
     let listed = client.list(&spec.name)?;
     let diff = SetDiff::between(listed.entries.iter().map(|e| &e.entry), desired);
     client.del_many(&spec.name, &diff.del, true)?;
     client.add_many(&spec.name, &diff.add, true)?;
     Ok(diff)
+}
+
+/// `spec` with an initial hash size fitting `members` when the caller left it to the kernel: a
+/// set created at the default 1024 buckets and filled with 20,000 entries is rehashed several
+/// times on the way. The kernel ignores the size when the set exists already.
+fn presized(spec: &SetSpec, members: usize) -> SetSpec {
+    let mut s = spec.clone();
+    if s.set_type != crate::types::SetType::BitmapPort && s.hashsize.is_none() && members > 1024 {
+        let cap = s.maxelem.unwrap_or(65_536) as usize;
+        s.hashsize = Some(members.min(cap).next_power_of_two() as u32);
+    }
+    s
 }
 
 /// The temporary set a replace fills: the name with `-tmp` appended, shortened to fit 31 bytes.
@@ -95,7 +107,7 @@ pub fn replace_set(
         )?;
     }
     client.destroy(&tmp_name, true)?;
-    client.create(&tmp, false)?;
+    client.create(&presized(&tmp, desired.len()), false)?;
     let filled = client
         .add_many(&tmp_name, desired, true)
         .and_then(|_| client.create(spec, true))
