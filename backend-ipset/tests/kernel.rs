@@ -226,6 +226,26 @@ fn a_set_the_cli_made_reads_back() {
     let ports = c.list("ports").unwrap();
     assert_eq!(ports.port_range, Some((30000, 30100)));
     assert_eq!(ports.entries[0].entry, Entry::Port(30080));
+    // The client writes into the CLI's set with both extensions; the CLI sees them.
+    let api = Entry::IpPort {
+        ip: ip("fd00::12"),
+        protocol: PortProtocol::Tcp,
+        port: 6443,
+    };
+    let options = EntryOptions {
+        comment: Some("api".into()),
+        timeout: Some(120),
+    };
+    c.add("web", &api, &options, false).unwrap();
+    let saved = ns.exec(&["ipset", "save", "web"]).unwrap();
+    let line = saved
+        .lines()
+        .find(|l| l.contains("fd00::12,tcp:6443"))
+        .expect(&saved);
+    assert!(
+        line.contains("comment \"api\"") && line.contains("timeout 1"),
+        "{line}"
+    );
     let mut all: Vec<String> = c.list_all().unwrap().into_iter().map(|s| s.name).collect();
     all.sort();
     assert_eq!(all, ["ports", "web"]);

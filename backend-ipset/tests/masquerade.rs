@@ -112,44 +112,50 @@ fn a_match_set_rule_masquerades_while_the_entry_is_present() {
         false,
     )
     .unwrap();
-    let rule = [
-        "-t",
-        "nat",
-        "-A",
-        "POSTROUTING",
-        "-m",
-        "set",
-        "--match-set",
-        "KP-MASQ",
-        "dst,dst",
-        "-j",
-        "MASQUERADE",
-    ];
-    let mut args = vec!["iptables-legacy"];
-    args.extend(rule);
-    if let Err(e) = bed.router.exec(&args) {
-        eprintln!("skipping: cannot add a match-set rule here: {e}");
-        return;
-    }
-    assert_eq!(
-        bed.peer_seen(),
-        "10.71.1.2",
-        "no entry: the client's own address"
-    );
-
     let server = Entry::IpPort {
         ip: "10.71.2.2".parse().unwrap(),
         protocol: PortProtocol::Tcp,
         port: 8080,
     };
-    c.add("KP-MASQ", &server, &EntryOptions::default(), false)
-        .unwrap();
-    assert_eq!(bed.peer_seen(), "10.71.2.1", "the entry is in: masqueraded");
-
-    c.del("KP-MASQ", &server, false).unwrap();
-    assert_eq!(
-        bed.peer_seen(),
-        "10.71.1.2",
-        "the entry is gone: not masqueraded"
-    );
+    for variant in ["iptables-legacy", "iptables-nft"] {
+        let rule = |op: &'static str| {
+            [
+                variant,
+                "-t",
+                "nat",
+                op,
+                "POSTROUTING",
+                "-m",
+                "set",
+                "--match-set",
+                "KP-MASQ",
+                "dst,dst",
+                "-j",
+                "MASQUERADE",
+            ]
+        };
+        if let Err(e) = bed.router.exec(&rule("-A")) {
+            eprintln!("skipping {variant}: cannot add a match-set rule here: {e}");
+            continue;
+        }
+        assert_eq!(
+            bed.peer_seen(),
+            "10.71.1.2",
+            "{variant}, no entry: the client's own address"
+        );
+        c.add("KP-MASQ", &server, &EntryOptions::default(), false)
+            .unwrap();
+        assert_eq!(
+            bed.peer_seen(),
+            "10.71.2.1",
+            "{variant}, the entry is in: masqueraded"
+        );
+        c.del("KP-MASQ", &server, false).unwrap();
+        assert_eq!(
+            bed.peer_seen(),
+            "10.71.1.2",
+            "{variant}, the entry is gone: not masqueraded"
+        );
+        bed.router.exec(&rule("-D")).unwrap();
+    }
 }
