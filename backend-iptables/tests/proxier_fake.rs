@@ -27,6 +27,13 @@ impl IptablesOps for Shared {
     fn run(&mut self, args: &[&str]) -> Result<bool, backend_iptables::proxier::exec::ExecError> {
         self.0.lock().unwrap().run(args)
     }
+    fn list_chain(
+        &mut self,
+        table: &str,
+        chain: &str,
+    ) -> Result<String, backend_iptables::proxier::exec::ExecError> {
+        self.0.lock().unwrap().list_chain(table, chain)
+    }
 }
 
 /// What the kernel must hold after a full sync: a fresh full render, the jumps and the canary.
@@ -43,9 +50,11 @@ fn expected_kernel(
         )
         .unwrap();
     expected.add_jumps(&jump_rules(true)).unwrap();
-    expected
-        .command(&["-t", "mangle", "-N", "KUBE-PROXY-CANARY"])
-        .unwrap();
+    for table in backend_iptables::proxier::CANARY_TABLES {
+        expected
+            .command(&["-t", table, "-N", "KUBE-PROXY-CANARY"])
+            .unwrap();
+    }
     expected
 }
 
@@ -246,4 +255,84 @@ fn a_node_update_is_applied_without_a_new_proxier() {
         .rules
         .equivalent_to(&expected_kernel(&config, &state))
         .unwrap();
+}
+
+/// Rules deleted behind kproxy's back come back at the next full sync (the periodic resync):
+/// flushed built-in chains get their jumps again, lost canaries are recreated, and a per-service
+/// chain kproxy did not write (a late predecessor's, or a hand-made one) is deleted.
+#[test]
+fn a_full_sync_repairs_what_was_tampered_with() {
+    let m = fixtures::examples();
+    let (_, state) = common::state_of(&m, IpFamily::V4, fixtures::EXAMPLE_NODE);
+    let config = common::examples_config(IpFamily::V4, &state);
+    let fake = Shared::default();
+    let mut proxier = IptablesProxier::new(
+        Renderer::new(config.clone()).unwrap(),
+        Box::new(fake.clone()),
+        None,
+    )
+    .with_route_localnet(false);
+    proxier.sync(&state, &state.resync_diff()).unwrap();
+
+    {
+        let mut f = fake.0.lock().unwrap();
+        for args in [
+            &["-t", "nat", "-F", "OUTPUT"][..],
+            &["-t", "nat", "-F", "PREROUTING"],
+            &["-t", "filter", "-F", "INPUT"],
+            &["-t", "nat", "-X", "KUBE-PROXY-CANARY"],
+        ] {
+            f.rules.command(args).unwrap();
+        }
+        f.rules
+            .apply_restore(
+                "*nat\n:KUBE-SEP-ZZZZZZZZZZZZZZZZ - [0:0]\n-A KUBE-SEP-ZZZZZZZZZZZZZZZZ -j RETURN\nCOMMIT\n",
+            )
+            .unwrap();
+    }
+    let report = proxier.sync(&state, &state.resync_diff()).unwrap();
+    assert!(report.full);
+    let f = fake.0.lock().unwrap();
+    f.rules
+        .equivalent_to(&expected_kernel(&config, &state))
+        .unwrap();
+    assert!(!f
+        .rules
+        .save("nat")
+        .unwrap()
+        .contains("KUBE-SEP-ZZZZZZZZZZZZZZZZ"));
+}
+
+/// A partial sync notices a canary lost from nat or filter (not only mangle) and syncs fully.
+#[test]
+fn a_canary_lost_from_any_table_forces_a_full_sync() {
+    let m = fixtures::examples();
+    let (mut pending, mut state) = common::state_of(&m, IpFamily::V4, fixtures::EXAMPLE_NODE);
+    let config = common::examples_config(IpFamily::V4, &state);
+    let fake = Shared::default();
+    let mut proxier = IptablesProxier::new(
+        Renderer::new(config.clone()).unwrap(),
+        Box::new(fake.clone()),
+        None,
+    )
+    .with_route_localnet(false)
+    .with_canary_interval(std::time::Duration::ZERO);
+    proxier.sync(&state, &state.resync_diff()).unwrap();
+    for table in ["filter", "nat"] {
+        fake.0
+            .lock()
+            .unwrap()
+            .rules
+            .command(&["-t", table, "-X", "KUBE-PROXY-CANARY"])
+            .unwrap();
+        let diff = state.apply(&mut pending);
+        let report = proxier.sync(&state, &diff).unwrap();
+        assert!(report.full, "a canary lost from {table}");
+        fake.0
+            .lock()
+            .unwrap()
+            .rules
+            .equivalent_to(&expected_kernel(&config, &state))
+            .unwrap();
+    }
 }

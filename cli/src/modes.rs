@@ -66,6 +66,9 @@ pub(crate) struct DatapathSettings {
     pub(crate) node_ips: Vec<IpAddr>,
     /// Which iptables binaries (modes that write iptables rules).
     pub(crate) iptables_variant: IptablesVariant,
+    /// The full resync period (`syncPeriod`): how often a large cluster's full sync may read
+    /// the whole nat table to find stale chains.
+    pub(crate) sync_period: std::time::Duration,
     /// Whether the node is this machine (match `nodePortAddresses` against its interfaces, clean
     /// conntrack): true for the daemon and `sync`, false for `render`.
     pub(crate) on_this_node: bool,
@@ -83,6 +86,7 @@ impl DatapathSettings {
             conntrack_tcp_liberal: false,
             node_ips: Vec::new(),
             iptables_variant: IptablesVariant::Auto,
+            sync_period: std::time::Duration::from_secs(30),
             on_this_node: true,
         }
     }
@@ -156,7 +160,8 @@ pub(crate) fn build(
                 Box::new(backend_iptables::IptablesCmd::new(variant, family)),
                 conntrack,
             )
-            .with_interface_addresses(settings.on_this_node);
+            .with_interface_addresses(settings.on_this_node)
+            .with_chain_scan_interval(settings.sync_period);
             Ok(Box::new(proxier))
         }
         ProxyMode::Ipvs | ProxyMode::Nftables | ProxyMode::Userspace => {

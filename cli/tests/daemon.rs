@@ -75,8 +75,26 @@ fn try_get_from(ns: &str, addr: &str, path: &str) -> Option<(u16, String)> {
     .unwrap()
 }
 
-/// Starts kproxy in the node namespace on the manifests in `dir`, with these cluster CIDRs.
+/// Starts kproxy (iptables-nft) in the node namespace on the manifests in `dir`, with these
+/// cluster CIDRs.
 fn start_daemon(bed: &Bed, dir: &std::path::Path, cluster_cidr: &str, stderr: Stdio) -> Daemon {
+    start_daemon_with(
+        bed,
+        dir,
+        cluster_cidr,
+        stderr,
+        &["--iptables-variant", "nft"],
+    )
+}
+
+/// Starts kproxy in the node namespace with extra flags.
+fn start_daemon_with(
+    bed: &Bed,
+    dir: &std::path::Path,
+    cluster_cidr: &str,
+    stderr: Stdio,
+    extra: &[&str],
+) -> Daemon {
     let child = Command::new("ip")
         .args([
             "netns",
@@ -93,11 +111,10 @@ fn start_daemon(bed: &Bed, dir: &std::path::Path, cluster_cidr: &str, stderr: St
             cluster_cidr,
             "--iptables-min-sync-period",
             "0",
-            "--iptables-variant",
-            "nft",
             "--healthz-bind-address",
             "127.0.0.1:10256",
         ])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()
@@ -281,4 +298,112 @@ fn health_check_node_port_follows_local_endpoints() {
     // The Service goes away: so does the listener.
     std::fs::write(&file, "").unwrap();
     wait_for("the listener to close", || probe().is_none());
+}
+
+/// `iptables-save` of the node without comments, counters or order within a table: what the rules
+/// are, not when or in which order they were written back.
+fn rules_of(bed: &Bed, variant: &str) -> Vec<String> {
+    let mut lines: Vec<String> = bed
+        .saved(variant)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| match l.strip_prefix(':') {
+            Some(decl) => format!(":{}", decl.split_whitespace().next().unwrap_or_default()),
+            None => l.to_owned(),
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// Tampering at random behind the daemon's back — flushed built-in chains (the jumps), emptied
+/// per-service chains, deleted canaries, chains kproxy did not write — is repaired: once the
+/// tampering stops, the next full sync (every `syncPeriod`, here 1 s) brings the rules back to
+/// exactly what the first sync wrote, and traffic flows again.
+fn tampered_rules_repair_themselves(variant: &str) {
+    let Some(bed) = Bed::new("tamper", &[("pod-a", "10.244.1.11")]) else {
+        return;
+    };
+    let dir = bed.dir.join("manifests");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("web.yaml"),
+        yaml(&[("10.244.1.11", "node-a", true)]),
+    )
+    .unwrap();
+    let _daemon = start_daemon_with(
+        &bed,
+        &dir,
+        "10.244.0.0/16",
+        Stdio::null(),
+        &[
+            "--iptables-variant",
+            variant,
+            "--iptables-sync-period",
+            "1s",
+        ],
+    );
+    wait_for("the first sync", || {
+        bed.tcp("client", SVC).pod() == Some("pod-a")
+    });
+    let fresh = rules_of(&bed, variant);
+    let ipt = format!("iptables-{variant}");
+    let svc_chain = fresh
+        .iter()
+        .find_map(|l| l.strip_prefix(":KUBE-SVC-"))
+        .map(|c| format!("KUBE-SVC-{c}"))
+        .expect("a service chain");
+
+    // The worst single tamper first: no jump into KUBE-SERVICES from outside the node.
+    bed.node
+        .exec(&[&ipt, "-t", "nat", "-F", "PREROUTING"])
+        .unwrap();
+    wait_for("the PREROUTING jump to come back", || {
+        bed.tcp("client", SVC).pod() == Some("pod-a")
+    });
+
+    // Then a soak: 30 random tampers from a fixed seed.
+    let tampers: Vec<Vec<String>> = vec![
+        vec!["-t", "nat", "-F", "PREROUTING"],
+        vec!["-t", "nat", "-F", "OUTPUT"],
+        vec!["-t", "nat", "-F", "POSTROUTING"],
+        vec!["-t", "filter", "-F", "INPUT"],
+        vec!["-t", "filter", "-F", "FORWARD"],
+        vec!["-t", "filter", "-F", "OUTPUT"],
+        vec!["-t", "nat", "-F", &svc_chain],
+        vec!["-t", "nat", "-X", "KUBE-PROXY-CANARY"],
+        vec!["-t", "filter", "-X", "KUBE-PROXY-CANARY"],
+        vec!["-t", "mangle", "-X", "KUBE-PROXY-CANARY"],
+        vec!["-t", "nat", "-N", "KUBE-SEP-ZZZZZZZZZZZZZZZZ"],
+        vec!["-t", "nat", "-N", "KUBE-SVC-YYYYYYYYYYYYYYYY"],
+    ]
+    .into_iter()
+    .map(|v| v.into_iter().map(str::to_owned).collect())
+    .collect();
+    let mut seed: u64 = 0x5eed;
+    for _ in 0..30 {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let t = &tampers[(seed >> 33) as usize % tampers.len()];
+        let mut args = vec![ipt.as_str()];
+        args.extend(t.iter().map(String::as_str));
+        let _ = bed.node.exec(&args); // some fail (already gone): that is tampering too
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_for("the rules to equal the first sync's", || {
+        rules_of(&bed, variant) == fresh
+    });
+    assert_eq!(bed.tcp("client", SVC).pod(), Some("pod-a"));
+}
+
+mod tamper {
+    #[test]
+    fn nft() {
+        super::tampered_rules_repair_themselves("nft")
+    }
+    #[test]
+    fn legacy() {
+        super::tampered_rules_repair_themselves("legacy")
+    }
 }

@@ -18,6 +18,8 @@ pub enum Call {
     Save(String),
     /// `iptables` with these arguments.
     Run(Vec<String>),
+    /// `iptables -t <table> -S <chain>`.
+    ListChain(String, String),
 }
 
 /// The fake.
@@ -84,6 +86,22 @@ impl IptablesOps for FakeIptables {
         self.rules
             .save(table)
             .ok_or_else(|| failed("fake-iptables-save", format!("no table {table}"), None))
+    }
+
+    fn list_chain(&mut self, table: &str, chain: &str) -> Result<String, ExecError> {
+        self.calls
+            .push(Call::ListChain(table.to_owned(), chain.to_owned()));
+        let saved = self
+            .rules
+            .save(table)
+            .ok_or_else(|| failed("fake-iptables", format!("no table {table}"), None))?;
+        let prefix = format!("-A {chain} ");
+        let mut out = format!("-N {chain}\n");
+        for line in saved.lines().filter(|l| l.starts_with(&prefix)) {
+            out.push_str(line);
+            out.push('\n');
+        }
+        Ok(out)
     }
 
     fn run(&mut self, args: &[&str]) -> Result<bool, ExecError> {

@@ -19,6 +19,9 @@ use kproxy_netlink::ConntrackOps;
 /// The chain whose disappearance means someone flushed the tables under us.
 pub const CANARY_CHAIN: &str = "KUBE-PROXY-CANARY";
 
+/// The tables that hold a canary, as upstream keeps them.
+pub const CANARY_TABLES: [&str; 3] = ["mangle", "nat", "filter"];
+
 /// Chains kproxy creates besides the per-service ones; `cleanup` removes exactly these and the
 /// per-service chains (see [`is_service_chain`]).
 pub const OWNED_CHAINS: &[&str] = &[
@@ -43,8 +46,10 @@ pub fn is_owned_chain(chain: &str) -> bool {
 /// Applies the iptables ruleset for one IP family.
 ///
 /// The first sync is full; later ones are partial (only what the diff names) unless a full one is
-/// needed: the diff asks for it (periodic resync), the previous sync failed, or the canary chain has
-/// gone (something flushed the tables). Nothing is flushed at start: the first full restore
+/// needed: the diff asks for it (periodic resync), the previous sync failed, or a canary chain has
+/// gone (something flushed the tables). Every full sync repairs what was tampered with: it
+/// restores the jumps from the built-in chains and the canaries, and deletes per-service chains
+/// kproxy owns but did not write. Nothing is flushed at start: the first full restore
 /// replaces kproxy's chains atomically per table, so a restart never opens a gap in service
 /// traffic; chains left by a previous run that are no longer needed are deleted in the same
 /// restore.
@@ -54,16 +59,15 @@ pub struct IptablesProxier {
     iptables: Box<dyn IptablesOps>,
     conntrack: Option<Box<dyn ConntrackOps>>,
     needs_full: bool,
-    seeded: bool,
     canary_interval: Duration,
     last_canary_check: Option<Instant>,
     manage_route_localnet: bool,
-    /// Whether the jumps from the built-in chains are known to be in place. A restore of kproxy's
-    /// own chains never touches built-in chains, so they are checked only at start, after a
-    /// failure and after a flush (lost canary), not on every periodic resync.
-    jumps_ok: bool,
-    /// The nat table as saved at start, reused to check the nat jumps without a second save.
-    saved_nat: Option<String>,
+    /// When the kernel's nat chains were last read to find stale ones (`None`: never).
+    last_chain_scan: Option<Instant>,
+    /// How often a full sync in large-cluster mode reads the nat table to find stale chains
+    /// (`iptables-save` of a 20,000-Service table takes seconds); smaller tables are read on
+    /// every full sync. Upstream's rule; the daemon sets it to `syncPeriod`.
+    chain_scan_interval: Duration,
     buf: Vec<u8>,
     /// Whether to match `nodePortAddresses` against this machine's interface addresses at each
     /// sync (on for a real node; off where the node is not this machine, e.g. in-process tests).
@@ -83,15 +87,21 @@ impl IptablesProxier {
             iptables,
             conntrack,
             needs_full: true,
-            seeded: false,
             canary_interval: Duration::from_secs(10),
             last_canary_check: None,
             manage_route_localnet: true,
-            jumps_ok: false,
-            saved_nat: None,
+            last_chain_scan: None,
+            chain_scan_interval: Duration::from_secs(30),
             buf: Vec::new(),
             read_interfaces: false,
         }
+    }
+
+    /// How often, at most, a full sync of a large cluster reads the nat table to delete chains
+    /// kproxy owns but did not write (default 30 s, upstream's `syncPeriod`).
+    pub fn with_chain_scan_interval(mut self, interval: Duration) -> Self {
+        self.chain_scan_interval = interval;
+        self
     }
 
     /// Match `nodePortAddresses` CIDRs against this machine's interface addresses, read at each
@@ -152,9 +162,18 @@ impl IptablesProxier {
         }
     }
 
-    /// Learns the per-service chains already in the kernel (a previous run's), so the first full
-    /// render deletes those no longer needed.
-    fn seed_existing_chains(&mut self) -> Result<(), ProxierError> {
+    /// Learns the per-service chains in the kernel, so the next full render deletes those kproxy
+    /// owns and no longer wants: a previous run's at start; later, chains written behind its back
+    /// (by hand, or by a predecessor's restore that landed late in a rolling restart). Done on
+    /// every full sync, except in large-cluster mode at most once per `chain_scan_interval`.
+    fn scan_existing_chains(&mut self, state: &ProxyState) -> Result<(), ProxierError> {
+        let large = state.total_endpoints() > crate::render::LARGE_CLUSTER_ENDPOINTS;
+        let due = self
+            .last_chain_scan
+            .is_none_or(|t| !large || t.elapsed() >= self.chain_scan_interval);
+        if !due {
+            return Ok(());
+        }
         let saved = self
             .iptables
             .save("nat")
@@ -164,74 +183,95 @@ impl IptablesProxier {
             .filter_map(|l| l.strip_prefix(':'))
             .filter_map(|l| l.split_whitespace().next());
         self.renderer.note_existing_chains(names);
-        self.saved_nat = Some(saved);
+        self.last_chain_scan = Some(Instant::now());
         Ok(())
     }
 
-    /// Makes sure every jump from a built-in chain exists. One `iptables-save` per table tells which
-    /// are present (a single `iptables -C` would load the whole table each time, which at 5,000
-    /// Services costs ~40 ms per call with iptables-legacy); the missing ones are inserted at the top
-    /// with one restore, in reverse so a chain that had none ends up in the listed order.
+    /// Makes sure every jump from a built-in chain exists, on every full sync: a restore of
+    /// kproxy's own chains never touches built-in chains, so a flushed `nat OUTPUT` would
+    /// otherwise stay without its jump until a restart. One listing per built-in chain (`-S`,
+    /// cheap even with 20,000 Services' rules in the table) tells which are present; the missing
+    /// ones are inserted at the top with one restore, in reverse so a chain that had none ends up
+    /// in the listed order.
     fn ensure_jumps(&mut self) -> Result<(), ProxierError> {
         let guard = self.renderer.config().localhost_node_ports_active();
         let jumps = jump_rules(guard);
-        let mut text = String::new();
-        for table in [crate::render::Table::Filter, crate::render::Table::Nat] {
-            let reuse = match table {
-                crate::render::Table::Nat => self.saved_nat.take(),
-                crate::render::Table::Filter => None,
-            };
-            let saved = match reuse {
-                Some(saved) => saved,
-                None => self.iptables.save(table.name()).map_err(|e| {
-                    Self::exec_err(format!("iptables-save of the {} table", table.name()), e)
-                })?,
-            };
-            let present = |from: &str, to: &str| {
-                saved.lines().any(|l| {
+        let mut builtins: Vec<(crate::render::Table, &str)> = Vec::new();
+        for j in &jumps {
+            if !builtins.contains(&(j.table, j.from)) {
+                builtins.push((j.table, j.from));
+            }
+        }
+        let mut missing: Vec<&JumpRule> = Vec::new();
+        for (table, from) in builtins {
+            let listed = self.iptables.list_chain(table.name(), from).map_err(|e| {
+                Self::exec_err(format!("listing {from} in the {} table", table.name()), e)
+            })?;
+            let present = |to: &str| {
+                listed.lines().any(|l| {
                     l.strip_prefix("-A ")
                         .and_then(|r| r.strip_prefix(from))
                         .is_some_and(|r| r.starts_with(' ') && r.ends_with(&format!(" -j {to}")))
                 })
             };
-            let missing: Vec<&JumpRule> = jumps
-                .iter()
-                .filter(|j| j.table == table && !present(j.from, j.to))
-                .collect();
-            if missing.is_empty() {
+            missing.extend(
+                jumps
+                    .iter()
+                    .filter(|j| j.table == table && j.from == from && !present(j.to)),
+            );
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut text = String::new();
+        for table in [crate::render::Table::Filter, crate::render::Table::Nat] {
+            let of_table: Vec<&&JumpRule> = missing.iter().filter(|j| j.table == table).collect();
+            if of_table.is_empty() {
                 continue;
             }
             text.push_str(&format!("*{}\n", table.name()));
-            for j in missing.iter().rev() {
+            for j in of_table.iter().rev() {
                 text.push_str(&format!("-I {} 1 {}\n", j.from, j.spec()));
             }
             text.push_str("COMMIT\n");
         }
-        if text.is_empty() {
-            return Ok(());
-        }
+        tracing::warn!(
+            "restoring {} missing jump(s) from the built-in chains: {}",
+            missing.len(),
+            missing
+                .iter()
+                .map(|j| format!("{} {} -> {}", j.table.name(), j.from, j.to))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         self.iptables
             .restore(&mut |w| w.write_all(text.as_bytes()))
             .map_err(|e| Self::exec_err("adding the jumps from the built-in chains", e))
     }
 
-    fn canary_exists(&mut self) -> Result<bool, ProxierError> {
+    fn canary_exists(&mut self, table: &str) -> Result<bool, ProxierError> {
         self.iptables
-            .run(&["-t", "mangle", "-S", CANARY_CHAIN])
-            .map_err(|e| Self::exec_err("checking the canary chain", e))
+            .run(&["-t", table, "-S", CANARY_CHAIN])
+            .map_err(|e| Self::exec_err(format!("checking the canary chain in {table}"), e))
     }
 
-    fn ensure_canary(&mut self) -> Result<(), ProxierError> {
-        if !self.canary_exists()? {
-            self.iptables
-                .run(&["-t", "mangle", "-N", CANARY_CHAIN])
-                .map_err(|e| Self::exec_err("creating the canary chain", e))?;
+    /// Creates the canary chain in each of mangle, nat and filter where it is missing.
+    fn ensure_canaries(&mut self) -> Result<(), ProxierError> {
+        for table in CANARY_TABLES {
+            if !self.canary_exists(table)? {
+                self.iptables
+                    .run(&["-t", table, "-N", CANARY_CHAIN])
+                    .map_err(|e| {
+                        Self::exec_err(format!("creating the canary chain in {table}"), e)
+                    })?;
+            }
         }
         self.last_canary_check = Some(Instant::now());
         Ok(())
     }
 
-    /// Whether the canary is due for a check and gone.
+    /// Whether a canary check is due and a canary (mangle, nat or filter) is gone: someone
+    /// flushed or deleted tables behind kproxy's back.
     fn canary_lost(&mut self) -> Result<bool, ProxierError> {
         let due = self
             .last_canary_check
@@ -240,14 +280,16 @@ impl IptablesProxier {
             return Ok(false);
         }
         self.last_canary_check = Some(Instant::now());
-        let lost = !self.canary_exists()?;
-        if lost {
-            tracing::warn!(
-                "the {CANARY_CHAIN} chain is gone: tables were flushed; resyncing fully"
-            );
-            self.jumps_ok = false;
+        for table in CANARY_TABLES {
+            if !self.canary_exists(table)? {
+                tracing::warn!(
+                    "the {CANARY_CHAIN} chain is gone from {table}: tables were flushed; \
+                     resyncing fully"
+                );
+                return Ok(true);
+            }
         }
-        Ok(lost)
+        Ok(false)
     }
 
     fn set_route_localnet(&self) {
@@ -278,7 +320,6 @@ impl IptablesProxier {
     fn restore_failed(&mut self, what: &str, error: ExecError, text: Option<&str>) -> ProxierError {
         self.renderer.invalidate();
         self.needs_full = true;
-        self.jumps_ok = false;
         let excerpt = match (&error, text) {
             (ExecError::Failed { line: Some(n), .. }, Some(text)) => {
                 format!("\n{}", Self::excerpt(text, *n))
@@ -290,6 +331,7 @@ impl IptablesProxier {
 
     fn full_sync(&mut self, state: &ProxyState) -> Result<SyncReport, ProxierError> {
         self.set_route_localnet();
+        self.scan_existing_chains(state)?;
         let renderer = &mut self.renderer;
         let mut summary = None;
         let result = self.iptables.restore(&mut |w| {
@@ -303,11 +345,8 @@ impl IptablesProxier {
             self.renderer.invalidate();
             return Err(self.restore_failed("full ruleset", e, text.as_deref()));
         }
-        if !self.jumps_ok {
-            self.ensure_jumps()?;
-            self.jumps_ok = true;
-        }
-        self.ensure_canary()?;
+        self.ensure_jumps()?;
+        self.ensure_canaries()?;
         self.needs_full = false;
         let counts = summary.map(|s| s.counts).unwrap_or_default();
         Ok(report(true, counts, counts))
@@ -470,10 +509,6 @@ impl Proxier for IptablesProxier {
     }
 
     fn sync(&mut self, state: &ProxyState, diff: &StateDiff) -> Result<SyncReport, ProxierError> {
-        if !self.seeded {
-            self.seed_existing_chains()?;
-            self.seeded = true;
-        }
         let addresses_changed = self.node_port_addresses_changed(state);
         let full = self.needs_full
             || addresses_changed
@@ -508,8 +543,7 @@ impl Proxier for IptablesProxier {
         Self::cleanup_tables(self.iptables.as_mut())?;
         self.renderer.invalidate();
         self.needs_full = true;
-        self.seeded = false;
-        self.jumps_ok = false;
+        self.last_chain_scan = None;
         Ok(())
     }
 }

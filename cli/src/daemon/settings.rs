@@ -134,6 +134,7 @@ impl Settings {
         datapath.node_port_addresses = NodePortAddressSpec::parse(&config.node_port_addresses)
             .map_err(|e| BadSetting(e.to_string()))?;
         datapath.iptables_variant = args.iptables_variant;
+        datapath.sync_period = config.effective_sync_period();
         Ok(Self {
             filter: proxy_core::ServiceFilter {
                 proxy_name: args.service_proxy_name.clone(),
