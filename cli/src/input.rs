@@ -21,13 +21,14 @@ pub(crate) struct Input {
 
 /// Loads `-f` paths (or the bundled examples) and settles the node name.
 pub(crate) fn load(args: &ManifestArgs) -> anyhow::Result<Input> {
-    let manifests = if args.files.is_empty() {
+    let mut manifests = if args.files.is_empty() {
         fixtures::examples()
     } else {
         fixtures::load_paths(&args.files)?
     };
-    for ignored in &manifests.ignored {
-        tracing::debug!("ignoring {ignored}: not a Service, EndpointSlice or Node");
+    manifests.warn_duplicates();
+    for warning in &manifests.warnings {
+        tracing::warn!("{warning}");
     }
     let node_name = match (&args.hostname_override, args.files.is_empty()) {
         (Some(n), _) => n.trim().to_lowercase(),

@@ -228,7 +228,11 @@ fn daemon_follows_manifests_and_serves_health_and_metrics() {
         .unwrap()
         .read_to_string(&mut stderr)
         .unwrap();
-    assert!(stderr.contains("keeping the last good ones"), "{stderr}");
+    assert_eq!(
+        stderr.matches("keeping the last good ones").count(),
+        1,
+        "a broken file is reported once per change, not at every look:\n{stderr}"
+    );
     assert!(
         bed.saved("nft").contains("KUBE-SERVICES"),
         "rules left in place"
@@ -406,4 +410,43 @@ mod tamper {
     fn legacy() {
         super::tampered_rules_repair_themselves("legacy")
     }
+}
+
+/// `: > web.yaml` is the first step of `cat new > web.yaml`: the file's rules stay while it is
+/// empty for a moment, and traffic never stops; a file that stays empty does lose them.
+#[test]
+fn an_emptied_manifest_keeps_its_rules_until_it_stays_empty() {
+    let Some(bed) = Bed::new(
+        "emptied",
+        &[("pod-a", "10.244.1.11"), ("pod-b", "10.244.1.12")],
+    ) else {
+        return;
+    };
+    let dir = bed.dir.join("manifests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("web.yaml");
+    std::fs::write(&file, yaml(&[("10.244.1.11", "node-a", true)])).unwrap();
+    let _daemon = start_daemon(&bed, &dir, "10.244.0.0/16", Stdio::null());
+    wait_for("the first sync", || {
+        bed.tcp("client", SVC).pod() == Some("pod-a")
+    });
+
+    std::fs::File::create(&file).unwrap(); // truncate, as a shell's `>` does
+    for _ in 0..5 {
+        assert_eq!(
+            bed.tcp("client", SVC).pod(),
+            Some("pod-a"),
+            "the emptied file's rules stay"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::fs::write(&file, yaml(&[("10.244.1.12", "node-a", true)])).unwrap();
+    wait_for("the rewritten file", || {
+        bed.tcp("client", SVC).pod() == Some("pod-b")
+    });
+
+    std::fs::File::create(&file).unwrap();
+    wait_for("a file that stays empty to lose its Service", || {
+        bed.tcp("client", SVC) == Reply::Timeout || bed.tcp("client", SVC) == Reply::Refused
+    });
 }

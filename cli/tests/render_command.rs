@@ -124,3 +124,19 @@ fn broken_service_is_skipped_and_the_rest_renders() {
     assert!(err.contains("Service ns1/bad: spec.ports[0]"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A file that never ends (or is simply too large) is refused with exit 2, not read until memory
+/// runs out.
+#[test]
+fn an_endless_input_file_is_refused() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kproxy"))
+        .args(["render", "-f", "/dev/zero"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("/dev/zero") && stderr.contains("larger than"),
+        "{stderr}"
+    );
+}

@@ -131,3 +131,47 @@ fn ipv6_family_shows_the_dual_stack_service_only() {
         "{stdout}"
     );
 }
+
+/// What a person should hear about but that does not stop the command: a field kproxy's types do
+/// not have, a kind it ignores, an object listed twice (and which copy wins), a Service without a
+/// spec. Each warning names the file and line where it can.
+#[test]
+fn odd_manifests_warn_and_still_load() {
+    let dir = temp_dir("warnings");
+    let file = dir.join("odd.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: nospec, namespace: ns1}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: ns1}\n\
+         spec: {clusterIP: 172.30.0.5, ports: [{port: 80, protocl: UDP}], externalTraficPolicy: Local}\n---\n\
+         apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: ns1}\nspec: {clusterIP: 172.30.0.6, ports: [{port: 80}]}\n",
+    )
+    .unwrap();
+    let out = kproxy(&[
+        "state",
+        "-f",
+        file.to_str().unwrap(),
+        "--hostname-override",
+        "n",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for expected in [
+        "odd.yaml:5: Service field spec.ports[0].protocl is not known",
+        "odd.yaml:5: Service field spec.externalTraficPolicy is not known",
+        "odd.yaml:10: kind Deployment is not a Service, EndpointSlice or Node",
+        "Service ns1/a appears more than once; the last one wins",
+        "Service ns1/nospec: spec: the Service has no spec",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in\n{stderr}"
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("172.30.0.6:80"),
+        "the last copy wins:\n{stdout}"
+    );
+}

@@ -44,6 +44,13 @@ pub fn service_ports(
         return out;
     }
     let Some(spec) = service.spec.as_ref() else {
+        warnings.add(
+            ObjectKind::Service,
+            &name,
+            "spec",
+            "the Service has no spec",
+            Skipped::Object,
+        );
         return out;
     };
     let service_type = match spec.type_.as_deref().unwrap_or("ClusterIP") {
