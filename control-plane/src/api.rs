@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
+use crate::request_checks as check;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::{Store, StoreError, WatchEvent};
 
@@ -336,7 +337,12 @@ fn parse_target(path: &str) -> Option<Target> {
             path.strip_prefix("/apis/discovery.k8s.io/v1/")?,
         )
     };
-    let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let decoded: Vec<String> = rest
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(percent_decode_path)
+        .collect();
+    let segs: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let find = |name: &str| {
         RESOURCES
             .iter()
@@ -368,6 +374,11 @@ fn query_param(uri: &Uri, key: &str) -> Option<String> {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         (k == key).then(|| percent_decode(v))
     })
+}
+
+/// A path segment percent-decoded (`+` stays a plus in paths).
+fn percent_decode_path(s: &str) -> String {
+    percent_decode(&s.replace('+', "%2B"))
 }
 
 fn percent_decode(s: &str) -> String {
@@ -648,19 +659,57 @@ pub async fn handle(
         Ok(s) => s,
         Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", e),
     };
+    // Objects and merge patches are JSON objects; a JSON patch is an array of operations.
+    let json_patch = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/json-patch+json"));
     let parse_body = || -> Result<Value, Box<Response>> {
-        serde_json::from_slice::<Value>(&body).map_err(|e| {
-            Box::new(status(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                format!("invalid JSON body: {e}"),
-            ))
-        })
+        let bad = |m: String| Box::new(status(StatusCode::BAD_REQUEST, "BadRequest", m));
+        let v = serde_json::from_slice::<Value>(&body)
+            .map_err(|e| bad(format!("invalid JSON body: {e}")))?;
+        match (&v, json_patch) {
+            (Value::Object(_), false) | (Value::Array(_), true) => Ok(v),
+            (_, false) => Err(bad(format!("the body must be a JSON object, not {v}"))),
+            (_, true) => Err(bad(format!(
+                "a JSON patch must be an array of operations, not {v}"
+            ))),
+        }
     };
+    let bad_request = |m: String| status(StatusCode::BAD_REQUEST, "BadRequest", m);
+    let watch = match check::bool_param("watch", query_param(&uri, "watch")) {
+        Ok(w) => w,
+        Err(e) => return bad_request(e),
+    };
+    let (limit, start) = match (
+        check::number_param("limit", query_param(&uri, "limit")),
+        check::number_param("continue", query_param(&uri, "continue")),
+    ) {
+        (Ok(l), Ok(c)) => (l, c),
+        (Err(e), _) | (_, Err(e)) => return bad_request(e),
+    };
+    if let Some(name) = &target.name {
+        if method != Method::GET && method != Method::DELETE {
+            if let Some(reason) = check::check_name(name, check::NameRule::for_resource(info.name))
+            {
+                return status(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    format!("{} {name:?} is invalid: metadata.name: {reason}", info.kind),
+                );
+            }
+        }
+    }
     match (method, target.name) {
         (Method::GET, None) => {
-            let watch = query_param(&uri, "watch").is_some_and(|w| w == "true" || w == "1");
             if watch {
+                if let Some(rv) = query_param(&uri, "resourceVersion").filter(|v| !v.is_empty()) {
+                    if rv.parse::<u64>().is_err() {
+                        return bad_request(format!(
+                            "resourceVersion: {rv:?} is not a valid resource version"
+                        ));
+                    }
+                }
                 return watch_response(&app, &uri, info, ns, labels, fields);
             }
             let store = app.store.lock().expect("store lock");
@@ -670,13 +719,8 @@ pub async fn handle(
             });
             // Pagination: `continue` is the position after the last item returned (items come in
             // a stable order), `limit` the page size.
-            let start: usize = query_param(&uri, "continue")
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
-            let limit: usize = query_param(&uri, "limit")
-                .and_then(|l| l.parse().ok())
-                .filter(|l| *l > 0)
-                .unwrap_or(usize::MAX);
+            let start = start.unwrap_or(0) as usize;
+            let limit = limit.filter(|l| *l > 0).map_or(usize::MAX, |l| l as usize);
             let total = items.len();
             items = items.into_iter().skip(start).take(limit).collect();
             let mut metadata = json!({"resourceVersion": store.version().to_string()});
@@ -742,6 +786,9 @@ pub async fn handle(
                     format!("{} is invalid: metadata.name: Required value", info.kind),
                 );
             }
+            if let Some(r) = object_checks(&info, &ns, None, &object) {
+                return r;
+            }
             if query_param(&uri, "fieldValidation").as_deref() == Some("Strict") {
                 let unknown = unknown_fields(&info, &object);
                 if !unknown.is_empty() {
@@ -767,12 +814,26 @@ pub async fn handle(
                 }
             }
             let mut store = app.store.lock().expect("store lock");
-            if info.namespaced && store.get("namespaces", "", &ns).is_err() {
-                return status(
-                    StatusCode::NOT_FOUND,
-                    "NotFound",
-                    format!("namespaces \"{ns}\" not found"),
-                );
+            if info.namespaced {
+                match store.get("namespaces", "", &ns) {
+                    Err(_) => {
+                        return status(
+                            StatusCode::NOT_FOUND,
+                            "NotFound",
+                            format!("namespaces \"{ns}\" not found"),
+                        )
+                    }
+                    Ok(n) if n["status"]["phase"] == "Terminating" => {
+                        return status(
+                            StatusCode::FORBIDDEN,
+                            "Forbidden",
+                            format!(
+                                "unable to create new content in namespace {ns} because it is being terminated"
+                            ),
+                        )
+                    }
+                    Ok(_) => {}
+                }
             }
             if info.name == "services" {
                 if let Err(r) = allocate_service(&app, &store, &mut object, None) {
@@ -797,6 +858,9 @@ pub async fn handle(
                 Ok(o) => o,
                 Err(r) => return *r,
             };
+            if let Some(r) = object_checks(&info, &ns, Some(&name), &object) {
+                return r;
+            }
             object["apiVersion"] = json!(info.group_version);
             object["kind"] = json!(info.kind);
             let mut store = app.store.lock().expect("store lock");
@@ -812,6 +876,21 @@ pub async fn handle(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default();
 
+            let known = [
+                "application/json-patch+json",
+                "application/merge-patch+json",
+                "application/strategic-merge-patch+json",
+            ];
+            if !known.iter().any(|k| content_type.starts_with(k)) {
+                return status(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "UnsupportedMediaType",
+                    format!(
+                        "the body of the request was in an unknown format - accepted media types include: {}",
+                        known.join(", ")
+                    ),
+                );
+            }
             let mut store = app.store.lock().expect("store lock");
             let mut object = match store.get(info.name, &ns, &name) {
                 Ok(o) => o,
@@ -825,6 +904,9 @@ pub async fn handle(
                 crate::patch::strategic(&mut object, &patch);
             } else {
                 crate::patch::merge(&mut object, &patch);
+            }
+            if let Some(r) = object_checks(&info, &ns, Some(&name), &object) {
+                return r;
             }
             // A patch applies to whatever is stored: no optimistic-concurrency check.
             object["metadata"]["resourceVersion"] = Value::Null;
@@ -848,6 +930,9 @@ pub async fn handle(
                 0
             };
             let mut store = app.store.lock().expect("store lock");
+            if info.name == "namespaces" {
+                return delete_namespace(&mut store, &name);
+            }
             if grace == 0 {
                 return store
                     .delete(info.name, &ns, &name)
@@ -885,6 +970,133 @@ pub async fn handle(
             format!("{m} is not supported here"),
         ),
     }
+}
+
+/// The largest request body (kube-apiserver's limit is 3 MiB); a larger one is a 413 `Status`.
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// Turns an error answer that is not JSON (the framework's own: 413 for a body over the limit, a
+/// rejected request) into a `Status` object, so every error a client sees is one.
+pub async fn errors_as_status(response: Response) -> Response {
+    let is_json = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"));
+    let code = response.status();
+    if code.as_u16() < 400 || is_json {
+        return response;
+    }
+    let text = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let reason = match code.as_u16() {
+        413 => "RequestEntityTooLarge",
+        415 => "UnsupportedMediaType",
+        400 => "BadRequest",
+        404 => "NotFound",
+        405 => "MethodNotAllowed",
+        _ => "InternalError",
+    };
+    let message = if text.is_empty() {
+        code.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    status(code, reason, message)
+}
+
+/// The namespaces that may not be deleted, as kube-apiserver protects them.
+const PROTECTED_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
+
+/// Deletes a namespace the way the API server's namespace lifecycle does: the namespace turns
+/// Terminating (watchers see it), everything in it is deleted (watchers see each deletion), then
+/// the namespace goes. The system namespaces are refused.
+fn delete_namespace(store: &mut Store, name: &str) -> Response {
+    if PROTECTED_NAMESPACES.contains(&name) {
+        return status(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted"),
+        );
+    }
+    let mut namespace = match store.get("namespaces", "", name) {
+        Ok(n) => n,
+        Err(e) => return store_error(e),
+    };
+    if namespace["status"]["phase"] != "Terminating" {
+        namespace["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+        namespace["status"]["phase"] = json!("Terminating");
+        namespace["metadata"]["resourceVersion"] = Value::Null;
+        namespace = match store.update("namespaces", "", name, namespace) {
+            Ok(n) => n,
+            Err(e) => return store_error(e),
+        };
+    }
+    for resource in RESOURCES.iter().filter(|r| r.namespaced) {
+        for object in store.list(resource.name, Some(name), |_| true) {
+            let object_name = object["metadata"]["name"].as_str().unwrap_or_default();
+            let _ = store.delete(resource.name, name, object_name);
+        }
+    }
+    let _ = store.delete("namespaces", "", name);
+    ok(namespace)
+}
+
+/// The checks of a body against its URL and the API server's limits: the name's format, the name
+/// and namespace matching the URL's, the annotations' size.
+fn object_checks(
+    info: &ResourceInfo,
+    url_namespace: &str,
+    url_name: Option<&str>,
+    object: &Value,
+) -> Option<Response> {
+    let body_name = object["metadata"]["name"].as_str();
+    if let (Some(url), Some(body)) = (url_name, body_name) {
+        if url != body {
+            return Some(status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!(
+                    "the name of the object ({body}) does not match the name on the URL ({url})"
+                ),
+            ));
+        }
+    }
+    if let Some(body_ns) = object["metadata"]["namespace"].as_str() {
+        if info.namespaced && !body_ns.is_empty() && body_ns != url_namespace {
+            return Some(status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!(
+                    "the namespace of the provided object ({body_ns}) does not match the namespace sent on the request ({url_namespace})"
+                ),
+            ));
+        }
+    }
+    if let Some(name) = body_name {
+        if let Some(reason) = check::check_name(name, check::NameRule::for_resource(info.name)) {
+            return Some(status(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid",
+                format!("{} {name:?} is invalid: metadata.name: {reason}", info.kind),
+            ));
+        }
+    }
+    let size = check::annotation_bytes(object);
+    if size > check::MAX_ANNOTATION_BYTES {
+        return Some(status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            format!(
+                "{} is invalid: metadata.annotations: Too long: must have at most {} bytes (has {size})",
+                info.kind,
+                check::MAX_ANNOTATION_BYTES
+            ),
+        ));
+    }
+    None
 }
 
 fn event_line(e: &WatchEvent) -> String {

@@ -10,6 +10,7 @@ pub mod api;
 pub mod endpointslice_controller;
 pub mod patch;
 pub mod persist;
+pub mod request_checks;
 pub mod selector;
 pub mod store;
 pub mod validate;
@@ -32,7 +33,11 @@ pub async fn serve_app(
     app: Arc<api::App>,
 ) -> std::io::Result<()> {
     tokio::spawn(endpointslice_controller::run(Arc::clone(&app)));
-    let router = axum::Router::new().fallback(api::handle).with_state(app);
+    let router = axum::Router::new()
+        .fallback(api::handle)
+        .with_state(app)
+        .layer(axum::extract::DefaultBodyLimit::max(api::MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(api::errors_as_status));
     axum::serve(listener, router).await
 }
 

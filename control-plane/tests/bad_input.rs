@@ -232,3 +232,138 @@ async fn service_updates_are_validated_and_keep_their_allocations() {
     .await
     .unwrap();
 }
+
+/// Writes that would corrupt the store are refused as kube-apiserver refuses them: a patch that
+/// renames the object, a body for another namespace, names no client could address again,
+/// oversized annotations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_that_would_corrupt_the_store_are_refused() {
+    let addr = start().await;
+    tokio::task::spawn_blocking(move || {
+        let svcs = "/api/v1/namespaces/default/services";
+        let svc = |name: &str| {
+            format!(r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"{name}"}},"spec":{{"ports":[{{"port":80}}]}}}}"#)
+        };
+        assert_eq!(request(addr, "POST", svcs, &svc("s1")).0, 201);
+
+        // A JSON patch that replaces the name.
+        let (code, body) = request_as(
+            addr,
+            "PATCH",
+            &format!("{svcs}/s1"),
+            "application/json-patch+json",
+            r#"[{"op":"replace","path":"/metadata/name","value":"zzz"}]"#,
+        );
+        assert_eq!(code, 400, "{body}");
+        assert!(body["message"].as_str().unwrap().contains("does not match the name on the URL"), "{body}");
+        let (code, body) = request(addr, "GET", &format!("{svcs}/s1"), "");
+        assert_eq!((code, body["metadata"]["name"].as_str()), (200, Some("s1")));
+        let (_, list) = request(addr, "GET", svcs, "");
+        assert_eq!(list["items"].as_array().unwrap().len(), 1, "no second object: {list}");
+
+        // A body whose namespace is not the URL's.
+        let moved = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"s2","namespace":"kube-system"},"spec":{"ports":[{"port":80}]}}"#;
+        let (code, body) = request(addr, "POST", svcs, moved);
+        assert_eq!(code, 400, "{body}");
+        assert!(body["message"].as_str().unwrap().contains("namespace"), "{body}");
+
+        // Names that break the rules.
+        for bad in ["a%2Fb", "..", "UPPER_case", "h%C3%A9llo", &"x".repeat(300)] {
+            let name = bad.replace("%2F", "/").replace("%C3%A9", "é");
+            let (code, body) = request(addr, "POST", svcs, &svc(&name));
+            assert_eq!(code, 422, "{bad}: {body}");
+            assert_eq!(body["reason"], "Invalid", "{bad}: {body}");
+            // Percent-encoded in a path, the name is decoded before it is checked.
+            let (code, _) = request(addr, "PUT", &format!("{svcs}/{bad}"), &svc(&name));
+            assert!(code == 422 || code == 400, "{bad}: PUT gave {code}");
+        }
+
+        // Annotations over 256 KiB in total.
+        let big = "x".repeat(300 * 1024);
+        let annotated = format!(r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"s3","annotations":{{"a":"{big}"}}}},"spec":{{"ports":[{{"port":80}}]}}}}"#);
+        let (code, body) = request(addr, "POST", svcs, &annotated);
+        assert_eq!(code, 422, "{body}");
+        assert!(body["message"].as_str().unwrap().contains("annotations"), "{body}");
+    })
+    .await
+    .unwrap();
+}
+
+/// Deleting a namespace deletes what is in it (watchers see each deletion) and then the
+/// namespace; the system namespaces cannot be deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_terminate_with_their_objects() {
+    let addr = start().await;
+    tokio::task::spawn_blocking(move || {
+        let (code, _) = request(addr, "POST", "/api/v1/namespaces", r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"team"}}"#);
+        assert_eq!(code, 201);
+        let svcs = "/api/v1/namespaces/team/services";
+        for name in ["a", "b"] {
+            let body = format!(r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"{name}"}},"spec":{{"ports":[{{"port":80}}]}}}}"#);
+            assert_eq!(request(addr, "POST", svcs, &body).0, 201);
+        }
+        let (_, list) = request(addr, "GET", "/api/v1/services", "");
+        let rv = list["metadata"]["resourceVersion"].as_str().unwrap().to_owned();
+
+        let (code, body) = request(addr, "DELETE", "/api/v1/namespaces/team", "");
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["status"]["phase"], "Terminating", "{body}");
+        let (_, list) = request(addr, "GET", svcs, "");
+        assert!(list["items"].as_array().unwrap().is_empty(), "{list}");
+        let (code, _) = request(addr, "GET", "/api/v1/namespaces/team", "");
+        assert_eq!(code, 404);
+        // A watch from before the deletion sees both Services deleted.
+        let mut s = TcpStream::connect(addr).unwrap();
+        write!(s, "GET /api/v1/namespaces/team/services?watch=1&resourceVersion={rv}&timeoutSeconds=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        assert_eq!(text.matches("\"DELETED\"").count(), 2, "{text}");
+        // New content in it is refused once it is gone; the system namespaces stay.
+        let (code, _) = request(addr, "POST", svcs, r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"c"},"spec":{"ports":[{"port":80}]}}"#);
+        assert_eq!(code, 404);
+        for ns in ["default", "kube-system"] {
+            let (code, body) = request(addr, "DELETE", &format!("/api/v1/namespaces/{ns}"), "");
+            assert_eq!(code, 403, "{ns}: {body}");
+            assert_eq!(body["kind"], "Status");
+            assert_eq!(request(addr, "GET", &format!("/api/v1/namespaces/{ns}"), "").0, 200);
+        }
+    })
+    .await
+    .unwrap();
+}
+
+/// Malformed parameters and bodies are 400s (or 413, 415), each a `Status`, never ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_clear_status_errors() {
+    let addr = start().await;
+    tokio::task::spawn_blocking(move || {
+        let svcs = "/api/v1/namespaces/default/services";
+        for (path, expect) in [
+            (format!("{svcs}?limit=abc"), "limit"),
+            (format!("{svcs}?continue=zz"), "continue"),
+            (format!("{svcs}?fieldSelector=metadata.name"), "field selector"),
+            (format!("{svcs}?watch=maybe"), "watch"),
+            (format!("{svcs}?watch=1&resourceVersion=abc"), "resourceVersion"),
+        ] {
+            let (code, body) = request(addr, "GET", &path, "");
+            assert_eq!(code, 400, "{path}: {body}");
+            assert_eq!(body["kind"], "Status", "{path}");
+            assert!(body["message"].as_str().unwrap().contains(expect), "{path}: {body}");
+        }
+        for body in ["[]", "null", "42"] {
+            let (code, answer) = request(addr, "POST", svcs, body);
+            assert_eq!(code, 400, "{body}: {answer}");
+            assert_eq!(answer["kind"], "Status");
+        }
+        assert_eq!(request(addr, "POST", svcs, r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"p"},"spec":{"ports":[{"port":80}]}}"#).0, 201);
+        let (code, body) = request_as(addr, "PATCH", &format!("{svcs}/p"), "application/apply-patch+yaml", "{}");
+        assert_eq!(code, 415, "{body}");
+        assert_eq!(body["kind"], "Status");
+        let huge = format!(r#"{{"metadata":{{"name":"h"}},"x":"{}"}}"#, "y".repeat(4 * 1024 * 1024));
+        let (code, body) = request(addr, "POST", svcs, &huge);
+        assert_eq!(code, 413, "{body}");
+        assert_eq!(body["kind"], "Status", "{body}");
+    })
+    .await
+    .unwrap();
+}
