@@ -1099,10 +1099,9 @@ fn object_checks(
     None
 }
 
-fn event_line(e: &WatchEvent) -> String {
-    let mut line = json!({"type": e.kind, "object": e.object}).to_string();
-    line.push('\n');
-    line
+/// An event's watch line: encoded once by the store, shared by every watcher.
+fn event_line(e: &WatchEvent) -> Bytes {
+    e.line.clone()
 }
 
 fn watch_response(
@@ -1117,6 +1116,7 @@ fn watch_response(
         .and_then(|t| t.parse().ok())
         .unwrap_or(1800u64);
     let since = query_param(uri, "resourceVersion").unwrap_or_default();
+    let (replay_labels, replay_fields) = (labels.clone(), fields.clone());
     let matches = {
         let ns = ns.clone();
         move |e: &WatchEvent| {
@@ -1128,20 +1128,15 @@ fn watch_response(
     };
     let store = app.store.lock().expect("store lock");
     let rx = store.subscribe();
-    let (replay, from): (Vec<String>, u64) = if since.is_empty() || since == "0" {
+    // The replay holds the stored objects themselves (shared), and their ADDED lines are
+    // encoded once for every watcher: an abandoned watch costs pointers, not a copy of the data.
+    let (replay, from): (Vec<Bytes>, u64) = if since.is_empty() || since == "0" {
         let namespace = (!ns.is_empty()).then_some(ns.as_str());
         let lines = store
-            .list(info.name, namespace, |_| true)
+            .list_shared(info.name, namespace)
             .into_iter()
-            .map(|o| WatchEvent {
-                kind: "ADDED",
-                resource: info.name.to_owned(),
-                namespace: ns.clone(),
-                object: o,
-                resource_version: 0,
-            })
-            .filter(|e| matches(e))
-            .map(|e| event_line(&e))
+            .filter(|s| replay_labels.matches(&s.object) && replay_fields.matches(&s.object))
+            .map(|s| s.added_line())
             .collect();
         (lines, store.version())
     } else {
@@ -1196,7 +1191,7 @@ fn watch_response(
                 "kind": kind, "apiVersion": api_version,
                 "metadata": {"resourceVersion": version.to_string()},
             }});
-            Some((format!("{line}\n"), ()))
+            Some((Bytes::from(format!("{line}\n")), ()))
         }
     })
     .filter(move |_| futures::future::ready(bookmarks));
@@ -1230,7 +1225,7 @@ struct LiveWatch {
 
 impl LiveWatch {
     /// The next line to send, or `None` when the watch ends.
-    async fn next_line(&mut self, matches: &impl Fn(&WatchEvent) -> bool) -> Option<String> {
+    async fn next_line(&mut self, matches: &impl Fn(&WatchEvent) -> bool) -> Option<Bytes> {
         use tokio::sync::broadcast::error::RecvError;
         if self.done {
             return None;
@@ -1250,7 +1245,7 @@ impl LiveWatch {
                             }
                             Err(e) => {
                                 self.done = true;
-                                return Some(gone_line(&e.to_string()));
+                                return Some(Bytes::from(gone_line(&e.to_string())));
                             }
                         }
                     }
@@ -1342,7 +1337,7 @@ mod tests {
         let mut names = Vec::new();
         for _ in 0..50 {
             let line = watch.next_line(&|e| e.resource == "pods").await.unwrap();
-            let v: Value = serde_json::from_str(&line).unwrap();
+            let v: Value = serde_json::from_slice(&line).unwrap();
             assert_eq!(v["type"], "ADDED");
             names.push(v["object"]["metadata"]["name"].as_str().unwrap().to_owned());
         }
@@ -1359,7 +1354,7 @@ mod tests {
         let mut watch = live(&app);
         create_pods(&app, 20);
         let line = watch.next_line(&|_| true).await.unwrap();
-        let v: Value = serde_json::from_str(&line).unwrap();
+        let v: Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(
             (v["type"].as_str(), v["object"]["code"].as_i64()),
             (Some("ERROR"), Some(410))

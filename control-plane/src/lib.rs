@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod connections;
 pub mod endpointslice_controller;
 pub mod patch;
 pub mod persist;
@@ -32,13 +33,22 @@ pub async fn serve_app(
     listener: tokio::net::TcpListener,
     app: Arc<api::App>,
 ) -> std::io::Result<()> {
+    serve_app_with(listener, app, connections::Limits::default()).await
+}
+
+/// As [`serve_app`], with these connection limits.
+pub async fn serve_app_with(
+    listener: tokio::net::TcpListener,
+    app: Arc<api::App>,
+    limits: connections::Limits,
+) -> std::io::Result<()> {
     tokio::spawn(endpointslice_controller::run(Arc::clone(&app)));
     let router = axum::Router::new()
         .fallback(api::handle)
         .with_state(app)
         .layer(axum::extract::DefaultBodyLimit::max(api::MAX_BODY_BYTES))
         .layer(axum::middleware::map_response(api::errors_as_status));
-    axum::serve(listener, router).await
+    connections::serve(listener, router, limits).await
 }
 
 /// A kubeconfig pointing at `addr` over plain HTTP.

@@ -5,11 +5,14 @@
 //! real one, and needs typed views only where it validates or allocates.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, OnceLock};
 
+use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-/// A change, as a watch reports it.
+/// A change, as a watch reports it. Cheap to clone: the object and its encoded line are shared by
+/// every watcher, so a thousand watchers of a 1 MB object hold one copy, not a thousand.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WatchEvent {
     /// `ADDED`, `MODIFIED` or `DELETED`.
@@ -19,9 +22,44 @@ pub struct WatchEvent {
     /// The object's namespace (empty for cluster-scoped).
     pub namespace: String,
     /// The object after the change (its last state for `DELETED`).
-    pub object: Value,
+    pub object: Arc<Value>,
     /// The resourceVersion of the change.
     pub resource_version: u64,
+    /// The watch line `{"type":…,"object":…}\n`, encoded once when the change is made.
+    pub line: Bytes,
+}
+
+/// Encodes one watch line.
+pub fn watch_line(kind: &str, object: &Value) -> Bytes {
+    let mut line = serde_json::to_vec(&serde_json::json!({"type": kind, "object": object}))
+        .expect("a JSON value encodes");
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+/// One stored object with its `ADDED` watch line, encoded on first use and shared by every watch
+/// that replays it.
+#[derive(Clone, Debug)]
+pub struct Stored {
+    /// The object.
+    pub object: Arc<Value>,
+    added: Arc<OnceLock<Bytes>>,
+}
+
+impl Stored {
+    fn new(object: Value) -> Self {
+        Self {
+            object: Arc::new(object),
+            added: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// The object as an `ADDED` watch line (encoded once).
+    pub fn added_line(&self) -> Bytes {
+        self.added
+            .get_or_init(|| watch_line("ADDED", &self.object))
+            .clone()
+    }
 }
 
 /// A store operation that failed, with the HTTP status it maps to.
@@ -72,7 +110,7 @@ pub const DEFAULT_FANOUT_CAPACITY: usize = 4096;
 /// The store.
 #[derive(Debug)]
 pub struct Store {
-    objects: BTreeMap<Key, Value>,
+    objects: BTreeMap<Key, Stored>,
     version: u64,
     history: VecDeque<WatchEvent>,
     history_limit: usize,
@@ -113,9 +151,10 @@ impl Store {
             let (Some(r), Some(ns), Some(n)) = (parts.next(), parts.next(), parts.next()) else {
                 continue;
             };
-            store
-                .objects
-                .insert((r.to_owned(), ns.to_owned(), n.to_owned()), object);
+            store.objects.insert(
+                (r.to_owned(), ns.to_owned(), n.to_owned()),
+                Stored::new(object),
+            );
         }
         store.version = loaded.version.max(store.version);
         store.persist = Some(persist);
@@ -168,7 +207,8 @@ impl Store {
             kind,
             resource: resource.to_owned(),
             namespace: namespace.to_owned(),
-            object: object.clone(),
+            line: watch_line(kind, object),
+            object: Arc::new(object.clone()),
             resource_version: rv,
         };
         self.history.push_back(event.clone());
@@ -204,7 +244,7 @@ impl Store {
         object["metadata"]["uid"] = Value::String(uid);
         self.bump("ADDED", resource, namespace, &mut object);
         self.save(&key, Some(&object))?;
-        self.objects.insert(key, object.clone());
+        self.objects.insert(key, Stored::new(object.clone()));
         Ok(object)
     }
 
@@ -225,20 +265,21 @@ impl Store {
             });
         };
         if let Some(rv) = object["metadata"]["resourceVersion"].as_str() {
-            if !rv.is_empty() && Some(rv) != current["metadata"]["resourceVersion"].as_str() {
+            if !rv.is_empty() && Some(rv) != current.object["metadata"]["resourceVersion"].as_str()
+            {
                 return Err(StoreError::Conflict {
                     resource: resource.to_owned(),
                     name: name.to_owned(),
                 });
             }
         }
-        object["metadata"]["uid"] = current["metadata"]["uid"].clone();
+        object["metadata"]["uid"] = current.object["metadata"]["uid"].clone();
         if !namespace.is_empty() {
             object["metadata"]["namespace"] = Value::String(namespace.to_owned());
         }
         self.bump("MODIFIED", resource, namespace, &mut object);
         self.save(&key, Some(&object))?;
-        self.objects.insert(key, object.clone());
+        self.objects.insert(key, Stored::new(object.clone()));
         Ok(object)
     }
 
@@ -250,12 +291,13 @@ impl Store {
         name: &str,
     ) -> Result<Value, StoreError> {
         let key = (resource.to_owned(), namespace.to_owned(), name.to_owned());
-        let Some(mut object) = self.objects.remove(&key) else {
+        let Some(stored) = self.objects.remove(&key) else {
             return Err(StoreError::NotFound {
                 resource: resource.to_owned(),
                 name: name.to_owned(),
             });
         };
+        let mut object = Arc::unwrap_or_clone(stored.object);
         self.bump("DELETED", resource, namespace, &mut object);
         self.save(&key, None)?;
         Ok(object)
@@ -265,7 +307,7 @@ impl Store {
     pub fn get(&self, resource: &str, namespace: &str, name: &str) -> Result<Value, StoreError> {
         self.objects
             .get(&(resource.to_owned(), namespace.to_owned(), name.to_owned()))
-            .cloned()
+            .map(|s| (*s.object).clone())
             .ok_or_else(|| StoreError::NotFound {
                 resource: resource.to_owned(),
                 name: name.to_owned(),
@@ -282,9 +324,19 @@ impl Store {
         self.objects
             .iter()
             .filter(|((r, ns, _), _)| r == resource && namespace.is_none_or(|n| n == ns))
-            .map(|(_, v)| v)
+            .map(|(_, s)| &*s.object)
             .filter(|v| filter(v))
             .cloned()
+            .collect()
+    }
+
+    /// Objects of `resource` in `namespace` (`None`: all), shared, not copied: what a watch
+    /// replays from.
+    pub fn list_shared(&self, resource: &str, namespace: Option<&str>) -> Vec<Stored> {
+        self.objects
+            .iter()
+            .filter(|((r, ns, _), _)| r == resource && namespace.is_none_or(|n| n == ns))
+            .map(|(_, s)| s.clone())
             .collect()
     }
 
