@@ -230,3 +230,76 @@ fn a_fatal_proxier_error_stops_the_daemon() {
         "{stderr}"
     );
 }
+
+/// A killed kproxy's `iptables-restore` dies with it, instead of landing its rules after a
+/// successor's first sync. Shown with stand-in iptables binaries (a restore that never ends).
+#[test]
+fn a_killed_daemon_takes_its_restore_with_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("kproxy-fake-iptables-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pid_file = dir.join("restore.pid");
+    let script = |name: &str, body: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    script(
+        "iptables-nft-restore",
+        &format!("echo $$ > {}\nexec sleep 300", pid_file.display()),
+    );
+    script("iptables-nft-save", "echo '*nat'; echo COMMIT");
+    script("iptables-nft", "exit 0");
+    let manifests = temp("killed.yaml", "");
+    let path = format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_kproxy"))
+        .args([
+            "--manifests",
+            manifests.to_str().unwrap(),
+            "--hostname-override",
+            "node-a",
+            "--iptables-variant",
+            "nft",
+            "--healthz-bind-address",
+            "127.0.0.1:0",
+            "--metrics-bind-address",
+            "127.0.0.1:0",
+        ])
+        .env("PATH", path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let restore_pid = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+        {
+            break pid;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the restore never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    daemon.kill().unwrap(); // SIGKILL: no chance to clean up
+    daemon.wait().unwrap();
+    let alive = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s.split_whitespace().nth(2).is_some_and(|st| st == "Z"))
+    };
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while alive(restore_pid) {
+        assert!(
+            std::time::Instant::now() < until,
+            "the restore outlived kproxy"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
