@@ -291,7 +291,7 @@ fn a_killed_daemon_takes_its_restore_with_it() {
     daemon.wait().unwrap();
     let alive = |pid: u32| {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|s| !s.split_whitespace().nth(2).is_some_and(|st| st == "Z"))
+            .is_ok_and(|s| s.split_whitespace().nth(2).is_none_or(|st| st != "Z"))
     };
     let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while alive(restore_pid) {
