@@ -331,29 +331,45 @@ impl IpsetClient {
         exist_ok: bool,
     ) -> Result<(), IpsetError> {
         self.check_entry(set, entry)?;
-        let mut data = entry.to_data(options);
-        data.push(DataAttribute::LineNo(0));
-        let flags = NLM_F_REQUEST | NLM_F_ACK | if exist_ok { 0 } else { NLM_F_EXCL };
-        let msg = message(
-            IpsetCommand::Add,
-            flags,
-            vec![set_name(set), IpsetAttribute::Data(data)],
-        );
-        self.send("add", msg, set, Some(entry)).map(drop)
+        self.send_entry(IpsetCommand::Add, set, entry, options, exist_ok)
     }
 
     /// Deletes an entry. With `missing_ok`, an entry that is not there is not an error.
     pub fn del(&mut self, set: &str, entry: &Entry, missing_ok: bool) -> Result<(), IpsetError> {
         self.check_entry(set, entry)?;
-        let mut data = entry.to_data(&EntryOptions::default());
-        data.push(DataAttribute::LineNo(0));
-        let flags = NLM_F_REQUEST | NLM_F_ACK | if missing_ok { 0 } else { NLM_F_EXCL };
-        let msg = message(
+        self.send_entry(
             IpsetCommand::Del,
+            set,
+            entry,
+            &EntryOptions::default(),
+            missing_ok,
+        )
+    }
+
+    /// One add or del of one entry (already checked); `tolerant`: no `NLM_F_EXCL`, so a present
+    /// entry (add) or an absent one (del) is not an error.
+    fn send_entry(
+        &mut self,
+        command: IpsetCommand,
+        set: &str,
+        entry: &Entry,
+        options: &EntryOptions,
+        tolerant: bool,
+    ) -> Result<(), IpsetError> {
+        let operation = if command == IpsetCommand::Add {
+            "add"
+        } else {
+            "del"
+        };
+        let mut data = entry.to_data(options);
+        data.push(DataAttribute::LineNo(0));
+        let flags = NLM_F_REQUEST | NLM_F_ACK | if tolerant { 0 } else { NLM_F_EXCL };
+        let msg = message(
+            command,
             flags,
             vec![set_name(set), IpsetAttribute::Data(data)],
         );
-        self.send("del", msg, set, Some(entry)).map(drop)
+        self.send(operation, msg, set, Some(entry)).map(drop)
     }
 
     /// Whether `entry` is in the set.
@@ -420,14 +436,7 @@ impl IpsetClient {
             // A batch is not atomic: entries before a refused one stay applied. Without tolerance
             // a replay could not tell them from real duplicates, so go one by one.
             for entry in &entries {
-                let mut data = entry.to_data(&EntryOptions::default());
-                data.push(DataAttribute::LineNo(0));
-                let msg = message(
-                    command,
-                    flags,
-                    vec![set_name(set), IpsetAttribute::Data(data)],
-                );
-                self.send(operation, msg, set, Some(entry))?;
+                self.send_entry(command, set, entry, &EntryOptions::default(), false)?;
             }
             return Ok(entries.len());
         }
@@ -453,20 +462,13 @@ impl IpsetClient {
                 ],
             );
             if let Err(e) = self.send(operation, msg, set, None) {
-                // Name the entry: replay the batch one by one (entries before it are already in,
-                // so the replay is tolerant of them only as the caller asked).
+                // Name the entry: replay the batch one by one, tolerant as the batch was (the
+                // entries before the refused one are already applied).
                 tracing::debug!(
                     "ipset {operation} batch on {set} failed ({e}); replaying one by one"
                 );
                 for entry in &entries[start..end] {
-                    let mut data = entry.to_data(&EntryOptions::default());
-                    data.push(DataAttribute::LineNo(0));
-                    let msg = message(
-                        command,
-                        flags,
-                        vec![set_name(set), IpsetAttribute::Data(data)],
-                    );
-                    self.send(operation, msg, set, Some(entry))?;
+                    self.send_entry(command, set, entry, &EntryOptions::default(), true)?;
                 }
                 tracing::warn!(
                     "ipset {operation} batch on {set} failed ({e}), one by one it did not"

@@ -124,7 +124,7 @@ fn start_daemon_with(
 }
 
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(90);
     while Instant::now() < deadline {
         if f() {
             return;

@@ -975,6 +975,27 @@ pub async fn handle(
 /// The largest request body (kube-apiserver's limit is 3 MiB); a larger one is a 413 `Status`.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
+/// Refuses a request whose declared length is over [`MAX_BODY_BYTES`] before reading its body:
+/// the client learns at once, and the server reads nothing it would throw away.
+pub async fn refuse_large_bodies(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(len) = declared.filter(|len| *len > MAX_BODY_BYTES) {
+        return status(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            format!("the request body is {len} bytes; the limit is {MAX_BODY_BYTES}"),
+        );
+    }
+    next.run(request).await
+}
+
 /// Turns an error answer that is not JSON (the framework's own: 413 for a body over the limit, a
 /// rejected request) into a `Status` object, so every error a client sees is one.
 pub async fn errors_as_status(response: Response) -> Response {

@@ -47,6 +47,7 @@ pub async fn serve_app_with(
         .fallback(api::handle)
         .with_state(app)
         .layer(axum::extract::DefaultBodyLimit::max(api::MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(api::refuse_large_bodies))
         .layer(axum::middleware::map_response(api::errors_as_status));
     connections::serve(listener, router, limits).await
 }
