@@ -140,3 +140,63 @@ fn an_endless_input_file_is_refused() {
         "{stderr}"
     );
 }
+
+/// Addresses with leading zeros (as old API servers stored them) are read as upstream reads them —
+/// decimal, then written canonically — in every field: the render is byte for byte the render of
+/// the same Service spelled canonically. (They used to skip the whole Service.)
+#[test]
+fn zero_padded_addresses_render_as_their_canonical_spelling() {
+    let manifest = |ip: &dyn Fn(&str) -> String| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: legacy, namespace: ns1}}\nspec:\n  type: LoadBalancer\n  clusterIP: {c}\n  clusterIPs: [{c}]\n  externalIPs: [{e}]\n  loadBalancerSourceRanges: [{r}/8]\n  ports:\n  - {{name: p80, port: 80, protocol: TCP, targetPort: 8080, nodePort: 30080}}\nstatus:\n  loadBalancer:\n    ingress: [{{ip: {l}}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: legacy-1\n  namespace: ns1\n  labels: {{kubernetes.io/service-name: legacy}}\naddressType: IPv4\nports:\n- {{name: p80, port: 8080, protocol: TCP}}\nendpoints:\n- addresses: [{a}]\n  nodeName: node-a\n  conditions: {{ready: true}}\n---\napiVersion: v1\nkind: Node\nmetadata: {{name: node-a}}\nstatus: {{addresses: [{{type: InternalIP, address: {n}}}]}}\n",
+            c = ip("172.30.0.41"),
+            e = ip("192.168.99.11"),
+            r = ip("10.0.0.0"),
+            l = ip("5.6.7.8"),
+            a = ip("10.180.0.1"),
+            n = ip("192.168.56.10"),
+        )
+    };
+    let pad = |s: &str| {
+        s.split('.')
+            .map(|o| format!("{o:0>3}"))
+            .collect::<Vec<_>>()
+            .join(".")
+    };
+    let dir = std::env::temp_dir().join(format!("kproxy-padded-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let render = |name: &str, text: String| {
+        let file = dir.join(name);
+        std::fs::write(&file, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kproxy"))
+            .args([
+                "render",
+                "-f",
+                file.to_str().unwrap(),
+                "--hostname-override",
+                "node-a",
+            ])
+            .args(["--cluster-cidr", "10.244.0.0/16"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (canonical, _) = render("canonical.yaml", manifest(&|s| s.to_owned()));
+    let (padded, warnings) = render("padded.yaml", manifest(&|s| pad(s)));
+    assert!(
+        canonical.contains("-d 172.30.0.41/32") || canonical.contains("-d 172.30.0.41 "),
+        "{canonical}"
+    );
+    assert!(!padded.contains("172.030"), "{padded}");
+    assert!(!warnings.contains("invalid"), "{warnings}");
+    assert_eq!(padded, canonical);
+    let _ = std::fs::remove_dir_all(&dir);
+}

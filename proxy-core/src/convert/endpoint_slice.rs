@@ -153,7 +153,7 @@ pub fn slice_info(
             );
             continue;
         };
-        let ip = match raw.parse::<IpAddr>() {
+        let ip = match super::ip::parse_ip(raw).ok_or(()) {
             Ok(ip) if family.contains(&ip) => ip,
             Ok(_) => {
                 warnings.add(

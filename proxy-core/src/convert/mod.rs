@@ -7,6 +7,7 @@
 
 mod endpoint_slice;
 mod intern;
+pub mod ip;
 mod node;
 mod service;
 mod warning;

@@ -1,7 +1,5 @@
 //! `Node` → [`NodeInfo`].
 
-use std::net::IpAddr;
-
 use k8s_openapi::api::core::v1::Node;
 
 use super::object_name;
@@ -24,7 +22,7 @@ pub fn node_info(node: &Node, warnings: &mut Warnings) -> Option<NodeInfo> {
         if a.type_ != "InternalIP" && a.type_ != "ExternalIP" {
             continue;
         }
-        match a.address.parse::<IpAddr>() {
+        match super::ip::parse_ip(&a.address).ok_or(()) {
             Ok(ip) if !addresses.contains(&ip) => addresses.push(ip),
             Ok(_) => {}
             Err(_) => warnings.add(
@@ -44,9 +42,9 @@ pub fn node_info(node: &Node, warnings: &mut Warnings) -> Option<NodeInfo> {
         .or_else(|| spec.and_then(|s| s.pod_cidr.clone()).map(|c| vec![c]))
         .unwrap_or_default();
     for (i, c) in listed_cidrs.iter().enumerate() {
-        match c.parse::<ipnetwork::IpNetwork>() {
-            Ok(net) if c.contains('/') => pod_cidrs.push(net),
-            _ => warnings.add(
+        match super::ip::parse_cidr(c) {
+            Some(net) => pod_cidrs.push(net),
+            None => warnings.add(
                 ObjectKind::Node,
                 &name,
                 format!("spec.podCIDRs[{i}]"),

@@ -99,7 +99,7 @@ pub fn service_ports(
         if ingress.ip_mode.as_deref() == Some("Proxy") {
             continue;
         }
-        match ip.trim().parse::<IpAddr>() {
+        match super::ip::parse_ip(ip).ok_or(()) {
             Ok(ip) if family.contains(&ip) => load_balancer_ips.push(ip),
             Ok(_) => {}
             Err(_) => warn(
@@ -315,7 +315,7 @@ fn cluster_ip_for_family(
         if raw.is_empty() {
             continue; // not allocated yet
         }
-        match raw.parse::<IpAddr>() {
+        match super::ip::parse_ip(raw).ok_or(()) {
             Ok(ip) if family.contains(&ip) => {
                 found.get_or_insert(ip);
             }
@@ -344,7 +344,7 @@ fn parse_ips_of_family(
 ) -> Vec<IpAddr> {
     let mut out = Vec::with_capacity(raw.len());
     for (i, s) in raw.iter().enumerate() {
-        match s.trim().parse::<IpAddr>() {
+        match super::ip::parse_ip(s).ok_or(()) {
             Ok(ip) if family.contains(&ip) => {
                 if !out.contains(&ip) {
                     out.push(ip);
@@ -357,14 +357,9 @@ fn parse_ips_of_family(
     out
 }
 
-/// Parses a CIDR, requiring the prefix length (a bare IP is not a range).
+/// Parses a CIDR, requiring the prefix length (a bare IP is not a range), leniently.
 fn parse_cidr(s: &str) -> Option<IpNetwork> {
-    if !s.contains('/') {
-        return None;
-    }
-    let net: IpNetwork = s.parse().ok()?;
-    // Normalise `10.0.0.1/8` to its network, as Go's net.ParseCIDR does.
-    IpNetwork::new(net.network(), net.prefix()).ok()
+    super::ip::parse_cidr(s)
 }
 
 /// A port number in 1–65535, or `None`.
