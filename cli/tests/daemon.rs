@@ -467,3 +467,47 @@ fn an_emptied_manifest_keeps_its_rules_until_it_stays_empty(variant: &str) {
         bed.tcp("client", SVC) == Reply::Timeout || bed.tcp("client", SVC) == Reply::Refused
     });
 }
+
+/// KEP-3836: a Node the cluster autoscaler is about to remove (its `ToBeDeletedByClusterAutoscaler`
+/// taint) makes `/healthz` answer 503 with `nodeEligible: false`, so load balancers drain it;
+/// `/livez` stays 200; without the taint, 200 again.
+#[test]
+fn healthz_drains_a_node_tainted_for_deletion() {
+    let Some(bed) = Bed::new("drain", &[("pod-a", "10.244.1.11")]) else {
+        return;
+    };
+    let dir = bed.dir.join("manifests");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("web.yaml"),
+        yaml(&[("10.244.1.11", "node-a", true)]),
+    )
+    .unwrap();
+    let node = |taints: &str| {
+        format!("apiVersion: v1\nkind: Node\nmetadata: {{name: node-a}}\nspec: {{taints: [{taints}]}}\n")
+    };
+    let tainted =
+        "{key: ToBeDeletedByClusterAutoscaler, value: \"1700000000\", effect: NoSchedule}";
+    std::fs::write(dir.join("node.yaml"), node(tainted)).unwrap();
+    let _daemon = start_daemon(&bed, &dir, "10.244.0.0/16", Stdio::null());
+    let healthz = || try_get_from(&bed.node.name, "127.0.0.1:10256", "/healthz");
+    wait_for("the drained node's healthz", || {
+        healthz()
+            .is_some_and(|(status, body)| status == 503 && body.contains("\"nodeEligible\": false"))
+    });
+    assert_eq!(get(&bed, "127.0.0.1:10256", "/livez").0, 200);
+    assert_eq!(
+        bed.tcp("client", SVC).pod(),
+        Some("pod-a"),
+        "traffic still flows"
+    );
+    std::fs::write(
+        dir.join("node.yaml"),
+        node("{key: other, effect: NoSchedule}"),
+    )
+    .unwrap();
+    wait_for("healthz back to 200", || {
+        healthz()
+            .is_some_and(|(status, body)| status == 200 && body.contains("\"nodeEligible\": true"))
+    });
+}

@@ -14,6 +14,9 @@ use crate::convert::{
 use crate::handler::{EndpointSliceHandler, NodeHandler, ServiceHandler};
 use crate::model::{IpFamily, NamespacedName, NodeInfo};
 
+/// The taint the cluster autoscaler puts on a node it is about to remove.
+pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
+
 /// The annotation the EndpointSlice controller sets to when the change behind a slice update happened.
 pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
@@ -37,6 +40,7 @@ pub struct PendingChanges {
     pub(crate) slices: ChangeTracker<SliceKey, Arc<SliceInfo>>,
     pub(crate) node: Option<NodeInfo>,
     node_deleted: bool,
+    node_draining: bool,
     services_synced: bool,
     slices_synced: bool,
     nodes_synced: bool,
@@ -88,6 +92,7 @@ impl PendingChanges {
             slices: ChangeTracker::new(),
             node: None,
             node_deleted: false,
+            node_draining: false,
             services_synced: false,
             slices_synced: false,
             nodes_synced: false,
@@ -122,6 +127,13 @@ impl PendingChanges {
     /// Whether this node's Node object was deleted (healthz then reports unhealthy).
     pub fn node_deleted(&self) -> bool {
         self.node_deleted
+    }
+
+    /// Whether load balancers should drain this node (`/healthz` answers 503 with
+    /// `nodeEligible: false`): its Node is deleted or being deleted (a `deletionTimestamp`), or
+    /// carries the cluster autoscaler's `ToBeDeletedByClusterAutoscaler` taint (KEP-3836).
+    pub fn node_eligible(&self) -> bool {
+        !self.node_deleted && !self.node_draining
     }
 
     /// Service objects with a change pending (`sync_proxy_rules_service_changes_pending`).
@@ -289,6 +301,12 @@ impl NodeHandler for PendingChanges {
         let mut warnings = Warnings::new();
         let info = node_info(node, &mut warnings);
         self.keep_warnings(warnings);
+        self.node_draining = node.metadata.deletion_timestamp.is_some()
+            || node
+                .spec
+                .as_ref()
+                .and_then(|s| s.taints.as_ref())
+                .is_some_and(|t| t.iter().any(|t| t.key == TO_BE_DELETED_TAINT));
         if let Some(mut info) = info {
             // The state is per family; so are the node addresses it exposes.
             info.addresses.retain(|a| self.family.contains(a));

@@ -607,3 +607,33 @@ fn trigger_times_of_slice_changes_are_collected() {
     );
     assert!(p.take_trigger_times().is_empty());
 }
+
+#[test]
+fn a_node_being_deleted_or_tainted_for_deletion_is_not_eligible() {
+    use k8s_openapi::api::core::v1::{NodeSpec, Taint};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use proxy_core::NodeHandler;
+
+    let mut p = pending();
+    let mut node = NodeBuilder::new(NODE).build();
+    p.on_node_change(&node);
+    assert!(p.node_eligible());
+    node.spec = Some(NodeSpec {
+        taints: Some(vec![Taint {
+            key: proxy_core::pending::TO_BE_DELETED_TAINT.into(),
+            effect: "NoSchedule".into(),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    });
+    p.on_node_change(&node);
+    assert!(!p.node_eligible(), "tainted by the cluster autoscaler");
+    node.spec = None;
+    p.on_node_change(&node);
+    assert!(p.node_eligible(), "the taint is gone");
+    node.metadata.deletion_timestamp = Some(Time(Default::default()));
+    p.on_node_change(&node);
+    assert!(!p.node_eligible(), "being deleted");
+    p.on_node_delete(&node);
+    assert!(!p.node_eligible(), "deleted");
+}

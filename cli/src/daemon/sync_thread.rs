@@ -67,7 +67,7 @@ fn drain(shared: &Shared, schedule: &mut SyncSchedule) -> Option<Drained> {
         .health
         .lock()
         .expect("health lock")
-        .set_node_eligible(!trackers[0].node_deleted());
+        .set_node_eligible(trackers[0].node_eligible());
     Some(Drained {
         kind,
         batches,
