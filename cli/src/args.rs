@@ -113,6 +113,15 @@ pub(crate) struct RenderArgs {
     #[arg(long)]
     pub(crate) no_localhost_nodeports: bool,
 
+    /// Accept NodePorts on 127.0.0.1 (kube-proxy's `--iptables-localhost-nodeports`, default true).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub(crate) iptables_localhost_nodeports: Option<bool>,
+
+    /// `nf_conntrack_tcp_be_liberal` is set on the node: leave out the rule that drops
+    /// conntrack-INVALID packets (kube-proxy's `--conntrack-tcp-be-liberal`).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub(crate) conntrack_tcp_be_liberal: Option<bool>,
+
     #[command(flatten)]
     pub(crate) detect_local: DetectLocalArgs,
 }
@@ -280,6 +289,10 @@ pub(crate) struct DaemonArgs {
     /// `detectLocal` settings).
     #[command(flatten)]
     pub(crate) detect_local: DetectLocalArgs,
+
+    /// kube-proxy's other flags.
+    #[command(flatten)]
+    pub(crate) upstream: crate::upstream_flags::UpstreamFlags,
 }
 
 fn parse_duration(s: &str) -> Result<proxy_core::config::GoDuration, String> {

@@ -8,6 +8,7 @@ mod commands;
 mod daemon;
 mod input;
 mod modes;
+mod upstream_flags;
 
 use std::process::ExitCode;
 

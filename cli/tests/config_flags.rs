@@ -2,6 +2,15 @@
 
 use std::process::Command;
 
+/// For daemons these tests start in the host's network namespace: zero means "leave it", so the
+/// machine's conntrack settings stay as they are (and so does this process's OOM score).
+const LEAVE_HOST_CONNTRACK_ALONE: &[&str] = &[
+    "--conntrack-max-per-core=0",
+    "--conntrack-tcp-timeout-established=0s",
+    "--conntrack-tcp-timeout-close-wait=0s",
+    "--oom-score-adj=0",
+];
+
 fn kproxy(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_kproxy"))
         .args(args)
@@ -219,6 +228,7 @@ fn a_fatal_proxier_error_stops_the_daemon() {
             "--metrics-bind-address",
             "127.0.0.1:0",
         ])
+        .args(LEAVE_HOST_CONNTRACK_ALONE)
         .env("PATH", "/nonexistent")
         .env_remove("RUST_LOG")
         .output()
@@ -269,6 +279,7 @@ fn a_killed_daemon_takes_its_restore_with_it() {
             "--metrics-bind-address",
             "127.0.0.1:0",
         ])
+        .args(LEAVE_HOST_CONNTRACK_ALONE)
         .env("PATH", path)
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -302,4 +313,91 @@ fn a_killed_daemon_takes_its_restore_with_it() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// kube-proxy's flags are accepted under their own names and land in the configuration; the few
+/// kproxy cannot honour are refused with exit 2 and the reason.
+#[test]
+fn kube_proxy_flags_are_accepted_or_refused_with_a_reason() {
+    let out_path = temp("flags.yaml", "").with_file_name("flags-effective.yaml");
+    let out = kproxy(&[
+        "--hostname-override",
+        "n",
+        "--conntrack-tcp-be-liberal",
+        "--conntrack-max-per-core=0",
+        "--conntrack-min",
+        "1000",
+        "--conntrack-tcp-timeout-established",
+        "2h",
+        "--conntrack-tcp-timeout-close-wait",
+        "30m",
+        "--conntrack-udp-timeout",
+        "45s",
+        "--conntrack-udp-timeout-stream",
+        "2m",
+        "--iptables-localhost-nodeports=false",
+        "--iptables-masquerade-bit",
+        "13",
+        "--config-sync-period",
+        "10m",
+        "--feature-gates",
+        "Alpha=true,Beta=false",
+        "--ipvs-sync-period",
+        "40s",
+        "--ipvs-strict-arp",
+        "--ipvs-exclude-cidrs",
+        "10.0.0.0/8",
+        "--oom-score-adj=-500",
+        "--proxy-port-range",
+        "30000-31000",
+        "--write-config-to",
+        out_path.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written = std::fs::read_to_string(&out_path).unwrap();
+    for expected in [
+        "tcpBeLiberal: true",
+        "maxPerCore: 0",
+        "min: 1000",
+        "tcpEstablishedTimeout: 2h",
+        "tcpCloseWaitTimeout: 30m",
+        "udpTimeout: 45s",
+        "udpStreamTimeout: 2m",
+        "localhostNodePorts: false",
+        "masqueradeBit: 13",
+        "configSyncPeriod: 10m",
+        "Alpha: true",
+        "Beta: false",
+        "strictARP: true",
+        "10.0.0.0/8",
+        "oomScoreAdj: -500",
+        "portRange: 30000-31000",
+    ] {
+        assert!(
+            written.contains(expected),
+            "missing {expected:?} in\n{written}"
+        );
+    }
+    for (flag, why) in [
+        ("--profiling", "no profiling handlers"),
+        ("--init-only", "no separate init step"),
+        ("--logging-format=json", "kproxy logs text"),
+        ("--vmodule=x=2", "RUST_LOG"),
+        ("--feature-gates=Nope", "Name=true|false"),
+    ] {
+        let out = kproxy(&[
+            "--hostname-override",
+            "n",
+            flag,
+            "--manifests",
+            "/nonexistent",
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {stderr}");
+        assert!(stderr.contains(why), "{flag}: {stderr}");
+    }
 }

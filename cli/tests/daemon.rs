@@ -511,3 +511,51 @@ fn healthz_drains_a_node_tainted_for_deletion() {
             .is_some_and(|(status, body)| status == 200 && body.contains("\"nodeEligible\": true"))
     });
 }
+
+/// The conntrack settings kube-proxy applies at start, in the node's network namespace: TCP and
+/// UDP timeouts and `nf_conntrack_tcp_be_liberal` (whose rule then goes).
+#[test]
+fn conntrack_settings_are_applied_at_start() {
+    let Some(bed) = Bed::new("ctset", &[("pod-a", "10.244.1.11")]) else {
+        return;
+    };
+    let dir = bed.dir.join("manifests");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("web.yaml"),
+        yaml(&[("10.244.1.11", "node-a", true)]),
+    )
+    .unwrap();
+    let _daemon = start_daemon_with(
+        &bed,
+        &dir,
+        "10.244.0.0/16",
+        Stdio::null(),
+        &[
+            "--iptables-variant",
+            "nft",
+            "--conntrack-tcp-timeout-established",
+            "2h",
+            "--conntrack-tcp-timeout-close-wait",
+            "90s",
+            "--conntrack-udp-timeout",
+            "45s",
+            "--conntrack-tcp-be-liberal",
+        ],
+    );
+    wait_for("the first sync", || {
+        bed.tcp("client", SVC).pod() == Some("pod-a")
+    });
+    let sysctl = |name: &str| {
+        bed.node
+            .output(&["cat", &format!("/proc/sys/net/netfilter/{name}")])
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(sysctl("nf_conntrack_tcp_timeout_established"), "7200");
+    assert_eq!(sysctl("nf_conntrack_tcp_timeout_close_wait"), "90");
+    assert_eq!(sysctl("nf_conntrack_udp_timeout"), "45");
+    assert_eq!(sysctl("nf_conntrack_tcp_be_liberal"), "1");
+    assert!(!bed.saved("nft").contains("--ctstate INVALID -j DROP"));
+}

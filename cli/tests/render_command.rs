@@ -200,3 +200,26 @@ fn zero_padded_addresses_render_as_their_canonical_spelling() {
     assert_eq!(padded, canonical);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--conntrack-tcp-be-liberal` leaves out the rule that drops conntrack-INVALID packets, as
+/// kube-proxy does when the node's conntrack is liberal.
+#[test]
+fn conntrack_tcp_be_liberal_drops_the_invalid_rule() {
+    let render = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kproxy"))
+            .arg("render")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let invalid = "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP";
+    assert!(render(&[]).contains(invalid));
+    assert!(!render(&["--conntrack-tcp-be-liberal"]).contains(invalid));
+    assert!(render(&["--conntrack-tcp-be-liberal=false"]).contains(invalid));
+}

@@ -40,7 +40,9 @@ pub(crate) fn settings_for(args: &RenderArgs) -> anyhow::Result<DatapathSettings
     .map_err(|e| BadSetting(e.to_string()))?;
     s.masquerade_all = args.masquerade_all;
     s.masquerade_bit = args.iptables_masquerade_bit;
-    s.localhost_node_ports = !args.no_localhost_nodeports;
+    s.localhost_node_ports =
+        !args.no_localhost_nodeports && args.iptables_localhost_nodeports.unwrap_or(true);
+    s.conntrack_tcp_liberal = args.conntrack_tcp_be_liberal.unwrap_or(false);
     s.node_ips = args
         .node_ip
         .iter()

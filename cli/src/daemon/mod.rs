@@ -5,6 +5,7 @@
 //! source polls the disk; the tokio runtime serves HTTP and waits for signals. Everything shared is
 //! behind short-held mutexes: handlers only record, so a lock is never held across a sync.
 
+mod conntrack_settings;
 mod file_source;
 mod http;
 mod kube_source;
@@ -163,6 +164,9 @@ pub(crate) fn run(args: &DaemonArgs) -> anyhow::Result<()> {
             None
         }
     };
+    // The sources are up: this is a proxy that will run, so set what kube-proxy sets at start.
+    conntrack_settings::apply(&settings.config);
+    conntrack_settings::apply_oom_score_adj(&settings.config);
     let context = crate::modes::ProxierContext {
         runtime: Some(runtime.handle().clone()),
     };

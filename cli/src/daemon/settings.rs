@@ -91,6 +91,7 @@ impl Settings {
         if let Some(v) = args.iptables_sync_period {
             config.iptables.sync_period = v;
         }
+        args.upstream.apply(&mut config)?;
         let mut min_sync_period = None;
         if let Some(v) = args.iptables_min_sync_period {
             // An explicit flag is honoured exactly, zero included (the file's zero means default).
