@@ -35,6 +35,10 @@ pub struct RenderConfig {
     pub masquerade_random_fully: bool,
     /// `nf_conntrack_tcp_be_liberal` is set: the INVALID-drop rule in KUBE-FORWARD is not needed.
     pub conntrack_tcp_liberal: bool,
+    /// The node has nfacct (`xt_nfacct` and the counter objects exist): count dropped INVALID
+    /// packets (`ct_state_invalid_dropped_pkts`) and accepted localhost NodePort packets
+    /// (`localhost_nps_accepted_pkts`) with `-m nfacct`, as upstream does since v1.29.
+    pub nfacct: bool,
 }
 
 impl RenderConfig {
@@ -51,6 +55,7 @@ impl RenderConfig {
             localhost_node_ports: family == IpFamily::V4,
             masquerade_random_fully: false,
             conntrack_tcp_liberal: false,
+            nfacct: false,
         }
     }
 

@@ -34,6 +34,11 @@ pub const KUBE_FIREWALL: &str = "KUBE-FIREWALL";
 /// filter: accepts forwarded service traffic.
 pub const KUBE_FORWARD: &str = "KUBE-FORWARD";
 
+/// The nfacct object counting conntrack-INVALID packets dropped in KUBE-FORWARD.
+pub const CT_STATE_INVALID_NFACCT: &str = "ct_state_invalid_dropped_pkts";
+/// The nfacct object counting packets accepted by localhost NodePorts.
+pub const LOCALHOST_NODEPORTS_NFACCT: &str = "localhost_nps_accepted_pkts";
+
 /// A table kproxy writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Table {
@@ -703,9 +708,14 @@ fn write_fixed_filter(config: &RenderConfig, mark: &str, b: &mut FullBuffers) ->
         fixed += 1;
     }
     if !config.conntrack_tcp_liberal {
+        let count = if config.nfacct {
+            format!(" -m nfacct --nfacct-name {CT_STATE_INVALID_NFACCT}")
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "-A {KUBE_FORWARD} -m conntrack --ctstate INVALID -j DROP"
+            "-A {KUBE_FORWARD} -m conntrack --ctstate INVALID{count} -j DROP"
         );
         fixed += 1;
     }

@@ -24,6 +24,9 @@ pub struct NodeView {
     pub if_local: Option<String>,
     /// Its negation (`! -s CIDR`, …).
     pub if_not_local: Option<String>,
+    /// Count packets accepted by localhost NodePorts with nfacct (IPv4, localhost NodePorts on,
+    /// nfacct available).
+    pub count_localhost_node_ports: bool,
 }
 
 impl Default for NodeView {
@@ -35,6 +38,7 @@ impl Default for NodeView {
             node_ports: NodePortAddresses::All,
             if_local: None,
             if_not_local: None,
+            count_localhost_node_ports: false,
         }
     }
 }
@@ -85,6 +89,7 @@ impl NodeView {
             detector,
             node_ips,
             node_ports,
+            count_localhost_node_ports: config.nfacct && config.localhost_node_ports_active(),
         }
     }
 }

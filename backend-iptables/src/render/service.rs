@@ -7,7 +7,7 @@ use proxy_core::datapath::{MasqueradeDecision, PortVerdict, TrafficTarget};
 use proxy_core::{Endpoint, ServicePortEntry};
 
 use super::names::ServiceNames;
-use super::{NodeView, SharedChain, Sink, Table, KUBE_MARK_MASQ};
+use super::{NodeView, SharedChain, Sink, Table, KUBE_MARK_MASQ, LOCALHOST_NODEPORTS_NFACCT};
 use crate::chain_name::{ChainKind, ChainName};
 
 /// What a service render needs besides the entry.
@@ -179,6 +179,19 @@ pub(crate) fn render_service(
     // The node port.
     if let Some(node_port) = svc.node_port {
         let spec = &mut *ctx.spec;
+        if has_endpoints && ctx.node.count_localhost_node_ports {
+            // Localhost NodePort traffic first, through an nfacct counter (upstream's
+            // `localhost_nps_accepted_pkts`), then the rule for every address.
+            spec.clear();
+            let _ = write!(spec, "-m comment --comment {name} ");
+            protocol(spec, proto);
+            let _ = write!(
+                spec,
+                "-d 127.0.0.0/8 --dport {node_port} -m nfacct --nfacct-name {LOCALHOST_NODEPORTS_NFACCT} -j "
+            );
+            external_chain.write_to(spec);
+            sink.shared(Table::Nat, SharedChain::NodePorts, spec);
+        }
         if has_endpoints {
             spec.clear();
             let _ = write!(spec, "-m comment --comment {name} ");
