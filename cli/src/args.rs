@@ -122,6 +122,11 @@ pub(crate) struct RenderArgs {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub(crate) conntrack_tcp_be_liberal: Option<bool>,
 
+    /// Render for a node without nfacct: no `-m nfacct` counting rules. By default `render`
+    /// assumes nfacct, as upstream's own tests do; `sync` and the daemon find out on the node.
+    #[arg(long)]
+    pub(crate) no_nfacct: bool,
+
     #[command(flatten)]
     pub(crate) detect_local: DetectLocalArgs,
 }

@@ -64,6 +64,9 @@ pub(crate) struct DatapathSettings {
     pub(crate) conntrack_tcp_liberal: bool,
     /// Node addresses given on the command line (`render --node-ip`), besides the Node's.
     pub(crate) node_ips: Vec<IpAddr>,
+    /// Whether the node has nfacct, for a render of a node that is not this machine; on this
+    /// machine the proxier finds out itself.
+    pub(crate) nfacct: bool,
     /// Which iptables binaries (modes that write iptables rules).
     pub(crate) iptables_variant: IptablesVariant,
     /// The full resync period (`syncPeriod`): how often a large cluster's full sync may read
@@ -85,6 +88,7 @@ impl DatapathSettings {
             node_port_addresses: NodePortAddressSpec::default(),
             conntrack_tcp_liberal: false,
             node_ips: Vec::new(),
+            nfacct: false,
             iptables_variant: IptablesVariant::Auto,
             sync_period: std::time::Duration::from_secs(30),
             on_this_node: true,
@@ -112,6 +116,8 @@ fn iptables_render_config(
     c.localhost_node_ports = settings.localhost_node_ports;
     c.node_port_addresses = settings.node_port_addresses.clone();
     c.conntrack_tcp_liberal = settings.conntrack_tcp_liberal;
+    // On this machine the proxier turns the counters on once it has created their objects.
+    c.nfacct = settings.nfacct && !settings.on_this_node;
     c.node_ips = settings
         .node_ips
         .iter()
@@ -155,13 +161,19 @@ pub(crate) fn build(
             } else {
                 None
             };
-            let proxier = backend_iptables::IptablesProxier::new(
+            let mut proxier = backend_iptables::IptablesProxier::new(
                 renderer,
                 Box::new(backend_iptables::IptablesCmd::new(variant, family)),
                 conntrack,
             )
             .with_interface_addresses(settings.on_this_node)
             .with_chain_scan_interval(settings.sync_period);
+            if settings.on_this_node {
+                match kproxy_netlink::nfacct::NetlinkNfacct::open() {
+                    Ok(n) => proxier = proxier.with_nfacct(Box::new(n)),
+                    Err(e) => tracing::warn!("nfacct counters disabled: {e}"),
+                }
+            }
             Ok(Box::new(proxier))
         }
         ProxyMode::Ipvs | ProxyMode::Nftables | ProxyMode::Userspace => {

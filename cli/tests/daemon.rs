@@ -559,3 +559,73 @@ fn conntrack_settings_are_applied_at_start() {
     assert_eq!(sysctl("nf_conntrack_tcp_be_liberal"), "1");
     assert!(!bed.saved("nft").contains("--ctstate INVALID -j DROP"));
 }
+
+/// nfacct on the real datapath: the daemon creates upstream's two counter objects, its rules count
+/// into them, and a localhost NodePort connection moves
+/// `kubeproxy_iptables_localhost_nodeports_accepted_packets_total` (both iptables variants).
+fn nfacct_counts_localhost_node_ports(variant: &str) {
+    let Some(bed) = Bed::new("nfacct", &[("pod-a", "10.244.1.11")]) else {
+        return;
+    };
+    let dir = bed.dir.join("manifests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let svc = ServiceSpec {
+        name: "web",
+        cluster_ip: "172.30.0.10",
+        extra_spec: "  type: NodePort\n",
+        status: "",
+        endpoints: &[("10.244.1.11", "node-a", true)],
+    }
+    .yaml();
+    std::fs::write(dir.join("web.yaml"), svc).unwrap();
+    let _daemon = start_daemon_with(
+        &bed,
+        &dir,
+        "10.244.0.0/16",
+        Stdio::null(),
+        &[
+            "--iptables-variant",
+            variant,
+            "--iptables-sync-period",
+            "1s",
+        ],
+    );
+    wait_for("the first sync", || {
+        bed.tcp("client", SVC).pod() == Some("pod-a")
+    });
+    // iptables-save prints `--nfacct-name  NAME` with two spaces: compare words.
+    let saved = bed
+        .saved(variant)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        saved.contains("--nfacct-name ct_state_invalid_dropped_pkts")
+            && saved.contains("--nfacct-name localhost_nps_accepted_pkts"),
+        "the counting rules are in:\n{saved}"
+    );
+    let metric = |name: &str| {
+        let (_, text) = get(&bed, "127.0.0.1:10249", "/metrics");
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let counter = "kubeproxy_iptables_localhost_nodeports_accepted_packets_total";
+    assert_eq!(metric(counter), 0.0, "nothing counted yet");
+    let r = bed.tcp("node", "127.0.0.1:30080");
+    assert!(r.pod().is_some(), "a localhost NodePort connection: {r:?}");
+    wait_for("the counter in the metrics", || metric(counter) >= 1.0);
+}
+
+mod nfacct {
+    #[test]
+    fn nft() {
+        super::nfacct_counts_localhost_node_ports("nft")
+    }
+    #[test]
+    fn legacy() {
+        super::nfacct_counts_localhost_node_ports("legacy")
+    }
+}

@@ -218,8 +218,38 @@ fn conntrack_tcp_be_liberal_drops_the_invalid_rule() {
         );
         String::from_utf8(out.stdout).unwrap()
     };
-    let invalid = "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP";
+    let invalid = "-A KUBE-FORWARD -m conntrack --ctstate INVALID -m nfacct --nfacct-name ct_state_invalid_dropped_pkts -j DROP";
     assert!(render(&[]).contains(invalid));
     assert!(!render(&["--conntrack-tcp-be-liberal"]).contains(invalid));
     assert!(render(&["--conntrack-tcp-be-liberal=false"]).contains(invalid));
+}
+
+/// `render` assumes a node with nfacct, as upstream's tests do (the dropped-INVALID and
+/// localhost-NodePort counters); `--no-nfacct` renders for a node without it.
+#[test]
+fn render_counts_with_nfacct_unless_told_not_to() {
+    let render = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kproxy"))
+            .arg("render")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let with = render(&[]);
+    assert!(with.contains("-m nfacct --nfacct-name ct_state_invalid_dropped_pkts -j DROP"));
+    assert!(
+        with.contains(
+            "-d 127.0.0.0/8 --dport 30443 -m nfacct --nfacct-name localhost_nps_accepted_pkts"
+        ),
+        "{with}"
+    );
+    let without = render(&["--no-nfacct"]);
+    assert!(!without.contains("nfacct"));
+    assert!(without.contains("-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP"));
 }

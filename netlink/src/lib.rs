@@ -11,6 +11,7 @@
 
 pub mod conntrack;
 pub mod ipset;
+pub mod nfacct;
 pub mod socket;
 
 pub use conntrack::{ConntrackError, ConntrackOps, NetlinkConntrack};

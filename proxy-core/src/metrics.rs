@@ -35,6 +35,10 @@ pub struct ProxyMetrics {
     restore_failures: Counter,
     no_local_endpoints: Family<Labels, Gauge>,
     invalid_input: Counter,
+    ct_state_invalid_dropped: Counter,
+    localhost_nodeports_accepted: Counter,
+    /// The last absolute value of each kernel counter, to add only what is new.
+    kernel_counters: std::sync::Mutex<std::collections::HashMap<&'static str, u64>>,
     network_programming: Histogram,
     seen: ChangeCounters,
 }
@@ -69,6 +73,9 @@ impl ProxyMetrics {
             restore_failures: Counter::default(),
             no_local_endpoints: Family::default(),
             invalid_input: Counter::default(),
+            ct_state_invalid_dropped: Counter::default(),
+            localhost_nodeports_accepted: Counter::default(),
+            kernel_counters: Default::default(),
             network_programming: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
             seen: ChangeCounters::default(),
             registry: Registry::default(),
@@ -142,6 +149,16 @@ impl ProxyMetrics {
             "invalid_input_objects",
             "Values, endpoints, ports or objects skipped as invalid (kproxy)",
             m.invalid_input.clone(),
+        );
+        registry.register(
+            "iptables_ct_state_invalid_dropped_packets",
+            "packets dropped by iptables to work around conntrack problems",
+            m.ct_state_invalid_dropped.clone(),
+        );
+        registry.register(
+            "iptables_localhost_nodeports_accepted_packets",
+            "Number of packets accepted on nodeports of loopback interface",
+            m.localhost_nodeports_accepted.clone(),
         );
         registry.register(
             "network_programming_duration_seconds",
@@ -240,6 +257,23 @@ impl ProxyMetrics {
                     .set(n as i64);
             }
         }
+        let mut seen = self.kernel_counters.lock().expect("kernel counters lock");
+        for r in reports {
+            for &(name, value) in &r.counters {
+                let counter = match name {
+                    "ct_state_invalid_dropped_pkts" => &self.ct_state_invalid_dropped,
+                    "localhost_nps_accepted_pkts" => &self.localhost_nodeports_accepted,
+                    _ => continue,
+                };
+                // A counter that went down was recreated: count from zero again.
+                let before = seen.insert(name, value).unwrap_or(0);
+                counter.inc_by(if value >= before {
+                    value - before
+                } else {
+                    value
+                });
+            }
+        }
     }
 
     /// Counts Local-policy Service ports with no local endpoint, per traffic policy.
@@ -301,6 +335,12 @@ mod tests {
                     count: 7,
                 },
             ],
+            counters: vec![("ct_state_invalid_dropped_pkts", 5)],
+        }]);
+        // The kernel's counter moved from 5 to 8: three more, not eight.
+        m.reports(&[crate::proxier::SyncReport {
+            counters: vec![("ct_state_invalid_dropped_pkts", 8)],
+            ..Default::default()
         }]);
         m.changes(
             ChangeCounters {
@@ -335,6 +375,8 @@ mod tests {
             "kubeproxy_sync_proxy_rules_iptables_restore_failures_total 1",
             "kubeproxy_invalid_input_objects_total 1",
             "kubeproxy_network_programming_duration_seconds_count 1",
+            "kubeproxy_iptables_ct_state_invalid_dropped_packets_total 8",
+            "kubeproxy_iptables_localhost_nodeports_accepted_packets_total 0",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }

@@ -54,6 +54,9 @@ pub struct SyncReport {
     /// Objects the mode owns on the node after this sync, per kind
     /// (`sync_proxy_rules_iptables_total{table}`).
     pub owned: Vec<ObjectCount>,
+    /// Kernel counters read at this sync, by name (iptables mode's nfacct objects:
+    /// `ct_state_invalid_dropped_pkts`, `localhost_nps_accepted_pkts`), as absolute values.
+    pub counters: Vec<(&'static str, u64)>,
 }
 
 impl SyncReport {

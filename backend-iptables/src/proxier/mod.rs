@@ -12,8 +12,9 @@ use proxy_core::{
 
 use crate::chain_name::is_service_chain;
 use crate::jumps::{jump_rules, JumpRule};
-use crate::render::{Renderer, RuleCounts};
+use crate::render::{Renderer, RuleCounts, CT_STATE_INVALID_NFACCT, LOCALHOST_NODEPORTS_NFACCT};
 use exec::{ExecError, IptablesOps};
+use kproxy_netlink::nfacct::NfacctOps;
 use kproxy_netlink::ConntrackOps;
 
 /// The chain whose disappearance means someone flushed the tables under us.
@@ -58,6 +59,10 @@ pub struct IptablesProxier {
     renderer: Renderer,
     iptables: Box<dyn IptablesOps>,
     conntrack: Option<Box<dyn ConntrackOps>>,
+    /// nfacct, when the node has it: the counter objects are created at the first sync and the
+    /// rules count into them; `None` once the node turned out not to support it.
+    nfacct: Option<Box<dyn NfacctOps>>,
+    nfacct_ready: bool,
     needs_full: bool,
     canary_interval: Duration,
     last_canary_check: Option<Instant>,
@@ -86,6 +91,8 @@ impl IptablesProxier {
             renderer,
             iptables,
             conntrack,
+            nfacct: None,
+            nfacct_ready: false,
             needs_full: true,
             canary_interval: Duration::from_secs(10),
             last_canary_check: None,
@@ -95,6 +102,54 @@ impl IptablesProxier {
             buf: Vec::new(),
             read_interfaces: false,
         }
+    }
+
+    /// Count dropped INVALID packets and accepted localhost NodePort packets with these nfacct
+    /// objects, as upstream does: created at the first sync; where that fails, or the kernel
+    /// refuses `-m nfacct`, the rules are written without them.
+    pub fn with_nfacct(mut self, nfacct: Box<dyn NfacctOps>) -> Self {
+        self.nfacct = Some(nfacct);
+        self
+    }
+
+    /// Creates the nfacct objects once; turns the counting rules on when they exist.
+    fn prepare_nfacct(&mut self) {
+        if self.nfacct_ready {
+            return;
+        }
+        let Some(ops) = self.nfacct.as_mut() else {
+            return;
+        };
+        let made = [CT_STATE_INVALID_NFACCT, LOCALHOST_NODEPORTS_NFACCT]
+            .iter()
+            .try_for_each(|name| ops.ensure(name));
+        match made {
+            Ok(()) => {
+                self.nfacct_ready = true;
+                self.renderer.set_nfacct(true);
+            }
+            Err(e) => {
+                tracing::warn!("nfacct counters disabled: {e}");
+                self.nfacct = None;
+            }
+        }
+    }
+
+    /// The nfacct counters, for the metrics.
+    fn nfacct_counters(&mut self) -> Vec<(&'static str, u64)> {
+        let (true, Some(ops)) = (self.nfacct_ready, self.nfacct.as_mut()) else {
+            return Vec::new();
+        };
+        [CT_STATE_INVALID_NFACCT, LOCALHOST_NODEPORTS_NFACCT]
+            .into_iter()
+            .filter_map(|name| match ops.counters(name) {
+                Ok((packets, _)) => Some((name, packets)),
+                Err(e) => {
+                    tracing::debug!("cannot read nfacct counter: {e}");
+                    None
+                }
+            })
+            .collect()
     }
 
     /// How often, at most, a full sync of a large cluster reads the nat table to delete chains
@@ -320,6 +375,16 @@ impl IptablesProxier {
     fn restore_failed(&mut self, what: &str, error: ExecError, text: Option<&str>) -> ProxierError {
         self.renderer.invalidate();
         self.needs_full = true;
+        if self.nfacct_ready
+            && matches!(&error, ExecError::Failed { stderr, .. } if stderr.contains("nfacct"))
+        {
+            // The objects exist but iptables cannot match on them (no xt_nfacct): count nothing
+            // rather than program nothing.
+            tracing::warn!("iptables refuses -m nfacct here; writing the rules without counters");
+            self.nfacct_ready = false;
+            self.nfacct = None;
+            self.renderer.set_nfacct(false);
+        }
         let excerpt = match (&error, text) {
             (ExecError::Failed { line: Some(n), .. }, Some(text)) => {
                 format!("\n{}", Self::excerpt(text, *n))
@@ -331,6 +396,7 @@ impl IptablesProxier {
 
     fn full_sync(&mut self, state: &ProxyState) -> Result<SyncReport, ProxierError> {
         self.set_route_localnet();
+        self.prepare_nfacct();
         self.scan_existing_chains(state)?;
         let renderer = &mut self.renderer;
         let mut summary = None;
@@ -470,6 +536,21 @@ pub fn cleanup_node() -> Result<Vec<String>, ProxierError> {
             }
         }
     }
+    // The nfacct objects the rules counted into (their rules are gone now).
+    if let Ok(mut nfacct) = kproxy_netlink::nfacct::NetlinkNfacct::open() {
+        use kproxy_netlink::nfacct::NfacctOps;
+        for name in [CT_STATE_INVALID_NFACCT, LOCALHOST_NODEPORTS_NFACCT] {
+            match nfacct.delete(name) {
+                Ok(true) => cleaned.push(format!("nfacct object {name}")),
+                Ok(false) => {}
+                // Still counted into by rules that are not kproxy's (a kube-proxy beside it).
+                Err(e) if e.source.errno() == Some(16) => {
+                    tracing::debug!("leaving nfacct object {name}: in use")
+                }
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+    }
     if failures.is_empty() {
         Ok(cleaned)
     } else {
@@ -500,6 +581,7 @@ fn report(full: bool, written: RuleCounts, owned: RuleCounts) -> SyncReport {
         full,
         written: per_table(written),
         owned: per_table(owned),
+        counters: Vec::new(),
     }
 }
 
@@ -536,6 +618,8 @@ impl Proxier for IptablesProxier {
             report(false, summary.written, summary.counts)
         };
         self.cleanup_conntrack(state, diff, full);
+        let mut report = report;
+        report.counters = self.nfacct_counters();
         Ok(report)
     }
 

@@ -335,6 +335,15 @@ impl Renderer {
         &self.node
     }
 
+    /// Turns the nfacct counting rules on or off (the proxier learns at its first sync whether
+    /// the node has nfacct); the next render is full.
+    pub fn set_nfacct(&mut self, on: bool) {
+        if self.config.nfacct != on {
+            self.config.nfacct = on;
+            self.baseline = false;
+        }
+    }
+
     /// The configuration.
     pub fn config(&self) -> &RenderConfig {
         &self.config

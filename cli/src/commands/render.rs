@@ -43,6 +43,7 @@ pub(crate) fn settings_for(args: &RenderArgs) -> anyhow::Result<DatapathSettings
     s.localhost_node_ports =
         !args.no_localhost_nodeports && args.iptables_localhost_nodeports.unwrap_or(true);
     s.conntrack_tcp_liberal = args.conntrack_tcp_be_liberal.unwrap_or(false);
+    s.nfacct = !args.no_nfacct;
     s.node_ips = args
         .node_ip
         .iter()

@@ -253,6 +253,7 @@ mod tests {
                     full: diff.full,
                     written: vec![ObjectCount::iptables("nat", 3)],
                     owned: vec![ObjectCount::iptables("nat", 42)],
+                    counters: Vec::new(),
                 }),
             }
         }
