@@ -231,3 +231,34 @@ fn one_endpoint_change_at_20000_services_is_small_and_exact() {
     );
     h.check();
 }
+
+#[test]
+fn list_first_starts_full_renders_only_and_changes_nothing() {
+    let mut h = Harness::new("node-a", config());
+    h.renderer.set_list_first(true);
+    h.pending.on_service_add(&lb("web", "10.0.0.1", false, &[]));
+    let first = slice("web-1", "web", &["10.244.1.2"], "node-a");
+    h.pending.on_endpoint_slice_add(&first);
+    let (_, full, body) = h.sync();
+    assert!(full);
+    assert!(
+        body.contains("*nat\n-S\n"),
+        "full render lists first:\n{body}"
+    );
+    assert_eq!(
+        body.matches("\n-S\n").count(),
+        1,
+        "only the nat table is listed"
+    );
+    h.check();
+
+    h.pending
+        .on_endpoint_slice_update(&first, &slice("web-1", "web", &["10.244.1.3"], "node-a"));
+    let (_, full, body) = h.sync();
+    assert!(!full);
+    assert!(
+        !body.contains("\n-S\n"),
+        "partial renders do not list:\n{body}"
+    );
+    h.check();
+}

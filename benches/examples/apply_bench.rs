@@ -3,6 +3,7 @@
 //! the same text (the floor kproxy cannot beat). Needs root.
 //!
 //! Run: `cargo run --release -p kproxy-benches --example apply_bench -- [5000 20000] [nft legacy]`
+//! (`KPROXY_NFT_LIST_FIRST=0` measures iptables-nft without the chainless `-S`, as before.)
 
 use std::fs::File;
 use std::io::Write;
@@ -42,11 +43,17 @@ fn restore_time(variant: Variant, text: &[u8]) -> Duration {
     let mut child = Command::new(format!("iptables-{variant}-restore"))
         .args(["--noflush", "--wait", "5"])
         .stdin(Stdio::piped())
+        .stdout(Stdio::null())
         .spawn()
         .expect("iptables-restore");
     child.stdin.take().unwrap().write_all(text).unwrap();
     assert!(child.wait().unwrap().success(), "restore failed");
     start.elapsed()
+}
+
+/// Whether full restores start with `-S` (kproxy's default for iptables-nft).
+fn list_first(variant: Variant) -> bool {
+    variant == Variant::Nft && std::env::var("KPROXY_NFT_LIST_FIRST").as_deref() != Ok("0")
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -102,7 +109,8 @@ fn main() {
                     conntrack,
                 )
                 .with_route_localnet(false)
-                .with_canary_interval(Duration::from_secs(3600));
+                .with_canary_interval(Duration::from_secs(3600))
+                .with_list_first(list_first(variant));
                 let start = Instant::now();
                 let report = p.sync(&state, &state.resync_diff()).expect("full sync");
                 full.push(start.elapsed());
@@ -111,9 +119,11 @@ fn main() {
                 proxier = Some(p);
             }
             let mut proxier = proxier.unwrap();
-            let text = Renderer::new(config.clone())
-                .unwrap()
-                .render_full_string(&state);
+            let text = {
+                let mut r = Renderer::new(config.clone()).unwrap();
+                r.set_list_first(list_first(variant));
+                r.render_full_string(&state)
+            };
             let raw_full = median(
                 (0..repeats)
                     .map(|_| restore_time(variant, text.as_bytes()))

@@ -167,7 +167,8 @@ pub(crate) fn build(
                 conntrack,
             )
             .with_interface_addresses(settings.on_this_node)
-            .with_chain_scan_interval(settings.sync_period);
+            .with_chain_scan_interval(settings.sync_period)
+            .with_list_first(variant == backend_iptables::Variant::Nft);
             if settings.on_this_node {
                 match kproxy_netlink::nfacct::NetlinkNfacct::open() {
                     Ok(n) => proxier = proxier.with_nfacct(Box::new(n)),

@@ -97,6 +97,7 @@ both_variants!(
     ipv6_with_ip6tables,
     local_traffic_detection_modes,
     node_port_addresses_from_interfaces,
+    full_sync_leaves_other_owners_counters,
 );
 
 fn cluster_ip_tcp_and_udp_from_pod_and_node(variant: &str) {
@@ -615,4 +616,72 @@ fn node_port_addresses_from_interfaces(variant: &str) {
         bed.tcp("pod-a", &gateway).pod().is_none(),
         "no NodePort on an address outside nodePortAddresses"
     );
+}
+
+/// A full sync (with iptables-nft it starts with a chainless `-S` to load fast) leaves other
+/// owners' nat chains, rules and counters exactly as they were.
+fn full_sync_leaves_other_owners_counters(variant: &str) {
+    let Some(bed) = bed("othercounters") else {
+        return;
+    };
+    let ipt = format!("iptables-{variant}");
+    for args in [
+        vec![ipt.as_str(), "-t", "nat", "-N", "OTHER-OWNER"],
+        vec![
+            ipt.as_str(),
+            "-t",
+            "nat",
+            "-A",
+            "OTHER-OWNER",
+            "-c",
+            "7",
+            "700",
+            "-j",
+            "RETURN",
+        ],
+        vec![
+            ipt.as_str(),
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-c",
+            "3",
+            "300",
+            "-s",
+            "198.51.100.0/24",
+            "-j",
+            "RETURN",
+        ],
+    ] {
+        bed.node.exec(&args).unwrap();
+    }
+    let counted = |saved: &str| -> Vec<String> {
+        saved
+            .lines()
+            .filter(|l| l.contains("OTHER-OWNER") || l.contains("198.51.100.0/24"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let save = || {
+        bed.node
+            .output(&[&format!("{ipt}-save"), "-c", "-t", "nat"])
+            .unwrap()
+    };
+    let before = counted(&save());
+    assert!(
+        before.iter().any(|l| l.starts_with("[7:700]")),
+        "{before:?}"
+    );
+    bed.sync(&node_port_service(&all_ready()), variant).unwrap();
+    bed.sync(&node_port_service(&all_ready()), variant).unwrap(); // and a second full sync
+    assert_eq!(
+        counted(&save()),
+        before,
+        "other owners' rules and counters are untouched"
+    );
+    assert!(bed
+        .tcp("client", &format!("{NODE_IP}:30080"))
+        .pod()
+        .is_some());
 }

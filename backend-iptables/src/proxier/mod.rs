@@ -104,6 +104,13 @@ impl IptablesProxier {
         }
     }
 
+    /// Whether full restores should start with a chainless `-S`: on for iptables-nft (see
+    /// [`Renderer::set_list_first`]).
+    pub fn with_list_first(mut self, on: bool) -> Self {
+        self.renderer.set_list_first(on);
+        self
+    }
+
     /// Count dropped INVALID packets and accepted localhost NodePort packets with these nfacct
     /// objects, as upstream does: created at the first sync; where that fails, or the kernel
     /// refuses `-m nfacct`, the rules are written without them.

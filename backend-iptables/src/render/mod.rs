@@ -288,6 +288,8 @@ pub struct Renderer {
     /// What the last full render derived from the node; partial renders reuse it (a node change
     /// makes the next render full).
     node: NodeView,
+    /// Whether a full render's nat section starts with a chainless `-S` (for iptables-nft).
+    list_first: bool,
 }
 
 impl Renderer {
@@ -309,6 +311,7 @@ impl Renderer {
             counts: RuleCounts::default(),
             interface_addresses: None,
             node: NodeView::default(),
+            list_first: false,
         })
     }
 
@@ -333,6 +336,17 @@ impl Renderer {
     /// decision, the node's addresses and where NodePorts answer.
     pub fn node_view(&self) -> &NodeView {
         &self.node
+    }
+
+    /// Starts a full render's nat section with `-S` (list every rule, to nowhere: restore's stdout
+    /// is discarded). For iptables-nft's restore: with `--noflush` it records every chain a
+    /// command names in a sorted linked list (`nft-cache.c`), so a full load costs commands ×
+    /// distinct chains — 31 s for 2,000 Services here. One command without a chain makes it fetch
+    /// the whole table once and skip the list; `-S` is such a command and, unlike `-Z`, changes
+    /// nothing (other owners' counters stay). Partial renders name few chains and stay as they
+    /// are.
+    pub fn set_list_first(&mut self, on: bool) {
+        self.list_first = on;
     }
 
     /// Turns the nfacct counting rules on or off (the proxier learns at its first sync whether
@@ -421,6 +435,11 @@ impl Renderer {
         b.filter_shared.iter_mut().for_each(String::clear);
 
         b.chunk.push_str("*nat\n");
+        if self.list_first {
+            // See `set_list_first`: makes iptables-nft fetch the whole table once instead of
+            // looking every named chain up in a sorted list (quadratic at thousands of Services).
+            b.chunk.push_str("-S\n");
+        }
         for chain in [SharedChain::NodePorts, SharedChain::Services] {
             let _ = writeln!(b.chunk, ":{} - [0:0]", chain.name());
         }

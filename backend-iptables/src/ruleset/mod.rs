@@ -212,6 +212,15 @@ impl Ruleset {
 
 fn apply_command(table_name: &str, table: &mut TableRules, words: &[String]) -> Result<(), String> {
     let (cmd, rest) = words.split_first().ok_or("empty command")?;
+    if matches!(cmd.as_str(), "-S" | "--list-rules") {
+        // Listing changes nothing; restore prints it (to nowhere). A named chain must exist.
+        return match rest.first() {
+            Some(chain) if !table.chains.contains_key(chain) => {
+                Err(format!("no chain {chain} in {table_name}"))
+            }
+            _ => Ok(()),
+        };
+    }
     let (chain, spec) = rest.split_first().ok_or("command without a chain")?;
     let check_target = |table: &TableRules, rule: &Rule| -> Result<(), String> {
         match rule.jump_target() {
