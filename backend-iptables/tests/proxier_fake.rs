@@ -336,3 +336,38 @@ fn a_canary_lost_from_any_table_forces_a_full_sync() {
             .unwrap();
     }
 }
+
+#[test]
+fn scale_advice_is_given_from_its_threshold() {
+    let m = fixtures::examples();
+    let (_pending, state) = common::state_of(&m, IpFamily::V4, fixtures::EXAMPLE_NODE);
+    let config = common::examples_config(IpFamily::V4, &state);
+    assert!(state.len() > 1, "the examples hold several Service ports");
+    let proxier_from = |from: usize| {
+        IptablesProxier::new(
+            Renderer::new(config.clone()).unwrap(),
+            Box::new(Shared::default()),
+            None,
+        )
+        .with_route_localnet(false)
+        .with_scale_advice(from)
+    };
+
+    let mut below = proxier_from(state.len() + 1);
+    below.sync(&state, &state.resync_diff()).unwrap();
+    assert!(!below.scale_advised(), "one Service port short: no advice");
+
+    let mut at = proxier_from(state.len());
+    assert!(!at.scale_advised(), "nothing advised before a sync");
+    at.sync(&state, &state.resync_diff()).unwrap();
+    assert!(at.scale_advised());
+
+    let mut unset = IptablesProxier::new(
+        Renderer::new(config.clone()).unwrap(),
+        Box::new(Shared::default()),
+        None,
+    )
+    .with_route_localnet(false);
+    unset.sync(&state, &state.resync_diff()).unwrap();
+    assert!(!unset.scale_advised(), "no advice unless asked for");
+}

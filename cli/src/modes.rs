@@ -127,6 +127,11 @@ fn iptables_render_config(
     c
 }
 
+/// From how many Service ports an automatically chosen iptables-nft advises legacy: measured on 2
+/// cores, a full sync with iptables-nft 1.8 takes ~6 s at 5,000 and ~37 s at 20,000, legacy 1.2 s
+/// and 9.3 s (BENCHMARKS.md); 10,000 is where nft's full syncs pass ten seconds.
+const NFT_ADVICE_FROM_SERVICE_PORTS: usize = 10_000;
+
 fn iptables_variant(settings: &DatapathSettings, family: IpFamily) -> backend_iptables::Variant {
     match settings.iptables_variant {
         IptablesVariant::Auto => backend_iptables::detect_variant(family),
@@ -169,6 +174,11 @@ pub(crate) fn build(
             .with_interface_addresses(settings.on_this_node)
             .with_chain_scan_interval(settings.sync_period)
             .with_list_first(variant == backend_iptables::Variant::Nft);
+            if settings.iptables_variant == IptablesVariant::Auto
+                && variant == backend_iptables::Variant::Nft
+            {
+                proxier = proxier.with_scale_advice(NFT_ADVICE_FROM_SERVICE_PORTS);
+            }
             if settings.on_this_node {
                 match kproxy_netlink::nfacct::NetlinkNfacct::open() {
                     Ok(n) => proxier = proxier.with_nfacct(Box::new(n)),

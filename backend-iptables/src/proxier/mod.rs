@@ -77,6 +77,11 @@ pub struct IptablesProxier {
     /// Whether to match `nodePortAddresses` against this machine's interface addresses at each
     /// sync (on for a real node; off where the node is not this machine, e.g. in-process tests).
     read_interfaces: bool,
+    /// From how many Service ports a full sync advises a faster way to program the node (set when
+    /// iptables-nft was chosen automatically); `None`: never.
+    scale_advice_from: Option<usize>,
+    /// Whether that advice was given (it is given once per proxier).
+    scale_advised: bool,
 }
 
 impl IptablesProxier {
@@ -101,6 +106,8 @@ impl IptablesProxier {
             chain_scan_interval: Duration::from_secs(30),
             buf: Vec::new(),
             read_interfaces: false,
+            scale_advice_from: None,
+            scale_advised: false,
         }
     }
 
@@ -109,6 +116,21 @@ impl IptablesProxier {
     pub fn with_list_first(mut self, on: bool) -> Self {
         self.renderer.set_list_first(on);
         self
+    }
+
+    /// Warns once, at a full sync over at least `service_ports` Service ports, that iptables-nft
+    /// takes tens of seconds per full sync at that scale and that iptables-legacy or the nftables
+    /// mode load faster. The factory sets it when `--iptables-variant auto` picked nft: switching
+    /// variant on its own could split the node's rules between two backends, so kproxy advises
+    /// rather than decides.
+    pub fn with_scale_advice(mut self, service_ports: usize) -> Self {
+        self.scale_advice_from = Some(service_ports);
+        self
+    }
+
+    /// Whether the scale advice of [`with_scale_advice`](Self::with_scale_advice) was given.
+    pub fn scale_advised(&self) -> bool {
+        self.scale_advised
     }
 
     /// Count dropped INVALID packets and accepted localhost NodePort packets with these nfacct
@@ -421,8 +443,25 @@ impl IptablesProxier {
         self.ensure_jumps()?;
         self.ensure_canaries()?;
         self.needs_full = false;
+        self.advise_on_scale(state);
         let counts = summary.map(|s| s.counts).unwrap_or_default();
         Ok(report(true, counts, counts))
+    }
+
+    fn advise_on_scale(&mut self, state: &ProxyState) {
+        match self.scale_advice_from {
+            Some(from) if !self.scale_advised && state.len() >= from => {
+                self.scale_advised = true;
+                tracing::warn!(
+                    service_ports = state.len(),
+                    "iptables-nft (picked by --iptables-variant auto) takes tens of seconds per \
+                     full sync at this many Service ports; --iptables-variant legacy loads them \
+                     about 4x faster, if nothing else on this node uses iptables-nft \
+                     (see docs/iptables.md)"
+                );
+            }
+            _ => {}
+        }
     }
 
     fn cleanup_conntrack(&mut self, state: &ProxyState, diff: &StateDiff, full: bool) {
