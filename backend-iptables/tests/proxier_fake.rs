@@ -343,31 +343,25 @@ fn scale_advice_is_given_from_its_threshold() {
     let (_pending, state) = common::state_of(&m, IpFamily::V4, fixtures::EXAMPLE_NODE);
     let config = common::examples_config(IpFamily::V4, &state);
     assert!(state.len() > 1, "the examples hold several Service ports");
-    let proxier_from = |from: usize| {
+    let proxier = || {
         IptablesProxier::new(
             Renderer::new(config.clone()).unwrap(),
             Box::new(Shared::default()),
             None,
         )
         .with_route_localnet(false)
-        .with_scale_advice(from)
     };
 
-    let mut below = proxier_from(state.len() + 1);
+    let mut below = proxier().with_scale_advice(state.len() + 1);
     below.sync(&state, &state.resync_diff()).unwrap();
     assert!(!below.scale_advised(), "one Service port short: no advice");
 
-    let mut at = proxier_from(state.len());
+    let mut at = proxier().with_scale_advice(state.len());
     assert!(!at.scale_advised(), "nothing advised before a sync");
     at.sync(&state, &state.resync_diff()).unwrap();
     assert!(at.scale_advised());
 
-    let mut unset = IptablesProxier::new(
-        Renderer::new(config.clone()).unwrap(),
-        Box::new(Shared::default()),
-        None,
-    )
-    .with_route_localnet(false);
+    let mut unset = proxier();
     unset.sync(&state, &state.resync_diff()).unwrap();
     assert!(!unset.scale_advised(), "no advice unless asked for");
 }
