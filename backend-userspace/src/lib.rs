@@ -1,0 +1,23 @@
+//! The userspace mode's building blocks: the proxy that carries a client's connection to an
+//! endpoint, without NAT in the kernel for load balancing.
+//!
+//! - [`balancer`]: [`RoundRobin`], which endpoint a client goes to next — round-robin, with
+//!   ClientIP session affinity and its timeout.
+//! - [`connect`]: [`connect_endpoint`], connecting to the endpoint the balancer picks and, when it
+//!   refuses or does not answer, to the next one ([`RetryPolicy`]), so one dead pod does not fail
+//!   the client.
+//! - [`splice`]: [`splice_bidirectional`], both directions of a TCP connection through kernel
+//!   pipes with `splice(2)`, half-closes passed on, no bytes copied through userspace.
+//!
+//! Not yet here (issue 13): the listeners per Service port, UDP sessions, the REDIRECT rules, the
+//! proxier behind the factory, and metrics. `--proxy-mode userspace` still exits 2.
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+#![deny(rustdoc::broken_intra_doc_links)]
+
+pub mod balancer;
+pub mod connect;
+pub mod splice;
+
+pub use balancer::RoundRobin;
+pub use connect::{connect_endpoint, ConnectError, RetryPolicy};
+pub use splice::{splice_bidirectional, Transferred};
