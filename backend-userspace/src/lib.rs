@@ -8,8 +8,10 @@
 //!   the client.
 //! - [`splice`]: [`splice_bidirectional`], both directions of a TCP connection through kernel
 //!   pipes with `splice(2)`, half-closes passed on, no bytes copied through userspace.
+//! - [`udp`]: [`UdpProxy`], a session per client address towards the endpoint the balancer
+//!   picked, replies sent back from the Service port's socket, sessions ended when idle.
 //!
-//! Not yet here (issue 13): the listeners per Service port, UDP sessions, the REDIRECT rules, the
+//! Not yet here (issue 13): the listeners per Service port, the REDIRECT rules, the
 //! proxier behind the factory, and metrics. `--proxy-mode userspace` still exits 2.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![deny(rustdoc::broken_intra_doc_links)]
@@ -17,7 +19,9 @@
 pub mod balancer;
 pub mod connect;
 pub mod splice;
+pub mod udp;
 
 pub use balancer::RoundRobin;
 pub use connect::{connect_endpoint, ConnectError, RetryPolicy};
 pub use splice::{splice_bidirectional, Transferred};
+pub use udp::UdpProxy;
