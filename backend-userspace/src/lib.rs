@@ -11,17 +11,22 @@
 //! - [`udp`]: [`UdpProxy`], a session per client address towards the endpoint the balancer
 //!   picked, replies sent back from the Service port's socket, sessions ended when idle.
 //!
-//! Not yet here (issue 13): the listeners per Service port, the REDIRECT rules, the
+//! - [`listeners`]: [`Listeners`], one listener per Service port from `--proxy-port-range`,
+//!   opened, updated in place and closed to match the desired Service ports.
+//!
+//! Not yet here (issue 13): the REDIRECT rules, the
 //! proxier behind the factory, and metrics. `--proxy-mode userspace` still exits 2.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![deny(rustdoc::broken_intra_doc_links)]
 
 pub mod balancer;
 pub mod connect;
+pub mod listeners;
 pub mod splice;
 pub mod udp;
 
 pub use balancer::RoundRobin;
 pub use connect::{connect_endpoint, ConnectError, RetryPolicy};
+pub use listeners::{ApplyReport, ListenerSettings, ListenerSpec, Listeners, Transport};
 pub use splice::{splice_bidirectional, Transferred};
 pub use udp::UdpProxy;
