@@ -211,7 +211,8 @@ impl<K: Ord + Clone + Display> Listeners<K> {
     }
 
     /// Binds a socket on a port from the range (the first free one from where the last search
-    /// ended), or an ephemeral one.
+    /// ended), or an ephemeral one. Ports of our own listeners are found taken by the kernel,
+    /// like anyone else's: no scan of the open listeners.
     fn bind(&mut self, transport: Transport) -> io::Result<(Bound, u16)> {
         let Some(range) = self.settings.port_range.clone() else {
             return Bound::new(transport, SocketAddr::new(self.settings.bind, 0));
@@ -221,13 +222,6 @@ impl<K: Ord + Clone + Display> Listeners<K> {
         for i in 0..size {
             let offset = (usize::from(self.next_port - range.start()) + i) % size;
             let port = range.start() + offset as u16;
-            if self
-                .open
-                .values()
-                .any(|o| o.port == port && o.spec.transport == transport)
-            {
-                continue;
-            }
             match Bound::new(transport, SocketAddr::new(self.settings.bind, port)) {
                 Ok(bound) => {
                     self.next_port = if port == *range.end() {
