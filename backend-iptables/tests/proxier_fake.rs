@@ -58,6 +58,12 @@ fn expected_kernel(
     expected
 }
 
+/// A proxier on `config` applying to `fake`, leaving the host's sysctls alone.
+fn fake_proxier(config: &backend_iptables::RenderConfig, fake: Shared) -> IptablesProxier {
+    IptablesProxier::new(Renderer::new(config.clone()).unwrap(), Box::new(fake), None)
+        .with_route_localnet(false)
+}
+
 fn count_jumps(rules: &Ruleset, table: &str, from: &str, to: &str) -> usize {
     rules
         .table(table)
@@ -75,13 +81,8 @@ fn full_then_partial_then_recovery() {
     let (mut pending, mut state) = common::state_of(&m, IpFamily::V4, fixtures::EXAMPLE_NODE);
     let config = common::examples_config(IpFamily::V4, &state);
     let fake = Shared::default();
-    let mut proxier = IptablesProxier::new(
-        Renderer::new(config.clone()).unwrap(),
-        Box::new(fake.clone()),
-        None,
-    )
-    .with_route_localnet(false)
-    .with_canary_interval(std::time::Duration::ZERO);
+    let mut proxier =
+        fake_proxier(&config, fake.clone()).with_canary_interval(std::time::Duration::ZERO);
 
     // First sync: full; the kernel holds exactly a full render plus the jumps and the canary.
     let report = proxier.sync(&state, &state.resync_diff()).unwrap();
@@ -189,9 +190,7 @@ fn restart_deletes_chains_a_previous_run_left() {
         .rules
         .apply_restore("*nat\n:KUBE-SVC-AAAAAAAAAAAAAAAA - [0:0]\n-A KUBE-SVC-AAAAAAAAAAAAAAAA -j RETURN\nCOMMIT\n")
         .unwrap();
-    let mut proxier =
-        IptablesProxier::new(Renderer::new(config).unwrap(), Box::new(fake.clone()), None)
-            .with_route_localnet(false);
+    let mut proxier = fake_proxier(&config, fake.clone());
     proxier.sync(&state, &state.resync_diff()).unwrap();
     let saved = fake.0.lock().unwrap().rules.save("nat").unwrap();
     assert!(!saved.contains("KUBE-SVC-AAAAAAAAAAAAAAAA"), "{saved}");
@@ -211,12 +210,7 @@ fn a_node_update_is_applied_without_a_new_proxier() {
     config.detect_local = DetectLocalMode::NodeCidr;
     config.node_port_addresses = NodePortAddressSpec::parse(&["192.168.0.0/16"]).unwrap();
     let fake = Shared::default();
-    let mut proxier = IptablesProxier::new(
-        Renderer::new(config.clone()).unwrap(),
-        Box::new(fake.clone()),
-        None,
-    )
-    .with_route_localnet(false);
+    let mut proxier = fake_proxier(&config, fake.clone());
     proxier.sync(&state, &state.resync_diff()).unwrap();
     let nat = || fake.0.lock().unwrap().rules.save("nat").unwrap();
     let before = nat();
@@ -266,12 +260,7 @@ fn a_full_sync_repairs_what_was_tampered_with() {
     let (_, state) = common::state_of(&m, IpFamily::V4, fixtures::EXAMPLE_NODE);
     let config = common::examples_config(IpFamily::V4, &state);
     let fake = Shared::default();
-    let mut proxier = IptablesProxier::new(
-        Renderer::new(config.clone()).unwrap(),
-        Box::new(fake.clone()),
-        None,
-    )
-    .with_route_localnet(false);
+    let mut proxier = fake_proxier(&config, fake.clone());
     proxier.sync(&state, &state.resync_diff()).unwrap();
 
     {
@@ -310,13 +299,8 @@ fn a_canary_lost_from_any_table_forces_a_full_sync() {
     let (mut pending, mut state) = common::state_of(&m, IpFamily::V4, fixtures::EXAMPLE_NODE);
     let config = common::examples_config(IpFamily::V4, &state);
     let fake = Shared::default();
-    let mut proxier = IptablesProxier::new(
-        Renderer::new(config.clone()).unwrap(),
-        Box::new(fake.clone()),
-        None,
-    )
-    .with_route_localnet(false)
-    .with_canary_interval(std::time::Duration::ZERO);
+    let mut proxier =
+        fake_proxier(&config, fake.clone()).with_canary_interval(std::time::Duration::ZERO);
     proxier.sync(&state, &state.resync_diff()).unwrap();
     for table in ["filter", "nat"] {
         fake.0
@@ -343,14 +327,7 @@ fn scale_advice_is_given_from_its_threshold() {
     let (_pending, state) = common::state_of(&m, IpFamily::V4, fixtures::EXAMPLE_NODE);
     let config = common::examples_config(IpFamily::V4, &state);
     assert!(state.len() > 1, "the examples hold several Service ports");
-    let proxier = || {
-        IptablesProxier::new(
-            Renderer::new(config.clone()).unwrap(),
-            Box::new(Shared::default()),
-            None,
-        )
-        .with_route_localnet(false)
-    };
+    let proxier = || fake_proxier(&config, Shared::default());
 
     let mut below = proxier().with_scale_advice(state.len() + 1);
     below.sync(&state, &state.resync_diff()).unwrap();

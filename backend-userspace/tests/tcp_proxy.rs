@@ -32,10 +32,13 @@ async fn echo_after_eof() -> SocketAddr {
     addr
 }
 
-/// An address nothing listens on (connects are refused).
-async fn refusing() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
+/// An address nothing listens on (connects are refused). The socket stays bound, without
+/// listening, so no other test's listener can take the port while it is in use.
+fn refusing() -> (tokio::net::TcpSocket, SocketAddr) {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = s.local_addr().unwrap();
+    (s, addr)
 }
 
 /// A one-connection proxy in front of `balancer`; returns its address and the bytes it carried.
@@ -102,7 +105,7 @@ async fn a_mebibyte_goes_through_and_back_after_a_half_close() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusing_endpoint_is_skipped_and_the_client_sticks_to_the_next() {
-    let dead = refusing().await;
+    let (_held, dead) = refusing();
     let echo = echo_after_eof().await;
     let mut rr = RoundRobin::new(Some(Duration::from_secs(60)));
     rr.set_endpoints(vec![dead, echo]); // the rotation starts at the dead one
@@ -123,11 +126,11 @@ async fn a_refusing_endpoint_is_skipped_and_the_client_sticks_to_the_next() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_every_attempt_fails_the_error_names_the_last_endpoint() {
-    let dead = [refusing().await, refusing().await];
+    let (held, dead): (Vec<_>, Vec<_>) = [refusing(), refusing()].into_iter().unzip();
     let policy = RetryPolicy {
         attempt_timeouts: vec![Duration::from_secs(5); 3],
     };
-    let err = connect_endpoint(&balancer(dead.to_vec()), CLIENT, &policy)
+    let err = connect_endpoint(&balancer(dead.clone()), CLIENT, &policy)
         .await
         .unwrap_err();
     match err {
@@ -145,7 +148,7 @@ async fn when_every_attempt_fails_the_error_names_the_last_endpoint() {
     let none = connect_endpoint(&balancer(Vec::new()), CLIENT, &policy).await;
     assert!(matches!(none, Err(ConnectError::NoEndpoints)));
     let no_attempts = connect_endpoint(
-        &balancer(dead.to_vec()),
+        &balancer(dead.clone()),
         CLIENT,
         &RetryPolicy {
             attempt_timeouts: Vec::new(),
@@ -153,4 +156,5 @@ async fn when_every_attempt_fails_the_error_names_the_last_endpoint() {
     )
     .await;
     assert!(matches!(no_attempts, Err(ConnectError::NoAttempts)));
+    drop(held);
 }

@@ -55,7 +55,8 @@ async fn sessions_balance_reply_from_the_proxy_and_end_when_idle() {
     let proxy = Arc::new(UdpProxy::new(
         socket,
         Arc::new(Mutex::new(rr)),
-        Duration::from_secs(2),
+        // long enough that a stalled machine does not end a session between two questions
+        Duration::from_secs(5),
     ));
     let addr = proxy.local_addr().unwrap();
     tokio::spawn(Arc::clone(&proxy).run());

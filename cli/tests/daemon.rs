@@ -89,6 +89,19 @@ fn start_daemon(bed: &Bed, dir: &std::path::Path, cluster_cidr: &str, stderr: St
 }
 
 /// Starts kproxy in the node namespace with extra flags.
+/// The bed's manifests directory holding `web.yaml`: the web Service with one ready endpoint,
+/// pod-a on node-a (the starting point of most tests here).
+fn web_manifests(bed: &Bed) -> std::path::PathBuf {
+    let dir = bed.dir.join("manifests");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("web.yaml"),
+        yaml(&[("10.244.1.11", "node-a", true)]),
+    )
+    .unwrap();
+    dir
+}
+
 fn start_daemon_with(
     bed: &Bed,
     dir: &std::path::Path,
@@ -142,10 +155,8 @@ fn daemon_follows_manifests_and_serves_health_and_metrics() {
     ) else {
         return;
     };
-    let dir = bed.dir.join("manifests");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = web_manifests(&bed);
     let file = dir.join("web.yaml");
-    std::fs::write(&file, yaml(&[("10.244.1.11", "node-a", true)])).unwrap();
 
     let mut daemon = start_daemon(&bed, &dir, "10.244.0.0/16,fd00:244::/32", Stdio::piped());
 
@@ -329,13 +340,7 @@ fn tampered_rules_repair_themselves(variant: &str) {
     let Some(bed) = Bed::new("tamper", &[("pod-a", "10.244.1.11")]) else {
         return;
     };
-    let dir = bed.dir.join("manifests");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("web.yaml"),
-        yaml(&[("10.244.1.11", "node-a", true)]),
-    )
-    .unwrap();
+    let dir = web_manifests(&bed);
     let _daemon = start_daemon_with(
         &bed,
         &dir,
@@ -433,10 +438,8 @@ fn an_emptied_manifest_keeps_its_rules_until_it_stays_empty(variant: &str) {
     ) else {
         return;
     };
-    let dir = bed.dir.join("manifests");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = web_manifests(&bed);
     let file = dir.join("web.yaml");
-    std::fs::write(&file, yaml(&[("10.244.1.11", "node-a", true)])).unwrap();
     let _daemon = start_daemon_with(
         &bed,
         &dir,
@@ -476,13 +479,7 @@ fn healthz_drains_a_node_tainted_for_deletion() {
     let Some(bed) = Bed::new("drain", &[("pod-a", "10.244.1.11")]) else {
         return;
     };
-    let dir = bed.dir.join("manifests");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("web.yaml"),
-        yaml(&[("10.244.1.11", "node-a", true)]),
-    )
-    .unwrap();
+    let dir = web_manifests(&bed);
     let node = |taints: &str| {
         format!("apiVersion: v1\nkind: Node\nmetadata: {{name: node-a}}\nspec: {{taints: [{taints}]}}\n")
     };
@@ -519,13 +516,7 @@ fn conntrack_settings_are_applied_at_start() {
     let Some(bed) = Bed::new("ctset", &[("pod-a", "10.244.1.11")]) else {
         return;
     };
-    let dir = bed.dir.join("manifests");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("web.yaml"),
-        yaml(&[("10.244.1.11", "node-a", true)]),
-    )
-    .unwrap();
+    let dir = web_manifests(&bed);
     let _daemon = start_daemon_with(
         &bed,
         &dir,

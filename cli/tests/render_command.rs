@@ -10,6 +10,17 @@ fn kproxy(args: &[&str]) -> Output {
         .expect("run kproxy")
 }
 
+/// `kproxy render` with `args`, which must succeed; its output.
+fn render_ok(args: &[&str]) -> String {
+    let out = kproxy(&[&["render"], args].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 #[test]
 fn renders_the_bundled_examples_with_no_arguments() {
     let out = kproxy(&["render"]);
@@ -168,17 +179,15 @@ fn zero_padded_addresses_render_as_their_canonical_spelling() {
     let render = |name: &str, text: String| {
         let file = dir.join(name);
         std::fs::write(&file, text).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kproxy"))
-            .args([
-                "render",
-                "-f",
-                file.to_str().unwrap(),
-                "--hostname-override",
-                "node-a",
-            ])
-            .args(["--cluster-cidr", "10.244.0.0/16"])
-            .output()
-            .unwrap();
+        let out = kproxy(&[
+            "render",
+            "-f",
+            file.to_str().unwrap(),
+            "--hostname-override",
+            "node-a",
+            "--cluster-cidr",
+            "10.244.0.0/16",
+        ]);
         assert!(
             out.status.success(),
             "{}",
@@ -205,43 +214,17 @@ fn zero_padded_addresses_render_as_their_canonical_spelling() {
 /// kube-proxy does when the node's conntrack is liberal.
 #[test]
 fn conntrack_tcp_be_liberal_drops_the_invalid_rule() {
-    let render = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kproxy"))
-            .arg("render")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
     let invalid = "-A KUBE-FORWARD -m conntrack --ctstate INVALID -m nfacct --nfacct-name ct_state_invalid_dropped_pkts -j DROP";
-    assert!(render(&[]).contains(invalid));
-    assert!(!render(&["--conntrack-tcp-be-liberal"]).contains(invalid));
-    assert!(render(&["--conntrack-tcp-be-liberal=false"]).contains(invalid));
+    assert!(render_ok(&[]).contains(invalid));
+    assert!(!render_ok(&["--conntrack-tcp-be-liberal"]).contains(invalid));
+    assert!(render_ok(&["--conntrack-tcp-be-liberal=false"]).contains(invalid));
 }
 
 /// `render` assumes a node with nfacct, as upstream's tests do (the dropped-INVALID and
 /// localhost-NodePort counters); `--no-nfacct` renders for a node without it.
 #[test]
 fn render_counts_with_nfacct_unless_told_not_to() {
-    let render = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kproxy"))
-            .arg("render")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
-    let with = render(&[]);
+    let with = render_ok(&[]);
     assert!(with.contains("-m nfacct --nfacct-name ct_state_invalid_dropped_pkts -j DROP"));
     assert!(
         with.contains(
@@ -249,7 +232,7 @@ fn render_counts_with_nfacct_unless_told_not_to() {
         ),
         "{with}"
     );
-    let without = render(&["--no-nfacct"]);
+    let without = render_ok(&["--no-nfacct"]);
     assert!(!without.contains("nfacct"));
     assert!(without.contains("-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP"));
 }
