@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use proxy_core::proxy_port_metrics::PortStats;
 use tokio::net::TcpStream;
 
 use crate::balancer::RoundRobin;
@@ -54,13 +55,15 @@ pub enum ConnectError {
 
 /// Connects `client` to an endpoint `balancer` picks. When the connect is refused or times out,
 /// the next attempt asks the balancer again with affinity reset (the client then sticks to the
-/// endpoint that answered), up to the policy's attempts. Each failure is logged with the endpoint.
+/// endpoint that answered), up to the policy's attempts. Each failure is logged with the endpoint
+/// and counted in `stats.failed_connects`.
 ///
 /// The balancer's lock is held only to pick, never across a connect.
 pub async fn connect_endpoint(
     balancer: &Mutex<RoundRobin>,
     client: IpAddr,
     policy: &RetryPolicy,
+    stats: &PortStats,
 ) -> Result<(TcpStream, SocketAddr), ConnectError> {
     let mut failure = None;
     for (attempt, &timeout) in policy.attempt_timeouts.iter().enumerate() {
@@ -79,6 +82,7 @@ pub async fn connect_endpoint(
                 format!("no answer within {timeout:?}"),
             ),
         };
+        stats.failed_connects.inc();
         tracing::warn!(%client, %endpoint, attempt = attempt + 1, "connect to endpoint failed: {error}");
         failure = Some((attempt + 1, endpoint, error));
     }

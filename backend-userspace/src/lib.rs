@@ -13,20 +13,27 @@
 //!
 //! - [`listeners`]: [`Listeners`], one listener per Service port from `--proxy-port-range`,
 //!   opened, updated in place and closed to match the desired Service ports.
-//!
-//! Not yet here (issue 13): the REDIRECT rules, the
-//! proxier behind the factory, and metrics. `--proxy-mode userspace` still exits 2.
+//! - [`plan`]: which listeners a state needs and where each kind of traffic goes (from
+//!   proxy-core's `PortVerdict`, as every mode decides it).
+//! - [`rules`]: the REDIRECT rules (`KUBE-PORTALS-*`, `KUBE-NODEPORT-*`) and the REJECT/DROP
+//!   rules (`KUBE-PORTALS-FILTER`).
+//! - [`proxier`]: [`UserspaceProxier`], the mode behind the factory, and its cleanup.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![deny(rustdoc::broken_intra_doc_links)]
 
 pub mod balancer;
 pub mod connect;
 pub mod listeners;
+pub mod plan;
+pub mod proxier;
+pub mod rules;
 pub mod splice;
 pub mod udp;
 
 pub use balancer::RoundRobin;
 pub use connect::{connect_endpoint, ConnectError, RetryPolicy};
 pub use listeners::{ApplyReport, ListenerSettings, ListenerSpec, Listeners, Transport};
+pub use plan::{EndpointSet, ListenerKey, Route};
+pub use proxier::{cleanup_node, UserspaceProxier};
 pub use splice::{splice_bidirectional, Transferred};
 pub use udp::UdpProxy;

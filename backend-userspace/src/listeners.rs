@@ -15,6 +15,7 @@ use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use proxy_core::proxy_port_metrics::PortStats;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
@@ -69,11 +70,14 @@ pub struct ApplyReport<K> {
     pub failed: Vec<(K, io::Error)>,
 }
 
+/// Where a new listener's counters come from (the metric families, keyed by Service port).
+type StatsFor<K> = Box<dyn Fn(&K, Transport) -> PortStats + Send + Sync>;
+
 /// The open listeners, keyed by Service port (`K`, e.g. proxy-core's `ServicePortName`).
-#[derive(Debug)]
 pub struct Listeners<K> {
     settings: ListenerSettings,
     runtime: Handle,
+    stats_for: StatsFor<K>,
     open: BTreeMap<K, Open>,
     /// Where the next port search in the range starts (spreads reuse of freed ports).
     next_port: u16,
@@ -94,6 +98,16 @@ impl Drop for Open {
     }
 }
 
+impl<K: std::fmt::Debug> std::fmt::Debug for Listeners<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listeners")
+            .field("settings", &self.settings)
+            .field("open", &self.open)
+            .field("next_port", &self.next_port)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<K: Ord + Clone + Display> Listeners<K> {
     /// No listeners yet; they will be served on `runtime`.
     pub fn new(settings: ListenerSettings, runtime: Handle) -> Self {
@@ -101,9 +115,20 @@ impl<K: Ord + Clone + Display> Listeners<K> {
         Self {
             settings,
             runtime,
+            stats_for: Box::new(|_, _| PortStats::default()),
             open: BTreeMap::new(),
             next_port,
         }
+    }
+
+    /// Counts each new listener's traffic into the counters `stats_for` gives for its Service
+    /// port (the metric families); without it, counters nobody reads.
+    pub fn with_stats(
+        mut self,
+        stats_for: impl Fn(&K, Transport) -> PortStats + Send + Sync + 'static,
+    ) -> Self {
+        self.stats_for = Box::new(stats_for);
+        self
     }
 
     /// The port serving `key`, if it has a listener.
@@ -178,22 +203,27 @@ impl<K: Ord + Clone + Display> Listeners<K> {
         let mut rr = RoundRobin::new(spec.affinity);
         rr.set_endpoints(spec.endpoints.clone());
         let balancer = Arc::new(Mutex::new(rr));
+        let stats = (self.stats_for)(key, spec.transport);
         let _entered = self.runtime.enter();
         let task = match socket {
             Bound::Tcp(listener) => {
                 let listener = tokio::net::TcpListener::from_std(listener)?;
                 let served = key.to_string();
                 let retry = self.settings.retry.clone();
-                self.runtime
-                    .spawn(serve_tcp(listener, Arc::clone(&balancer), retry, served))
+                self.runtime.spawn(serve_tcp(
+                    listener,
+                    Arc::clone(&balancer),
+                    retry,
+                    served,
+                    stats,
+                ))
             }
             Bound::Udp(socket) => {
                 let socket = tokio::net::UdpSocket::from_std(socket)?;
-                let proxy = Arc::new(UdpProxy::new(
-                    socket,
-                    Arc::clone(&balancer),
-                    self.settings.udp_timeout,
-                ));
+                let proxy = Arc::new(
+                    UdpProxy::new(socket, Arc::clone(&balancer), self.settings.udp_timeout)
+                        .with_stats(stats),
+                );
                 let served = key.to_string();
                 self.runtime.spawn(async move {
                     if let Err(e) = proxy.run().await {
@@ -282,6 +312,7 @@ async fn serve_tcp(
     balancer: Arc<Mutex<RoundRobin>>,
     retry: RetryPolicy,
     served: String,
+    stats: PortStats,
 ) {
     loop {
         let (client, peer) = match listener.accept().await {
@@ -296,15 +327,22 @@ async fn serve_tcp(
         let balancer = Arc::clone(&balancer);
         let retry = retry.clone();
         let served = served.clone();
+        let stats = stats.clone();
+        stats.connections.inc();
+        stats.open.inc();
         tokio::spawn(async move {
-            match connect_endpoint(&balancer, peer.ip(), &retry).await {
+            match connect_endpoint(&balancer, peer.ip(), &retry, &stats).await {
                 Ok((endpoint, _)) => {
-                    if let Err(e) = splice_bidirectional(&client, &endpoint).await {
+                    if let Err(e) = splice_bidirectional(&client, &endpoint, &stats).await {
                         tracing::debug!(service_port = %served, %peer, "connection ended: {e}");
                     }
                 }
-                Err(e) => tracing::warn!(service_port = %served, %peer, "client dropped: {e}"),
+                Err(e) => {
+                    stats.dropped.inc();
+                    tracing::warn!(service_port = %served, %peer, "client dropped: {e}");
+                }
             }
+            stats.open.dec();
         });
     }
 }

@@ -15,6 +15,8 @@ use std::os::fd::{AsFd, AsRawFd};
 use nix::fcntl::{splice, OFlag, SpliceFFlags};
 use nix::sys::socket::{shutdown, Shutdown};
 use nix::unistd::pipe2;
+use prometheus_client::metrics::counter::Counter;
+use proxy_core::proxy_port_metrics::PortStats;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
@@ -33,12 +35,17 @@ pub struct Transferred {
 
 /// Carries bytes both ways between `client` and `endpoint` until both directions have ended
 /// (each side sent EOF), or until either fails (a reset), which ends both: the caller then drops
-/// the sockets. Returns the bytes carried each way.
+/// the sockets. Returns the bytes carried each way; `stats` counts them as they pass (a
+/// long-lived connection shows in the byte counters before it ends).
 pub async fn splice_bidirectional(
     client: &TcpStream,
     endpoint: &TcpStream,
+    stats: &PortStats,
 ) -> io::Result<Transferred> {
-    let (up, down) = tokio::try_join!(one_way(client, endpoint), one_way(endpoint, client))?;
+    let (up, down) = tokio::try_join!(
+        one_way(client, endpoint, &stats.bytes_to_endpoint),
+        one_way(endpoint, client, &stats.bytes_to_client)
+    )?;
     Ok(Transferred {
         client_to_endpoint: up,
         endpoint_to_client: down,
@@ -46,8 +53,8 @@ pub async fn splice_bidirectional(
 }
 
 /// One direction: `from` → pipe → `to`, until `from` sends EOF; then `to`'s write half is shut
-/// down so the far side sees the half-close.
-async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
+/// down so the far side sees the half-close. Every chunk written is added to `counted`.
+async fn one_way(from: &TcpStream, to: &TcpStream, counted: &Counter) -> io::Result<u64> {
     let (pipe_out, pipe_in) = pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)
         .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("pipe2: {e}")))?;
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
@@ -71,6 +78,7 @@ async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
             .await?;
             pending -= written;
             total += written as u64;
+            counted.inc_by(written as u64);
         }
     }
 }

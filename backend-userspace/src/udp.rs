@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use proxy_core::proxy_port_metrics::PortStats;
 use tokio::net::UdpSocket;
 
 use crate::balancer::RoundRobin;
@@ -29,6 +30,8 @@ pub struct UdpProxy {
     epoch: Instant,
     /// Datagrams dropped because no session could be opened or the send failed.
     dropped: AtomicU64,
+    /// The Service port's metrics: sessions as connections, bytes, drops.
+    stats: PortStats,
 }
 
 /// A client's session: the socket connected to its endpoint and when traffic last passed.
@@ -55,7 +58,14 @@ impl UdpProxy {
             sessions: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
             dropped: AtomicU64::new(0),
+            stats: PortStats::default(),
         }
+    }
+
+    /// Counts into `stats` (sessions opened and open, bytes each way, dropped datagrams).
+    pub fn with_stats(mut self, stats: PortStats) -> Self {
+        self.stats = stats;
+        self
     }
 
     /// The address clients send to.
@@ -84,6 +94,7 @@ impl UdpProxy {
                 Ok(s) => s,
                 Err(e) => {
                     self.dropped.fetch_add(1, Ordering::Relaxed);
+                    self.stats.dropped.inc();
                     tracing::warn!(%client, "UDP datagram dropped: {e}");
                     continue;
                 }
@@ -93,8 +104,12 @@ impl UdpProxy {
                 // e.g. ECONNREFUSED from an earlier ICMP unreachable: the next datagram opens a
                 // session to another endpoint.
                 self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.stats.dropped.inc();
+                self.stats.failed_connects.inc();
                 tracing::warn!(%client, endpoint = %session.endpoint, "UDP send to endpoint failed: {e}");
                 self.end_session(client, &session);
+            } else {
+                self.stats.bytes_to_endpoint.inc_by(len as u64);
             }
         }
     }
@@ -132,6 +147,8 @@ impl UdpProxy {
             last_active: Arc::new(AtomicU64::new(self.now_ms())),
         };
         self.lock_sessions().insert(client, session.clone());
+        self.stats.connections.inc();
+        self.stats.open.inc();
         tokio::spawn(Arc::clone(self).relay_replies(client, session.clone()));
         Ok(session)
     }
@@ -146,8 +163,11 @@ impl UdpProxy {
                 Ok(Ok(len)) => {
                     session.last_active.store(self.now_ms(), Ordering::Relaxed);
                     wait = self.idle_timeout;
-                    if let Err(e) = self.socket.send_to(&buf[..len], client).await {
-                        tracing::warn!(%client, "UDP reply to client failed: {e}");
+                    match self.socket.send_to(&buf[..len], client).await {
+                        Ok(_) => {
+                            self.stats.bytes_to_client.inc_by(len as u64);
+                        }
+                        Err(e) => tracing::warn!(%client, "UDP reply to client failed: {e}"),
                     }
                 }
                 Ok(Err(e)) => {
@@ -168,6 +188,7 @@ impl UdpProxy {
             }
         }
         self.end_session(client, &session);
+        self.stats.open.dec();
     }
 
     /// Removes `client`'s session if it is still `session` (a newer one is left alone).

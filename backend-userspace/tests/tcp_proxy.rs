@@ -9,6 +9,7 @@ use std::time::Duration;
 use backend_userspace::{
     connect_endpoint, splice_bidirectional, ConnectError, RetryPolicy, RoundRobin, Transferred,
 };
+use proxy_core::proxy_port_metrics::PortStats;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -41,9 +42,11 @@ fn refusing() -> (tokio::net::TcpSocket, SocketAddr) {
     (s, addr)
 }
 
-/// A one-connection proxy in front of `balancer`; returns its address and the bytes it carried.
+/// A one-connection proxy in front of `balancer`, counting into `stats`; returns its address and
+/// the bytes it carried.
 async fn proxy_once(
     balancer: Mutex<RoundRobin>,
+    stats: PortStats,
 ) -> (
     SocketAddr,
     tokio::task::JoinHandle<(SocketAddr, Transferred)>,
@@ -52,10 +55,13 @@ async fn proxy_once(
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
         let (client, peer) = listener.accept().await.unwrap();
-        let (endpoint, chosen) = connect_endpoint(&balancer, peer.ip(), &RetryPolicy::default())
+        let (endpoint, chosen) =
+            connect_endpoint(&balancer, peer.ip(), &RetryPolicy::default(), &stats)
+                .await
+                .unwrap();
+        let carried = splice_bidirectional(&client, &endpoint, &stats)
             .await
             .unwrap();
-        let carried = splice_bidirectional(&client, &endpoint).await.unwrap();
         (chosen, carried)
     });
     (addr, task)
@@ -77,7 +83,8 @@ fn payload() -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mebibyte_goes_through_and_back_after_a_half_close() {
     let echo = echo_after_eof().await;
-    let (proxy, task) = proxy_once(balancer(vec![echo])).await;
+    let stats = PortStats::default();
+    let (proxy, task) = proxy_once(balancer(vec![echo]), stats.clone()).await;
     let data = payload();
 
     let mut client = TcpStream::connect(proxy).await.unwrap();
@@ -101,6 +108,10 @@ async fn a_mebibyte_goes_through_and_back_after_a_half_close() {
             endpoint_to_client: data.len() as u64,
         }
     );
+    // The metric counters saw every byte, as they passed.
+    assert_eq!(stats.bytes_to_endpoint.get(), data.len() as u64);
+    assert_eq!(stats.bytes_to_client.get(), data.len() as u64);
+    assert_eq!(stats.failed_connects.get(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,10 +122,16 @@ async fn a_refusing_endpoint_is_skipped_and_the_client_sticks_to_the_next() {
     rr.set_endpoints(vec![dead, echo]); // the rotation starts at the dead one
     let rr = Mutex::new(rr);
 
-    let (stream, chosen) = connect_endpoint(&rr, CLIENT, &RetryPolicy::default())
+    let stats = PortStats::default();
+    let (stream, chosen) = connect_endpoint(&rr, CLIENT, &RetryPolicy::default(), &stats)
         .await
         .unwrap();
     assert_eq!(chosen, echo);
+    assert_eq!(
+        stats.failed_connects.get(),
+        1,
+        "the refused attempt is counted"
+    );
     drop(stream);
     // Affinity now points at the endpoint that answered.
     let again = rr
@@ -130,9 +147,11 @@ async fn when_every_attempt_fails_the_error_names_the_last_endpoint() {
     let policy = RetryPolicy {
         attempt_timeouts: vec![Duration::from_secs(5); 3],
     };
-    let err = connect_endpoint(&balancer(dead.clone()), CLIENT, &policy)
+    let stats = PortStats::default();
+    let err = connect_endpoint(&balancer(dead.clone()), CLIENT, &policy, &stats)
         .await
         .unwrap_err();
+    assert_eq!(stats.failed_connects.get(), 3);
     match err {
         ConnectError::AllFailed {
             attempts,
@@ -145,7 +164,7 @@ async fn when_every_attempt_fails_the_error_names_the_last_endpoint() {
         }
         other => panic!("unexpected {other}"),
     }
-    let none = connect_endpoint(&balancer(Vec::new()), CLIENT, &policy).await;
+    let none = connect_endpoint(&balancer(Vec::new()), CLIENT, &policy, &stats).await;
     assert!(matches!(none, Err(ConnectError::NoEndpoints)));
     let no_attempts = connect_endpoint(
         &balancer(dead.clone()),
@@ -153,6 +172,7 @@ async fn when_every_attempt_fails_the_error_names_the_last_endpoint() {
         &RetryPolicy {
             attempt_timeouts: Vec::new(),
         },
+        &stats,
     )
     .await;
     assert!(matches!(no_attempts, Err(ConnectError::NoAttempts)));

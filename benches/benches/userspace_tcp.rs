@@ -43,11 +43,12 @@ async fn proxy(target: SocketAddr, splice: bool) -> SocketAddr {
             let (mut c, peer) = l.accept().await.unwrap();
             let rr = rr.clone();
             tokio::spawn(async move {
-                let (mut e, _) = connect_endpoint(&rr, peer.ip(), &RetryPolicy::default())
+                let stats = proxy_core::proxy_port_metrics::PortStats::default();
+                let (mut e, _) = connect_endpoint(&rr, peer.ip(), &RetryPolicy::default(), &stats)
                     .await
                     .unwrap();
                 if splice {
-                    splice_bidirectional(&c, &e).await.unwrap();
+                    splice_bidirectional(&c, &e, &stats).await.unwrap();
                 } else {
                     tokio::io::copy_bidirectional(&mut c, &mut e).await.unwrap();
                 }

@@ -127,6 +127,11 @@ pub(crate) struct RenderArgs {
     #[arg(long)]
     pub(crate) no_nfacct: bool,
 
+    /// Userspace mode: the listener port range the plan numbers ports from (`begin-end` or
+    /// `begin+offset`).
+    #[arg(long, value_name = "RANGE", value_parser = parse_port_range)]
+    pub(crate) proxy_port_range: Option<std::ops::RangeInclusive<u16>>,
+
     #[command(flatten)]
     pub(crate) detect_local: DetectLocalArgs,
 }
@@ -302,4 +307,9 @@ pub(crate) struct DaemonArgs {
 
 fn parse_duration(s: &str) -> Result<proxy_core::config::GoDuration, String> {
     proxy_core::config::GoDuration::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    proxy_core::config::parse_port_range(s)?
+        .ok_or_else(|| format!("{s:?} names no ports (give begin-end or begin+offset)"))
 }

@@ -16,7 +16,7 @@ use proxy_core::{IpFamily, Proxier, ProxyMode, ProxyState};
 use crate::args::IptablesVariant;
 
 /// The modes this build implements.
-pub(crate) const BUILT: &[ProxyMode] = &[ProxyMode::Iptables];
+pub(crate) const BUILT: &[ProxyMode] = &[ProxyMode::Iptables, ProxyMode::Userspace];
 
 /// A mode kproxy knows but this build does not implement yet (exit status 2).
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +75,10 @@ pub(crate) struct DatapathSettings {
     /// Whether the node is this machine (match `nodePortAddresses` against its interfaces, clean
     /// conntrack): true for the daemon and `sync`, false for `render`.
     pub(crate) on_this_node: bool,
+    /// Userspace mode: the listener ports (`portRange`); `None` for ephemeral ones.
+    pub(crate) proxy_port_range: Option<std::ops::RangeInclusive<u16>>,
+    /// Userspace mode: how long an idle UDP session lives (`udpIdleTimeout`).
+    pub(crate) udp_idle_timeout: std::time::Duration,
 }
 
 impl DatapathSettings {
@@ -92,6 +96,8 @@ impl DatapathSettings {
             iptables_variant: IptablesVariant::Auto,
             sync_period: std::time::Duration::from_secs(30),
             on_this_node: true,
+            proxy_port_range: None,
+            udp_idle_timeout: std::time::Duration::from_millis(250),
         }
     }
 }
@@ -101,8 +107,10 @@ impl DatapathSettings {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct ProxierContext {
     /// The daemon's tokio runtime, when there is one (`kproxy sync` has none).
-    #[allow(dead_code)] // read by the socket-serving modes as they land
     pub(crate) runtime: Option<tokio::runtime::Handle>,
+    /// The per-Service-port proxy metric families (userspace), registered with the daemon's
+    /// other metrics.
+    pub(crate) port_proxy_metrics: proxy_core::proxy_port_metrics::ProxyPortMetrics,
 }
 
 fn iptables_render_config(
@@ -145,7 +153,7 @@ pub(crate) fn build(
     mode: ProxyMode,
     family: IpFamily,
     settings: &DatapathSettings,
-    _context: &ProxierContext,
+    context: &ProxierContext,
 ) -> anyhow::Result<Box<dyn Proxier>> {
     check_built(mode)?;
     match mode {
@@ -187,13 +195,39 @@ pub(crate) fn build(
             }
             Ok(Box::new(proxier))
         }
-        ProxyMode::Ipvs | ProxyMode::Nftables | ProxyMode::Userspace => {
+        ProxyMode::Userspace => {
+            let Some(runtime) = context.runtime.clone() else {
+                anyhow::bail!(
+                    "userspace mode carries connections in kproxy's own process, so it runs only \
+                     as the daemon (kproxy --proxy-mode userspace …), not as a one-shot sync"
+                );
+            };
+            let variant = iptables_variant(settings, family);
+            tracing::info!("{family}: userspace proxy, REDIRECT rules with iptables-{variant}");
+            let listener_settings = backend_userspace::ListenerSettings {
+                bind: match family {
+                    IpFamily::V4 => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                    IpFamily::V6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+                },
+                port_range: settings.proxy_port_range.clone(),
+                udp_timeout: settings.udp_idle_timeout,
+                retry: backend_userspace::RetryPolicy::default(),
+            };
+            Ok(Box::new(backend_userspace::UserspaceProxier::new(
+                listener_settings,
+                runtime,
+                Box::new(backend_iptables::IptablesCmd::new(variant, family)),
+                context.port_proxy_metrics.clone(),
+            )))
+        }
+        ProxyMode::Ipvs | ProxyMode::Nftables => {
             unreachable!("check_built refused {mode}")
         }
     }
 }
 
-/// Writes `mode`'s plan for `state` (iptables: the exact iptables-restore input).
+/// Writes `mode`'s plan for `state` (iptables: the exact iptables-restore input; userspace: the
+/// listeners as comments, then its iptables-restore input).
 pub(crate) fn render(
     mode: ProxyMode,
     state: &ProxyState,
@@ -209,7 +243,11 @@ pub(crate) fn render(
             renderer.render_full_to(state, out)?;
             Ok(())
         }
-        ProxyMode::Ipvs | ProxyMode::Nftables | ProxyMode::Userspace => {
+        ProxyMode::Userspace => {
+            backend_userspace::plan::write_plan(state, settings.proxy_port_range.clone(), out)?;
+            Ok(())
+        }
+        ProxyMode::Ipvs | ProxyMode::Nftables => {
             unreachable!("check_built refused {mode}")
         }
     }
@@ -222,7 +260,8 @@ pub(crate) fn cleanup_all() -> anyhow::Result<()> {
     for mode in BUILT {
         let result = match mode {
             ProxyMode::Iptables => backend_iptables::cleanup_node(),
-            ProxyMode::Ipvs | ProxyMode::Nftables | ProxyMode::Userspace => Ok(Vec::new()),
+            ProxyMode::Userspace => backend_userspace::cleanup_node(),
+            ProxyMode::Ipvs | ProxyMode::Nftables => Ok(Vec::new()),
         };
         match result {
             Ok(cleaned) => {

@@ -95,6 +95,10 @@ pub(crate) struct UpstreamFlags {
     /// Port range for the userspace mode's listeners (`portRange`).
     #[arg(long, value_name = "RANGE")]
     pub(crate) proxy_port_range: Option<String>,
+    /// How long the userspace mode keeps an idle UDP session, e.g. `250ms`, `2s`
+    /// (`udpIdleTimeout`).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) udp_timeout: Option<GoDuration>,
     /// Show metrics hidden since this version (`showHiddenMetricsForVersion`).
     #[arg(long, value_name = "VERSION")]
     pub(crate) show_hidden_metrics_for_version: Option<String>,
@@ -234,6 +238,7 @@ impl UpstreamFlags {
             c.oom_score_adj = Some(v);
         }
         set!(self.proxy_port_range, c.port_range);
+        set!(self.udp_timeout, c.udp_idle_timeout);
         set!(
             self.show_hidden_metrics_for_version,
             c.show_hidden_metrics_for_version

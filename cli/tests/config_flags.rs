@@ -150,8 +150,8 @@ fn unknown_and_unbuilt_modes_exit_2_naming_the_modes() {
             "nonesuch",
         ),
         (
-            vec!["--proxy-mode", "userspace", "--manifests", manifests],
-            "userspace",
+            vec!["--proxy-mode", "nftables", "--manifests", manifests],
+            "nftables",
         ),
         (
             vec![

@@ -4,22 +4,13 @@
 
 mod testbed;
 
-use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::Read;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use testbed::{Bed, Reply, ServiceSpec};
+use testbed::{wait_for, Bed, Daemon, Reply, ServiceSpec};
 
 const SVC: &str = "172.30.0.10:80";
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn yaml(endpoints: &[(&str, &str, bool)]) -> String {
     let now = proxy_core::rfc3339::format(std::time::SystemTime::now());
@@ -51,29 +42,7 @@ fn get_from(ns: &str, addr: &str, path: &str) -> (u16, String) {
 
 /// As [`get_from`], or `None` when the connection is refused (nothing listens).
 fn try_get_from(ns: &str, addr: &str, path: &str) -> Option<(u16, String)> {
-    let ns = ns.to_owned();
-    let (addr, path) = (addr.to_owned(), path.to_owned());
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        // Refused, reset (a listener closing under the request) or cut short: no answer.
-        let mut s = std::net::TcpStream::connect(&addr).ok()?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        let status = text.get(9..12)?.parse().ok()?;
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        Some((status, body))
-    })
-    .join()
-    .unwrap()
+    testbed::http_get(ns, addr, path)
 }
 
 /// Starts kproxy (iptables-nft) in the node namespace on the manifests in `dir`, with these
@@ -109,42 +78,7 @@ fn start_daemon_with(
     stderr: Stdio,
     extra: &[&str],
 ) -> Daemon {
-    let child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &bed.node.name,
-            env!("CARGO_BIN_EXE_kproxy"),
-        ])
-        .args([
-            "--manifests",
-            dir.to_str().unwrap(),
-            "--hostname-override",
-            "node-a",
-            "--cluster-cidr",
-            cluster_cidr,
-            "--iptables-min-sync-period",
-            "0",
-            "--healthz-bind-address",
-            "127.0.0.1:10256",
-        ])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .unwrap();
-    Daemon(child)
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}");
+    bed.start_daemon(dir, cluster_cidr, stderr, extra)
 }
 
 #[test]

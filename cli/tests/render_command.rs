@@ -236,3 +236,86 @@ fn render_counts_with_nfacct_unless_told_not_to() {
     assert!(!without.contains("nfacct"));
     assert!(without.contains("-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP"));
 }
+
+/// `render --proxy-mode userspace`: the listener plan as comments, then restore input that
+/// REDIRECTs each Service address to its listener's port, REJECTs ports without endpoints and
+/// DROPs Local-policy traffic without local endpoints; the plan's ports come from the range.
+#[test]
+fn userspace_plan_lists_listeners_and_redirects() {
+    let text = render_ok(&[
+        "--proxy-mode",
+        "userspace",
+        "--proxy-port-range",
+        "40000-40100",
+    ]);
+    let (plan, rules) = text
+        .split_once("*nat\n")
+        .expect("restore input after the plan");
+    assert!(plan.lines().all(|l| l.starts_with('#')), "{plan}");
+    // Each listener's port appears in the plan and in its REDIRECT.
+    let line = plan
+        .lines()
+        .find(|l| l.starts_with("# ns1/web:http tcp -> "))
+        .unwrap_or_else(|| panic!("no web:http listener in {plan}"));
+    let port: u16 = line["# ns1/web:http tcp -> ".len()..]
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((40000..=40100).contains(&port), "{line}");
+    assert!(
+        rules.contains(&format!(
+            "-A KUBE-PORTALS-CONTAINER -d 172.30.0.10/32 -p tcp -m comment --comment \"ns1/web:http cluster IP\" -m tcp --dport 80 -j REDIRECT --to-ports {port}"
+        )),
+        "{rules}"
+    );
+    assert!(rules.contains("-A KUBE-PORTALS-HOST -d 172.30.0.10/32 -p tcp"));
+    assert!(
+        rules.contains("-A KUBE-PORTALS-FILTER -d 172.30.0.70/32 -p tcp -m comment --comment \"ns1/empty:http cluster IP has no endpoints\" -m tcp --dport 80 -j REJECT"),
+        "{rules}"
+    );
+    assert!(
+        plan.contains("# ns1/sctp:diameter: SCTP, not proxied"),
+        "{plan}"
+    );
+    assert!(rules.ends_with("COMMIT\n"));
+    // Deterministic.
+    assert_eq!(
+        render_ok(&[
+            "--proxy-mode",
+            "userspace",
+            "--proxy-port-range",
+            "40000-40100"
+        ]),
+        text
+    );
+    // A one-port range: the first listener gets it, the others none and so no REDIRECT.
+    let tight = render_ok(&[
+        "--proxy-mode",
+        "userspace",
+        "--proxy-port-range",
+        "40000-40000",
+    ]);
+    assert!(
+        tight.matches("REDIRECT --to-ports 40000").count() >= 2,
+        "{tight}"
+    );
+    assert!(tight.contains("(no free port)"), "{tight}");
+    assert!(
+        tight.contains(
+            "ns1/web:http cluster IP has no proxy listener\" -m tcp --dport 80 -j REJECT"
+        ),
+        "{tight}"
+    );
+    assert!(!tight.contains("--to-ports 40001"), "{tight}");
+}
+
+/// The userspace proxy lives in the daemon's process: a one-shot `sync` refuses, saying so.
+#[test]
+fn userspace_sync_is_refused_with_the_reason() {
+    let out = kproxy(&["sync", "--proxy-mode", "userspace"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("runs only as the daemon"), "{err}");
+}

@@ -47,6 +47,7 @@ pub mod mode;
 pub mod model;
 pub mod pending;
 pub mod proxier;
+pub mod proxy_port_metrics;
 pub mod rfc3339;
 pub mod schedule;
 pub mod selection;

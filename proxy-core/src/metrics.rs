@@ -12,6 +12,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::pending::ChangeCounters;
+use crate::proxy_port_metrics::ProxyPortMetrics;
 use crate::schedule::SyncKind;
 use crate::state::ProxyState;
 
@@ -40,6 +41,7 @@ pub struct ProxyMetrics {
     /// The last absolute value of each kernel counter, to add only what is new.
     kernel_counters: std::sync::Mutex<std::collections::HashMap<&'static str, u64>>,
     network_programming: Histogram,
+    port_proxy: ProxyPortMetrics,
     seen: ChangeCounters,
 }
 
@@ -77,6 +79,7 @@ impl ProxyMetrics {
             localhost_nodeports_accepted: Counter::default(),
             kernel_counters: Default::default(),
             network_programming: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
+            port_proxy: ProxyPortMetrics::default(),
             seen: ChangeCounters::default(),
             registry: Registry::default(),
         };
@@ -165,6 +168,7 @@ impl ProxyMetrics {
             "In Cluster Network Programming Latency in seconds",
             m.network_programming.clone(),
         );
+        m.port_proxy.register(&mut registry);
         Self { registry, ..m }
     }
 
@@ -293,6 +297,12 @@ impl ProxyMetrics {
                 .get_or_create(&vec![("traffic_policy".to_owned(), policy.to_owned())])
                 .set(n);
         }
+    }
+
+    /// The per-Service-port families of modes that carry connections themselves (userspace),
+    /// shared with the mode: its connection tasks count into them directly.
+    pub fn port_proxy(&self) -> ProxyPortMetrics {
+        self.port_proxy.clone()
     }
 
     /// The Prometheus text exposition.

@@ -110,6 +110,9 @@ fn each_invalid_field_gives_its_error() {
             "iptables.minSyncPeriod",
         ),
         ("conntrack:\n  maxPerCore: -1\n", "conntrack.maxPerCore"),
+        ("portRange: 40000-30000\n", "portRange"),
+        ("portRange: lots\n", "portRange"),
+        ("udpIdleTimeout: 0s\n", "udpIdleTimeout"),
     ];
     for (yaml, expected) in cases {
         let e = error(yaml).to_string();
@@ -124,4 +127,16 @@ fn each_invalid_field_gives_its_error() {
         wrong_kind.to_string().starts_with("apiVersion:"),
         "{wrong_kind}"
     );
+}
+
+#[test]
+fn port_ranges_read_as_kube_proxy_reads_them() {
+    use proxy_core::config::parse_port_range;
+    assert_eq!(parse_port_range(""), Ok(None));
+    assert_eq!(parse_port_range("0-0"), Ok(None));
+    assert_eq!(parse_port_range("36000-36100"), Ok(Some(36000..=36100)));
+    assert_eq!(parse_port_range("36000+100"), Ok(Some(36000..=36100)));
+    assert_eq!(parse_port_range("36000"), Ok(Some(36000..=36000)));
+    assert!(parse_port_range("65000+1000").is_err());
+    assert!(parse_port_range("0-10").is_err());
 }

@@ -50,6 +50,7 @@ pub(crate) fn settings_for(args: &RenderArgs) -> anyhow::Result<DatapathSettings
         .copied()
         .filter(|ip| family.contains(ip))
         .collect();
+    s.proxy_port_range = args.proxy_port_range.clone();
     s.node_port_addresses = NodePortAddressSpec {
         cidrs: args.nodeport_addresses.clone(),
         primary: false,

@@ -169,6 +169,7 @@ pub(crate) fn run(args: &DaemonArgs) -> anyhow::Result<()> {
     conntrack_settings::apply_oom_score_adj(&settings.config);
     let context = crate::modes::ProxierContext {
         runtime: Some(runtime.handle().clone()),
+        port_proxy_metrics: shared.metrics.lock().expect("metrics lock").port_proxy(),
     };
     let sync = sync_thread::start(settings.clone(), Arc::clone(&shared), context)?;
     let health_ports = runtime.spawn(service_health::serve(Arc::clone(&shared)));

@@ -136,6 +136,10 @@ impl Settings {
             .map_err(|e| BadSetting(e.to_string()))?;
         datapath.iptables_variant = args.iptables_variant;
         datapath.sync_period = config.effective_sync_period();
+        datapath.proxy_port_range = config
+            .proxy_port_range()
+            .map_err(|e| BadSetting(e.to_string()))?;
+        datapath.udp_idle_timeout = config.udp_idle_timeout.0;
         Ok(Self {
             filter: proxy_core::ServiceFilter {
                 proxy_name: args.service_proxy_name.clone(),

@@ -753,3 +753,135 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&p, text).expect("write");
     p
 }
+
+/// A child process killed (and reaped) when dropped, also when the test panics.
+pub struct Daemon(pub std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `f` every 100 ms until it holds; panics naming `what` after 90 s (generous: a loaded CI
+/// machine is slow, and a condition that holds returns at once).
+pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// GET `path` on `addr` from inside namespace `ns` with a plain HTTP/1.1 client: `(status,
+/// body)`, or `None` when nothing answers (refused, reset, or cut short).
+pub fn http_get(ns: &str, addr: &str, path: &str) -> Option<(u16, String)> {
+    let ns = ns.to_owned();
+    let (addr, path) = (addr.to_owned(), path.to_owned());
+    std::thread::spawn(move || {
+        Netns { name: ns }.enter_and_forget();
+        let mut s = TcpStream::connect(&addr).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let status = text.get(9..12)?.parse().ok()?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Some((status, body))
+    })
+    .join()
+    .expect("http client thread")
+}
+
+impl Bed {
+    /// Starts the kproxy daemon in the node namespace on the manifests in `dir`, acting as
+    /// [`NODE_NAME`] with these cluster CIDRs, syncing without a minimum period, with its health
+    /// server on 127.0.0.1:10256, plus `extra` flags.
+    pub fn start_daemon(
+        &self,
+        dir: &Path,
+        cluster_cidr: &str,
+        stderr: std::process::Stdio,
+        extra: &[&str],
+    ) -> Daemon {
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.node.name,
+                env!("CARGO_BIN_EXE_kproxy"),
+            ])
+            .args([
+                "--manifests",
+                dir.to_str().expect("utf-8 path"),
+                "--hostname-override",
+                NODE_NAME,
+                "--cluster-cidr",
+                cluster_cidr,
+                "--iptables-min-sync-period",
+                "0",
+                "--healthz-bind-address",
+                "127.0.0.1:10256",
+            ])
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start kproxy");
+        Daemon(child)
+    }
+
+    /// Starts an echo server on `port` in pod `pod`'s namespace: it sends back what it reads as
+    /// it reads it, and half-closes its side once the client has (for long-lived connections
+    /// and large payloads; the pods' own servers answer once and close).
+    pub fn echo_server(&self, pod: &str, port: u16) {
+        let ns = self.ns(pod).name.clone();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            Netns { name: ns }.enter_and_forget();
+            let listener = TcpListener::bind(("::", port)).expect("bind echo");
+            ready_tx.send(()).expect("ready");
+            for conn in listener.incoming() {
+                let Ok(mut s) = conn else { break };
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if s.write_all(&buf[..n]).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    let _ = s.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        ready_rx.recv().expect("echo server started");
+    }
+
+    /// A TCP connection from `who`'s namespace to `to` (connected on a thread in that
+    /// namespace; the socket keeps its namespace).
+    pub fn connect(&self, who: &str, to: &str) -> std::io::Result<TcpStream> {
+        let ns = self.ns(who).name.clone();
+        let to: SocketAddr = to.parse().expect("socket address");
+        std::thread::spawn(move || {
+            Netns { name: ns }.enter_and_forget();
+            TcpStream::connect_timeout(&to, Duration::from_secs(5))
+        })
+        .join()
+        .expect("connect thread")
+    }
+}

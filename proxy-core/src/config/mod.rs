@@ -65,8 +65,11 @@ pub struct KubeProxyConfiguration {
     pub oom_score_adj: Option<i32>,
     /// `iptables`, `ipvs`, `nftables`, or empty for the default (iptables).
     pub mode: String,
-    /// Legacy userspace port range.
+    /// The userspace mode's listener ports: `begin-end`, `begin+offset`, or empty for ephemeral
+    /// ports.
     pub port_range: String,
+    /// How long the userspace mode keeps an idle UDP session (`--udp-timeout`; default 250ms).
+    pub udp_idle_timeout: GoDuration,
     /// conntrack settings.
     pub conntrack: ConntrackSettings,
     /// How often the API watches are re-listed.
@@ -220,6 +223,7 @@ impl Default for KubeProxyConfiguration {
             oom_score_adj: Some(-999),
             mode: String::new(),
             port_range: String::new(),
+            udp_idle_timeout: GoDuration(Duration::from_millis(250)),
             conntrack: ConntrackSettings::default(),
             config_sync_period: secs(15 * 60),
             node_port_addresses: Vec::new(),
@@ -317,6 +321,30 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+}
+
+/// Parses kube-proxy's port range text: `begin-end` or `begin+offset` (both inclusive), empty
+/// (or `0-0`) for none. Port 0 and reversed ranges are refused.
+pub fn parse_port_range(text: &str) -> Result<Option<std::ops::RangeInclusive<u16>>, String> {
+    let text = text.trim();
+    if text.is_empty() || text == "0-0" {
+        return Ok(None);
+    }
+    let bad = || format!("{text:?} is not a port range (begin-end or begin+offset)");
+    let port = |s: &str| s.trim().parse::<u16>().map_err(|_| bad());
+    let (begin, end) = if let Some((b, e)) = text.split_once('-') {
+        (port(b)?, port(e)?)
+    } else if let Some((b, off)) = text.split_once('+') {
+        let b = port(b)?;
+        (b, b.checked_add(port(off)?).ok_or_else(bad)?)
+    } else {
+        let p = port(text)?;
+        (p, p)
+    };
+    if begin == 0 || end < begin {
+        return Err(bad());
+    }
+    Ok(Some(begin..=end))
 }
 
 fn invalid(field: &str, reason: impl Into<String>) -> ConfigError {
@@ -492,6 +520,10 @@ impl KubeProxyConfiguration {
         }
         crate::mode::ProxyMode::from_config(&self.mode)
             .map_err(|e| invalid("mode", e.to_string()))?;
+        self.proxy_port_range()?;
+        if self.udp_idle_timeout.0.is_zero() {
+            return Err(invalid("udpIdleTimeout", "must be greater than 0"));
+        }
         if !matches!(
             self.detect_local_mode.as_str(),
             "" | "ClusterCIDR" | "NodeCIDR" | "BridgeInterface" | "InterfaceNamePrefix"
@@ -537,6 +569,11 @@ impl KubeProxyConfiguration {
             out.push(net);
         }
         Ok(out)
+    }
+
+    /// The userspace mode's listener port range (`portRange`), `None` for ephemeral ports.
+    pub fn proxy_port_range(&self) -> Result<Option<std::ops::RangeInclusive<u16>>, ConfigError> {
+        parse_port_range(&self.port_range).map_err(|reason| invalid("portRange", reason))
     }
 
     /// The proxy mode `mode` names (iptables when empty). Call after [`validate`](Self::validate);

@@ -1,0 +1,298 @@
+//! [`UserspaceProxier`]: the userspace mode behind the factory — listeners for the state's
+//! Service ports, and the REDIRECT rules that steer their traffic to them.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
+
+use backend_iptables::{IptablesCmd, IptablesOps, Variant};
+use proxy_core::proxy_port_metrics::ProxyPortMetrics;
+use proxy_core::{
+    IpFamily, ObjectCount, Proxier, ProxierError, ProxyMode, ProxyState, ServicePortName,
+    StateDiff, SyncReport,
+};
+use tokio::runtime::Handle;
+
+use crate::listeners::{ListenerSettings, ListenerSpec, Listeners, Transport};
+use crate::plan::{listeners as listeners_of, routes, ListenerKey};
+use crate::rules::{self, RuleCounts, JUMPS, OWNED_CHAINS};
+
+const MODE: ProxyMode = ProxyMode::Userspace;
+
+/// The userspace mode for one IP family.
+///
+/// Each sync opens, updates and closes listeners to match the state (an endpoint change only
+/// updates a balancer: no rule is rewritten and no established connection is touched), then
+/// renders the REDIRECT rules and restores them when they differ from what was last written, or
+/// on a full sync (the periodic resync, or after a failure), which also re-inserts the jumps from
+/// the built-in chains if something removed them.
+#[derive(Debug)]
+pub struct UserspaceProxier {
+    listeners: Listeners<ListenerKey>,
+    iptables: Box<dyn IptablesOps>,
+    metrics: ProxyPortMetrics,
+    /// The transport of each desired listener at the last sync (to label closed ones).
+    transports: BTreeMap<ListenerKey, Transport>,
+    rules: String,
+    written: String,
+    needs_full: bool,
+    owned: RuleCounts,
+    warned_sctp: HashSet<ServicePortName>,
+}
+
+impl UserspaceProxier {
+    /// A proxier whose listeners run on `runtime` with `settings`, writing rules with
+    /// `iptables`, counting into `metrics`. Touches nothing until the first sync.
+    pub fn new(
+        settings: ListenerSettings,
+        runtime: Handle,
+        iptables: Box<dyn IptablesOps>,
+        metrics: ProxyPortMetrics,
+    ) -> Self {
+        let for_stats = metrics.clone();
+        Self {
+            listeners: Listeners::new(settings, runtime)
+                .with_stats(move |key: &ListenerKey, t| for_stats.port(&key.labels(t))),
+            iptables,
+            metrics,
+            transports: BTreeMap::new(),
+            rules: String::new(),
+            written: String::new(),
+            needs_full: true,
+            owned: RuleCounts::default(),
+            warned_sctp: HashSet::new(),
+        }
+    }
+
+    /// The port serving `key`, if its listener is open (for tests and the plan).
+    pub fn proxy_port(&self, key: &ListenerKey) -> Option<u16> {
+        self.listeners.port_of(key)
+    }
+
+    /// The listeners `state` needs, in key order; SCTP ports are skipped with one warning each.
+    fn desired(&mut self, state: &ProxyState) -> Vec<(ListenerKey, ListenerSpec)> {
+        let mut desired = Vec::with_capacity(state.len());
+        for (name, entry) in state.service_ports() {
+            let Some(r) = routes(entry) else {
+                if self.warned_sctp.insert(name.clone()) {
+                    tracing::warn!(service_port = %name, "the userspace proxy cannot carry SCTP; this Service port is not proxied");
+                }
+                continue;
+            };
+            listeners_of(name, entry, &r, |k, s| desired.push((k, s)));
+        }
+        desired
+    }
+
+    fn ensure_jumps(&mut self) -> Result<(), ProxierError> {
+        for jump in JUMPS {
+            let args: Vec<&str> = split_spec(jump.spec);
+            let mut check = vec!["-t", jump.table, "-C", jump.from];
+            check.extend(&args);
+            let present = self.iptables.run(&check).map_err(|e| {
+                ProxierError::new(MODE, format!("checking the jump from {}", jump.from), e)
+            })?;
+            if present {
+                continue;
+            }
+            let mut add = vec!["-t", jump.table];
+            if jump.first {
+                add.extend(["-I", jump.from, "1"]);
+            } else {
+                add.extend(["-A", jump.from]);
+            }
+            add.extend(&args);
+            let added = self.iptables.run(&add).map_err(|e| {
+                ProxierError::new(MODE, format!("adding the jump from {}", jump.from), e)
+            })?;
+            if !added {
+                return Err(ProxierError::new(
+                    MODE,
+                    format!("adding the jump from {} ({})", jump.from, jump.spec),
+                    "iptables refused the rule",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Splits a rule spec into arguments, keeping `"quoted words"` together (without the quotes).
+fn split_spec(spec: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = spec.trim();
+    while !rest.is_empty() {
+        if let Some(quoted) = rest.strip_prefix('"') {
+            let end = quoted.find('"').unwrap_or(quoted.len());
+            out.push(&quoted[..end]);
+            rest = quoted.get(end + 1..).unwrap_or("").trim_start();
+        } else {
+            let end = rest.find(' ').unwrap_or(rest.len());
+            out.push(&rest[..end]);
+            rest = rest[end..].trim_start();
+        }
+    }
+    out
+}
+
+impl Proxier for UserspaceProxier {
+    fn mode(&self) -> ProxyMode {
+        MODE
+    }
+
+    fn sync(&mut self, state: &ProxyState, diff: &StateDiff) -> Result<SyncReport, ProxierError> {
+        let full = self.needs_full || diff.full;
+        let desired = self.desired(state);
+        let transports: BTreeMap<ListenerKey, Transport> = desired
+            .iter()
+            .map(|(k, s)| (k.clone(), s.transport))
+            .collect();
+        let report = self.listeners.apply(desired);
+        for (key, port) in &report.opened {
+            tracing::info!(service_port = %key, port, "proxy listener opened");
+        }
+        for (key, _) in &report.failed {
+            if let Some(&t) = transports.get(key) {
+                self.metrics.listener_failed(&key.labels(t));
+            }
+        }
+        // Series of listeners that went (or changed transport) go with them: O(listeners).
+        for (key, &t) in &self.transports {
+            if transports.get(key) != Some(&t) {
+                self.metrics.remove_port(&key.labels(t));
+            }
+        }
+        self.transports = transports;
+
+        let listeners = &self.listeners;
+        let counts = rules::render(state, |k| listeners.port_of(k), &mut self.rules);
+        let changed = self.rules != self.written;
+        if changed || full {
+            let text = &self.rules;
+            if let Err(e) = self.iptables.restore(&mut |w| w.write_all(text.as_bytes())) {
+                self.needs_full = true;
+                return Err(ProxierError::new(
+                    MODE,
+                    "iptables-restore of the REDIRECT rules",
+                    e,
+                ));
+            }
+            if full {
+                if let Err(e) = self.ensure_jumps() {
+                    self.needs_full = true;
+                    return Err(e);
+                }
+            }
+            std::mem::swap(&mut self.rules, &mut self.written);
+            self.owned = counts;
+        }
+        self.needs_full = false;
+        let written = if changed || full {
+            counts
+        } else {
+            RuleCounts::default()
+        };
+        Ok(SyncReport {
+            full,
+            written: vec![
+                ObjectCount::iptables("filter", written.filter),
+                ObjectCount::iptables("nat", written.nat),
+            ],
+            owned: vec![
+                ObjectCount::iptables("filter", self.owned.filter),
+                ObjectCount::iptables("nat", self.owned.nat),
+                ObjectCount {
+                    kind: "userspace/listeners",
+                    count: self.listeners.len(),
+                },
+            ],
+            counters: Vec::new(),
+        })
+    }
+
+    fn shutdown(&mut self) -> Result<(), ProxierError> {
+        // Closing the listeners refuses new clients at once instead of leaving them to time out;
+        // the rules stay, so the next run takes over by rewriting them.
+        let closed = self.listeners.apply(std::iter::empty()).closed.len();
+        tracing::info!("userspace proxy: closed {closed} listeners");
+        Ok(())
+    }
+
+    fn cleanup(&mut self) -> Result<(), ProxierError> {
+        self.listeners.apply(std::iter::empty());
+        cleanup_tables(&mut *self.iptables)
+    }
+}
+
+/// Removes the userspace mode's jumps and chains through `iptables`, whatever wrote them.
+pub fn cleanup_tables(iptables: &mut dyn IptablesOps) -> Result<(), ProxierError> {
+    for jump in JUMPS {
+        let args = split_spec(jump.spec);
+        // A jump inserted twice (by two runs racing) goes too: delete until none is left.
+        for _ in 0..16 {
+            let mut delete = vec!["-t", jump.table, "-D", jump.from];
+            delete.extend(&args);
+            let deleted = iptables.run(&delete).map_err(|e| {
+                ProxierError::new(MODE, format!("deleting the jump from {}", jump.from), e)
+            })?;
+            if !deleted {
+                break;
+            }
+        }
+    }
+    for table in ["nat", "filter"] {
+        let mut text = format!("*{table}\n");
+        for (_, chain) in OWNED_CHAINS.iter().filter(|(t, _)| *t == table) {
+            let _ = writeln!(text, ":{chain} - [0:0]");
+        }
+        for (_, chain) in OWNED_CHAINS.iter().filter(|(t, _)| *t == table) {
+            let _ = writeln!(text, "-X {chain}");
+        }
+        text.push_str("COMMIT\n");
+        iptables
+            .restore(&mut |w| w.write_all(text.as_bytes()))
+            .map_err(|e| {
+                ProxierError::new(MODE, format!("deleting the userspace chains of {table}"), e)
+            })?;
+    }
+    Ok(())
+}
+
+/// `kproxy --cleanup` for this mode: both families, both iptables variants; a variant or family
+/// whose tools are missing is skipped.
+pub fn cleanup_node() -> Result<Vec<String>, ProxierError> {
+    let mut cleaned = Vec::new();
+    let mut failures = Vec::new();
+    for family in [IpFamily::V4, IpFamily::V6] {
+        for variant in [Variant::Nft, Variant::Legacy] {
+            let mut cmd = IptablesCmd::new(variant, family);
+            // Missing tools: `run` fails to spawn; nothing of ours can be there.
+            if cmd.save("nat").is_err() {
+                continue;
+            }
+            match cleanup_tables(&mut cmd) {
+                Ok(()) => cleaned.push(format!("userspace chains, iptables-{variant} ({family})")),
+                Err(e) => {
+                    failures.push(format!("iptables-{variant} ({family}): {e}: {}", e.source))
+                }
+            }
+        }
+    }
+    if failures.is_empty() {
+        Ok(cleaned)
+    } else {
+        Err(ProxierError::new(MODE, "cleanup", failures.join("\n")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_split_like_a_shell() {
+        assert_eq!(
+            split_spec("-m comment --comment \"a b; c\" -j X"),
+            ["-m", "comment", "--comment", "a b; c", "-j", "X"]
+        );
+    }
+}

@@ -1,0 +1,247 @@
+//! The userspace mode's iptables rules: REDIRECTs that steer Service traffic to the proxy's
+//! listeners, and REJECT/DROP for traffic no listener takes.
+//!
+//! Chains (upstream's userspace proxier's names, plus one filter chain):
+//!
+//! | table  | chain                     | hooked from                          | holds |
+//! |--------|---------------------------|--------------------------------------|-------|
+//! | nat    | `KUBE-PORTALS-CONTAINER`  | PREROUTING (first)                   | cluster, external and load-balancer IPs, from pods and outside |
+//! | nat    | `KUBE-PORTALS-HOST`       | OUTPUT (first)                       | the same, from the node itself |
+//! | nat    | `KUBE-NODEPORT-CONTAINER` | PREROUTING, to local addresses (last) | node ports, from pods and outside |
+//! | nat    | `KUBE-NODEPORT-HOST`      | OUTPUT, to local addresses (last)    | node ports, from the node (localhost too) |
+//! | filter | `KUBE-PORTALS-FILTER`     | INPUT, FORWARD, OUTPUT (new connections) | REJECT without endpoints, DROP for a Local policy without local endpoints or outside `loadBalancerSourceRanges` |
+//!
+//! `REDIRECT` sends a packet to the proxy port on the address it arrived on (loopback for the
+//! node's own traffic), so listeners bind the unspecified address. The whole ruleset is small (a
+//! few rules per Service port) and is written in one `iptables-restore --noflush` per sync that
+//! replaces only these chains.
+
+use std::fmt::Write as _;
+
+use proxy_core::{IpFamily, ProxyState};
+
+use crate::listeners::Transport;
+use crate::plan::{routes, ListenerKey, Route};
+
+/// nat: Service addresses, from pods and from outside (PREROUTING).
+pub const PORTALS_CONTAINER: &str = "KUBE-PORTALS-CONTAINER";
+/// nat: Service addresses, from the node (OUTPUT).
+pub const PORTALS_HOST: &str = "KUBE-PORTALS-HOST";
+/// nat: node ports, from pods and from outside (PREROUTING).
+pub const NODEPORT_CONTAINER: &str = "KUBE-NODEPORT-CONTAINER";
+/// nat: node ports, from the node (OUTPUT).
+pub const NODEPORT_HOST: &str = "KUBE-NODEPORT-HOST";
+/// filter: REJECT and DROP for traffic no listener takes.
+pub const PORTALS_FILTER: &str = "KUBE-PORTALS-FILTER";
+
+/// Every chain this mode owns, with its table.
+pub const OWNED_CHAINS: [(&str, &str); 5] = [
+    ("nat", PORTALS_CONTAINER),
+    ("nat", PORTALS_HOST),
+    ("nat", NODEPORT_CONTAINER),
+    ("nat", NODEPORT_HOST),
+    ("filter", PORTALS_FILTER),
+];
+
+/// One jump from a built-in chain into ours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Jump {
+    /// The table.
+    pub table: &'static str,
+    /// The built-in chain.
+    pub from: &'static str,
+    /// Whether the jump must come before everything else in `from` (portals: a Service address
+    /// must be redirected before other rules see it) or after (node ports: the last rule, as
+    /// upstream's userspace proxier had it, so more specific rules win).
+    pub first: bool,
+    /// The rule after `-A <from> `, as iptables-save prints it.
+    pub spec: &'static str,
+}
+
+/// The jumps, in the order they are ensured.
+pub const JUMPS: [Jump; 7] = [
+    Jump {
+        table: "nat",
+        from: "PREROUTING",
+        first: true,
+        spec: "-m comment --comment \"handle ClusterIPs; NOTE: this must be before the NodePort rules\" -j KUBE-PORTALS-CONTAINER",
+    },
+    Jump {
+        table: "nat",
+        from: "OUTPUT",
+        first: true,
+        spec: "-m comment --comment \"handle ClusterIPs; NOTE: this must be before the NodePort rules\" -j KUBE-PORTALS-HOST",
+    },
+    Jump {
+        table: "nat",
+        from: "PREROUTING",
+        first: false,
+        spec: "-m addrtype --dst-type LOCAL -m comment --comment \"handle service NodePorts; NOTE: this must be the last rule in the chain\" -j KUBE-NODEPORT-CONTAINER",
+    },
+    Jump {
+        table: "nat",
+        from: "OUTPUT",
+        first: false,
+        spec: "-m addrtype --dst-type LOCAL -m comment --comment \"handle service NodePorts; NOTE: this must be the last rule in the chain\" -j KUBE-NODEPORT-HOST",
+    },
+    Jump {
+        table: "filter",
+        from: "INPUT",
+        first: true,
+        spec: "-m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals without a proxy listener\" -j KUBE-PORTALS-FILTER",
+    },
+    Jump {
+        table: "filter",
+        from: "FORWARD",
+        first: true,
+        spec: "-m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals without a proxy listener\" -j KUBE-PORTALS-FILTER",
+    },
+    Jump {
+        table: "filter",
+        from: "OUTPUT",
+        first: true,
+        spec: "-m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals without a proxy listener\" -j KUBE-PORTALS-FILTER",
+    },
+];
+
+/// How many rules a render wrote, per table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleCounts {
+    /// Rules in the nat table's chains.
+    pub nat: usize,
+    /// Rules in the filter table's chain.
+    pub filter: usize,
+}
+
+fn proto(t: Transport) -> &'static str {
+    match t {
+        Transport::Tcp => "tcp",
+        Transport::Udp => "udp",
+    }
+}
+
+/// Writes the iptables-restore input for `state` into `out` (cleared first): both tables, every
+/// chain declared (which empties it), then its rules. `proxy_port` gives the port of each open
+/// listener; traffic for a listener that has none (its bind failed) is REJECTed rather than
+/// steered into a closed port, while every other Service port is proxied.
+pub fn render(
+    state: &ProxyState,
+    proxy_port: impl Fn(&ListenerKey) -> Option<u16>,
+    out: &mut String,
+) -> RuleCounts {
+    out.clear();
+    let host_len = match state.family() {
+        IpFamily::V4 => 32,
+        IpFamily::V6 => 128,
+    };
+    let mut counts = RuleCounts::default();
+    // The filter rules are collected while the nat rules are written, so the state is walked once.
+    let mut filter = String::new();
+    out.push_str("*nat\n");
+    for (_, chain) in OWNED_CHAINS.iter().filter(|(t, _)| *t == "nat") {
+        let _ = writeln!(out, ":{chain} - [0:0]");
+    }
+    for (name, entry) in state.service_ports() {
+        let Some(r) = routes(entry) else { continue };
+        let svc = &*entry.service;
+        let p = proto(r.transport);
+        // A listener whose port could not be bound is refused like a port without endpoints:
+        // clients fail at once instead of waiting on an address nothing answers.
+        let target = |route: Route| -> Result<u16, (&'static str, &'static str)> {
+            match route {
+                Route::Listener(set) => proxy_port(&ListenerKey {
+                    port: name.clone(),
+                    endpoints: set,
+                })
+                .ok_or(("REJECT", " has no proxy listener")),
+                Route::Reject => Err(("REJECT", " has no endpoints")),
+                Route::Drop => Err(("DROP", " has no local endpoints")),
+            }
+        };
+        // Traffic to one address of the Service port.
+        let mut address = |ip: std::net::IpAddr,
+                           route: Route,
+                           sources: &[ipnetwork::IpNetwork],
+                           what: &str| {
+            match target(route) {
+                Ok(port) => {
+                    for chain in [PORTALS_CONTAINER, PORTALS_HOST] {
+                        let mut each_source = |src: Option<&ipnetwork::IpNetwork>| {
+                            let _ = write!(out, "-A {chain}");
+                            if let Some(src) = src {
+                                let _ = write!(out, " -s {src}");
+                            }
+                            let _ = writeln!(
+                                    out,
+                                    " -d {ip}/{host_len} -p {p} -m comment --comment \"{name}{what}\" -m {p} --dport {} -j REDIRECT --to-ports {port}",
+                                    svc.port
+                                );
+                            counts.nat += 1;
+                        };
+                        if sources.is_empty() {
+                            each_source(None);
+                        } else {
+                            sources.iter().for_each(|s| each_source(Some(s)));
+                        }
+                    }
+                    if !sources.is_empty() {
+                        // Sources outside the ranges were not redirected: drop them.
+                        let _ = writeln!(
+                                filter,
+                                "-A {PORTALS_FILTER} -d {ip}/{host_len} -p {p} -m comment --comment \"{name}{what} outside loadBalancerSourceRanges\" -m {p} --dport {} -j DROP",
+                                svc.port
+                            );
+                        counts.filter += 1;
+                    }
+                }
+                Err((verdict, why)) => {
+                    let _ = writeln!(
+                            filter,
+                            "-A {PORTALS_FILTER} -d {ip}/{host_len} -p {p} -m comment --comment \"{name}{what}{why}\" -m {p} --dport {} -j {verdict}",
+                            svc.port
+                        );
+                    counts.filter += 1;
+                }
+            }
+        };
+        address(svc.cluster_ip, r.internal, &[], " cluster IP");
+        if let Some(external) = r.external {
+            for ip in &svc.external_ips {
+                address(*ip, external, &[], " external IP");
+            }
+            for ip in &svc.load_balancer_ips {
+                address(
+                    *ip,
+                    external,
+                    &svc.load_balancer_source_ranges,
+                    " loadbalancer IP",
+                );
+            }
+            if let Some(node_port) = svc.node_port {
+                match target(external) {
+                    Ok(port) => {
+                        for chain in [NODEPORT_CONTAINER, NODEPORT_HOST] {
+                            let _ = writeln!(
+                                out,
+                                "-A {chain} -p {p} -m comment --comment \"{name}\" -m {p} --dport {node_port} -j REDIRECT --to-ports {port}"
+                            );
+                            counts.nat += 1;
+                        }
+                    }
+                    Err((verdict, why)) => {
+                        let _ = writeln!(
+                            filter,
+                            "-A {PORTALS_FILTER} -p {p} -m addrtype --dst-type LOCAL -m comment --comment \"{name} node port{why}\" -m {p} --dport {node_port} -j {verdict}",
+                        );
+                        counts.filter += 1;
+                    }
+                }
+            }
+        }
+    }
+    out.push_str("COMMIT\n*filter\n");
+    let _ = writeln!(out, ":{PORTALS_FILTER} - [0:0]");
+    out.push_str(&filter);
+    out.push_str("COMMIT\n");
+    counts
+}
