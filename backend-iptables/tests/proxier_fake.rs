@@ -4,37 +4,12 @@
 mod common;
 
 use backend_iptables::jumps::jump_rules;
-use backend_iptables::proxier::exec::IptablesOps;
-use backend_iptables::proxier::fake::{Call, FakeIptables};
+use backend_iptables::proxier::fake::Call;
 use backend_iptables::ruleset::Ruleset;
 use backend_iptables::{IptablesProxier, Renderer};
 use proxy_core::{EndpointSliceHandler, IpFamily, Proxier};
 
-/// A fake shared between the test and the proxier.
-#[derive(Debug, Clone, Default)]
-struct Shared(std::sync::Arc<std::sync::Mutex<FakeIptables>>);
-
-impl IptablesOps for Shared {
-    fn restore(
-        &mut self,
-        write: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>,
-    ) -> Result<(), backend_iptables::proxier::exec::ExecError> {
-        self.0.lock().unwrap().restore(write)
-    }
-    fn save(&mut self, table: &str) -> Result<String, backend_iptables::proxier::exec::ExecError> {
-        self.0.lock().unwrap().save(table)
-    }
-    fn run(&mut self, args: &[&str]) -> Result<bool, backend_iptables::proxier::exec::ExecError> {
-        self.0.lock().unwrap().run(args)
-    }
-    fn list_chain(
-        &mut self,
-        table: &str,
-        chain: &str,
-    ) -> Result<String, backend_iptables::proxier::exec::ExecError> {
-        self.0.lock().unwrap().list_chain(table, chain)
-    }
-}
+use backend_iptables::proxier::fake::SharedFake as Shared;
 
 /// What the kernel must hold after a full sync: a fresh full render, the jumps and the canary.
 fn expected_kernel(

@@ -110,3 +110,33 @@ impl IptablesOps for FakeIptables {
         Ok(self.rules.command(args).unwrap_or(false))
     }
 }
+
+/// A [`FakeIptables`] shared between a test and the proxier that owns its boxed copy: clones see
+/// the same tables and calls.
+#[derive(Debug, Clone, Default)]
+pub struct SharedFake(pub std::sync::Arc<std::sync::Mutex<FakeIptables>>);
+
+impl SharedFake {
+    /// Locks the fake for inspection (a panicked holder's state is still returned).
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, FakeIptables> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl IptablesOps for SharedFake {
+    fn restore(
+        &mut self,
+        write: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+    ) -> Result<(), ExecError> {
+        self.lock().restore(write)
+    }
+    fn save(&mut self, table: &str) -> Result<String, ExecError> {
+        self.lock().save(table)
+    }
+    fn run(&mut self, args: &[&str]) -> Result<bool, ExecError> {
+        self.lock().run(args)
+    }
+    fn list_chain(&mut self, table: &str, chain: &str) -> Result<String, ExecError> {
+        self.lock().list_chain(table, chain)
+    }
+}

@@ -226,6 +226,13 @@ fn apply_target(
             st.dnat = Some(*to);
             ends.push(End::Done(Stop::Nat, st));
         }
+        Target::Redirect(port) => {
+            // The evaluator keeps the address (it does not model which interface the packet
+            // came in on); the port is what the userspace mode's rules choose.
+            st.destination.set_port(*port);
+            st.dnat = Some(st.destination);
+            ends.push(End::Done(Stop::Nat, st));
+        }
         Target::Masquerade { .. } => {
             st.masqueraded = true;
             ends.push(End::Done(Stop::Nat, st));

@@ -185,10 +185,10 @@ pub(crate) fn parse_spec(words: &[String]) -> Result<Rule, String> {
                     "MASQUERADE" => Target::Masquerade {
                         random_fully: false,
                     },
-                    "DNAT" | "MARK" => Target::None, // completed by the options that follow
+                    "DNAT" | "MARK" | "REDIRECT" => Target::None, // completed by the options that follow
                     chain => Target::Jump(chain.to_owned()),
                 };
-                if t == "DNAT" || t == "MARK" {
+                if t == "DNAT" || t == "MARK" || t == "REDIRECT" {
                     let opt = next(&mut i)?;
                     let value = next(&mut i)?;
                     target = match opt {
@@ -196,6 +196,11 @@ pub(crate) fn parse_spec(words: &[String]) -> Result<Rule, String> {
                             value
                                 .parse::<SocketAddr>()
                                 .map_err(|_| format!("bad DNAT destination {value:?}"))?,
+                        ),
+                        "--to-ports" if t == "REDIRECT" => Target::Redirect(
+                            value
+                                .parse::<u16>()
+                                .map_err(|_| format!("bad REDIRECT port {value:?}"))?,
                         ),
                         "--or-mark" => Target::MarkOr(parse_u32(value)?),
                         "--xor-mark" => Target::MarkXor(parse_u32(value)?),

@@ -99,6 +99,9 @@ pub enum Target {
     Return,
     /// `-j DNAT --to-destination ADDR`.
     Dnat(SocketAddr),
+    /// `-j REDIRECT --to-ports PORT` (userspace mode): to this port on the address the packet
+    /// arrived on (loopback for the node's own traffic).
+    Redirect(u16),
     /// `-j MASQUERADE [--random-fully]`.
     Masquerade {
         /// `--random-fully`.
@@ -208,6 +211,7 @@ impl std::fmt::Display for Rule {
             Target::Reject => "-j REJECT".into(),
             Target::Return => "-j RETURN".into(),
             Target::Dnat(to) => format!("-j DNAT --to-destination {to}"),
+            Target::Redirect(port) => format!("-j REDIRECT --to-ports {port}"),
             Target::Masquerade { random_fully } => {
                 format!(
                     "-j MASQUERADE{}",
