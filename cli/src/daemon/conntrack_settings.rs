@@ -88,3 +88,18 @@ pub(crate) fn apply_oom_score_adj(config: &KubeProxyConfiguration) {
         }
     }
 }
+
+/// Raises the soft limit on open files to the hard limit, as Go's runtime does for kube-proxy:
+/// the userspace mode holds two sockets per proxied connection, and 1,024 would cap it at ~500.
+pub(crate) fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!("cannot raise the open files limit from {soft} to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot read the open files limit: {e}"),
+    }
+}

@@ -167,6 +167,7 @@ pub(crate) fn run(args: &DaemonArgs) -> anyhow::Result<()> {
     // The sources are up: this is a proxy that will run, so set what kube-proxy sets at start.
     conntrack_settings::apply(&settings.config);
     conntrack_settings::apply_oom_score_adj(&settings.config);
+    conntrack_settings::raise_open_files_limit();
     let context = crate::modes::ProxierContext {
         runtime: Some(runtime.handle().clone()),
         port_proxy_metrics: shared.metrics.lock().expect("metrics lock").port_proxy(),
