@@ -243,7 +243,7 @@ fn serve_pod() {
         let echo = tokio::net::TcpListener::bind(("0.0.0.0", ECHO))
             .await
             .unwrap();
-        print!("ready\n");
+        println!("ready");
         std::io::stdout().flush().unwrap();
         tokio::spawn(async move {
             while let Ok((mut s, _)) = sink.accept().await {
