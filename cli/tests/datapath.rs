@@ -417,25 +417,7 @@ fn auto_variant_defaults_to_nft() {
 fn ipv6_with_ip6tables(variant: &str) {
     let Some(bed) = bed("ipv6") else { return };
     let svc6 = "fd00:30::10";
-    let yaml = |endpoints: &[&str]| {
-        let mut y = format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: ns1}}\nspec:\n  \
-             clusterIP: {SVC_IP}\n  clusterIPs: [{SVC_IP}, \"{svc6}\"]\n  ipFamilies: [IPv4, IPv6]\n  \
-             type: NodePort\n  ports:\n  - {{name: http, port: 80, protocol: TCP, nodePort: 30080}}\n  \
-             - {{name: dns, port: 53, protocol: UDP}}\n---\n\
-             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-v6\n  \
-             namespace: ns1\n  labels: {{kubernetes.io/service-name: web}}\naddressType: IPv6\n\
-             ports:\n- {{name: http, port: 8080, protocol: TCP}}\n- {{name: dns, port: 5353, protocol: UDP}}\n\
-             endpoints:\n"
-        );
-        for ip in endpoints {
-            y.push_str(&format!("- addresses: [\"{ip}\"]\n  nodeName: node-a\n"));
-        }
-        if endpoints.is_empty() {
-            y = y.replace("endpoints:\n", "endpoints: []\n");
-        }
-        y
-    };
+    let yaml = |endpoints: &[&str]| testbed::dual_stack_web(SVC_IP, svc6, endpoints);
     let a6 = testbed::pod_ip6("10.244.1.11");
     let b6 = testbed::pod_ip6("10.244.1.12");
     bed.sync6(&yaml(&[&a6, &b6]), variant).unwrap();
@@ -447,25 +429,7 @@ fn ipv6_with_ip6tables(variant: &str) {
         saved.contains("KUBE-SERVICES"),
         "rules went to ip6tables:\n{saved}"
     );
-    // Fresh IPv6 links resolve neighbours slowly at first (DAD of link-local addresses): warm up
-    // each path once before counting.
-    for target in [&a6, &b6] {
-        let warm = (0..5).any(|_| {
-            bed.tcp("pod-c", &format!("[{target}]:8080"))
-                .pod()
-                .is_some()
-        });
-        assert!(
-            warm,
-            "pod-c cannot reach {target} directly: the test bed is broken"
-        );
-        let from_node =
-            (0..5).any(|_| bed.tcp("node", &format!("[{target}]:8080")).pod().is_some());
-        assert!(
-            from_node,
-            "the node cannot reach {target}: the test bed is broken"
-        );
-    }
+    bed.warm_up_ipv6(&[&a6, &b6]);
     let replies = bed.tcp_many("pod-c", &format!("[{svc6}]:80"), 20);
     let c = counts(&replies);
     assert_eq!(c.len(), 2, "{c:?}");

@@ -339,3 +339,51 @@ fn a_port_that_cannot_bind_fails_that_service_port_alone() {
         bed.tcp("client", "172.30.0.22:80").pod().is_some()
     });
 }
+
+/// IPv6 through ip6tables: the daemon runs a proxier per family (dual-stack cluster CIDRs), the
+/// IPv6 one REDIRECTs the IPv6 cluster IP and node port to listeners on `::`.
+#[test]
+fn ipv6_cluster_ip_node_port_and_udp() {
+    let Some(bed) = bed("us-ipv6") else { return };
+    let svc6 = "fd00:30::10";
+    let a6 = testbed::pod_ip6("10.244.1.11");
+    let b6 = testbed::pod_ip6("10.244.1.12");
+    let dir = manifests(&bed, &testbed::dual_stack_web(SVC_IP, svc6, &[&a6, &b6]));
+    bed.warm_up_ipv6(&[&a6, &b6]);
+    let _daemon = bed.start_daemon(
+        &dir,
+        "10.244.0.0/16,fd00:244::/32",
+        Stdio::null(),
+        &[
+            "--proxy-mode",
+            "userspace",
+            "--iptables-variant",
+            "nft",
+            "--proxy-port-range",
+            "40000-40100",
+        ],
+    );
+    let to = format!("[{svc6}]:80");
+    wait_for("the IPv6 cluster IP to answer", || {
+        bed.tcp("pod-c", &to).pod().is_some()
+    });
+    let c = counts(&bed.tcp_many("pod-c", &to, 20));
+    assert_eq!(
+        c,
+        BTreeMap::from([("pod-a".to_owned(), 10), ("pod-b".to_owned(), 10)]),
+        "round-robin over IPv6"
+    );
+    assert!(bed.tcp("node", &to).pod().is_some(), "from the node");
+    let r = bed.tcp("client", &format!("[{}]:30080", testbed::NODE_IP6));
+    assert!(r.pod().is_some(), "node port over IPv6: {r:?}");
+    let udp = bed.udp_client("pod-c");
+    assert!(
+        udp.ask(&format!("[{svc6}]:53")).pod().is_some(),
+        "UDP over IPv6"
+    );
+    let saved = bed.node.output(&["ip6tables-nft-save"]).unwrap();
+    assert!(
+        saved.contains("-A KUBE-PORTALS-CONTAINER -d fd00:30::10/128"),
+        "{saved}"
+    );
+}

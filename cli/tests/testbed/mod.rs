@@ -885,3 +885,46 @@ impl Bed {
         .expect("connect thread")
     }
 }
+
+/// A dual-stack NodePort Service `web` (cluster IPs `svc4` and `svc6`; `http` 80/TCP → 8080 with
+/// node port 30080, `dns` 53/UDP → 5353) and its IPv6 EndpointSlice with `endpoints` on node-a.
+pub fn dual_stack_web(svc4: &str, svc6: &str, endpoints: &[&str]) -> String {
+    let mut y = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: ns1}}\nspec:\n  \
+         clusterIP: {svc4}\n  clusterIPs: [{svc4}, \"{svc6}\"]\n  ipFamilies: [IPv4, IPv6]\n  \
+         type: NodePort\n  ports:\n  - {{name: http, port: 80, protocol: TCP, nodePort: 30080}}\n  \
+         - {{name: dns, port: 53, protocol: UDP}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-v6\n  \
+         namespace: ns1\n  labels: {{kubernetes.io/service-name: web}}\naddressType: IPv6\n\
+         ports:\n- {{name: http, port: 8080, protocol: TCP}}\n- {{name: dns, port: 5353, protocol: UDP}}\n\
+         endpoints:\n"
+    );
+    for ip in endpoints {
+        y.push_str(&format!("- addresses: [\"{ip}\"]\n  nodeName: node-a\n"));
+    }
+    if endpoints.is_empty() {
+        y = y.replace("endpoints:\n", "endpoints: []\n");
+    }
+    y
+}
+
+impl Bed {
+    /// Fresh IPv6 links resolve neighbours slowly at first (DAD of link-local addresses): reaches
+    /// each pod address directly from pod-c and from the node once before a test counts replies;
+    /// panics if the bed itself cannot.
+    pub fn warm_up_ipv6(&self, targets: &[&str]) {
+        for target in targets {
+            for who in ["pod-c", "node"] {
+                let ok = (0..5).any(|_| {
+                    self.tcp(who, &format!("[{target}]:{TCP_PORT}"))
+                        .pod()
+                        .is_some()
+                });
+                assert!(
+                    ok,
+                    "{who} cannot reach {target} directly: the test bed is broken"
+                );
+            }
+        }
+    }
+}
