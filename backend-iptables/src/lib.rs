@@ -17,5 +17,5 @@ pub mod ruleset;
 
 pub use config::{ConfigError, RenderConfig};
 pub use proxier::exec::{detect_variant, IptablesCmd, IptablesOps, Variant};
-pub use proxier::{cleanup_node, IptablesProxier};
+pub use proxier::{cleanup_node, interface_addresses, IptablesProxier};
 pub use render::{NodeView, RenderSummary, Renderer, RuleCounts, SharedChain, Table};

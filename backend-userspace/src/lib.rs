@@ -17,12 +17,14 @@
 //!   proxy-core's `PortVerdict`, as every mode decides it).
 //! - [`rules`]: the REDIRECT rules (`KUBE-PORTALS-*`, `KUBE-NODEPORT-*`) and the REJECT/DROP
 //!   rules (`KUBE-PORTALS-FILTER`).
+//! - [`conntrack`]: UDP conntrack entries that REDIRECT to a listener that moved or closed.
 //! - [`proxier`]: [`UserspaceProxier`], the mode behind the factory, and its cleanup.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![deny(rustdoc::broken_intra_doc_links)]
 
 pub mod balancer;
 pub mod connect;
+pub mod conntrack;
 pub mod listeners;
 pub mod plan;
 pub mod proxier;

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 
 use backend_iptables::{IptablesCmd, IptablesOps, Variant};
+use kproxy_netlink::ConntrackOps;
 use proxy_core::proxy_port_metrics::ProxyPortMetrics;
 use proxy_core::{
     IpFamily, ObjectCount, Proxier, ProxierError, ProxyMode, ProxyState, ServicePortName,
@@ -37,6 +38,10 @@ pub struct UserspaceProxier {
     needs_full: bool,
     owned: RuleCounts,
     warned_sctp: HashSet<ServicePortName>,
+    /// ctnetlink, to delete UDP entries that REDIRECT to a listener that moved; `None` off a node.
+    conntrack: Option<Box<dyn ConntrackOps>>,
+    /// `--proxy-port-range`, to recognise this mode's entries whose Service went.
+    port_range: Option<std::ops::RangeInclusive<u16>>,
 }
 
 impl UserspaceProxier {
@@ -49,6 +54,7 @@ impl UserspaceProxier {
         metrics: ProxyPortMetrics,
     ) -> Self {
         let for_stats = metrics.clone();
+        let port_range = settings.port_range.clone();
         Self {
             listeners: Listeners::new(settings, runtime)
                 .with_stats(move |key: &ListenerKey, t| for_stats.port(&key.labels(t))),
@@ -60,6 +66,60 @@ impl UserspaceProxier {
             needs_full: true,
             owned: RuleCounts::default(),
             warned_sctp: HashSet::new(),
+            conntrack: None,
+            port_range,
+        }
+    }
+
+    /// Deletes UDP conntrack entries that REDIRECT to a listener other than the current one
+    /// (after a UDP listener opened or closed, and on full syncs) through `conntrack`.
+    pub fn with_conntrack(mut self, conntrack: Box<dyn ConntrackOps>) -> Self {
+        self.conntrack = Some(conntrack);
+        self
+    }
+
+    /// Deletes the UDP entries that disagree with the rules now in place. Failures are logged,
+    /// not returned: the rules are right, and the next full sync tries again.
+    fn delete_stale_udp_entries(&mut self, state: &ProxyState) {
+        let Some(conntrack) = self.conntrack.as_mut() else {
+            return;
+        };
+        let local: HashSet<std::net::IpAddr> = match backend_iptables::interface_addresses() {
+            Ok(addrs) => addrs.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(
+                    "UDP conntrack cleanup skipped: cannot list interface addresses: {e}"
+                );
+                return;
+            }
+        };
+        let listeners = &self.listeners;
+        let frontends = crate::conntrack::UdpFrontends::of(state, |k| listeners.port_of(k));
+        let flows = match conntrack.flows(state.family()) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!("UDP conntrack cleanup skipped: {e}");
+                return;
+            }
+        };
+        let stale =
+            crate::conntrack::stale_redirects(&flows, &frontends, &local, self.port_range.as_ref());
+        let mut deleted = 0;
+        for flow in &stale {
+            match conntrack.delete(flow) {
+                Ok(_) => deleted += 1,
+                Err(e) => tracing::warn!(
+                    "deleting the UDP conntrack entry {} -> {} (redirected to {}): {e}",
+                    flow.orig_src,
+                    flow.orig_dst,
+                    flow.reply_src
+                ),
+            }
+        }
+        if deleted > 0 {
+            tracing::info!(
+                "deleted {deleted} UDP conntrack entries redirected to a moved listener"
+            );
         }
     }
 
@@ -161,6 +221,13 @@ impl Proxier for UserspaceProxier {
                 self.metrics.remove_port(&key.labels(t));
             }
         }
+        let udp = |key: &ListenerKey| {
+            transports.get(key) == Some(&Transport::Udp)
+                || self.transports.get(key) == Some(&Transport::Udp)
+        };
+        let udp_changed = report.opened.iter().any(|(k, _)| udp(k))
+            || report.closed.iter().any(udp)
+            || report.failed.iter().any(|(k, _)| udp(k));
         self.transports = transports;
 
         let listeners = &self.listeners;
@@ -184,6 +251,9 @@ impl Proxier for UserspaceProxier {
             }
             std::mem::swap(&mut self.rules, &mut self.written);
             self.owned = counts;
+        }
+        if full || udp_changed {
+            self.delete_stale_udp_entries(state);
         }
         self.needs_full = false;
         let written = if changed || full {

@@ -213,12 +213,17 @@ pub(crate) fn build(
                 udp_timeout: settings.udp_idle_timeout,
                 retry: backend_userspace::RetryPolicy::default(),
             };
-            Ok(Box::new(backend_userspace::UserspaceProxier::new(
+            let mut proxier = backend_userspace::UserspaceProxier::new(
                 listener_settings,
                 runtime,
                 Box::new(backend_iptables::IptablesCmd::new(variant, family)),
                 context.port_proxy_metrics.clone(),
-            )))
+            );
+            match kproxy_netlink::NetlinkConntrack::open() {
+                Ok(c) => proxier = proxier.with_conntrack(Box::new(c)),
+                Err(e) => tracing::warn!("UDP conntrack cleanup disabled: {e}"),
+            }
+            Ok(Box::new(proxier))
         }
         ProxyMode::Ipvs | ProxyMode::Nftables => {
             unreachable!("check_built refused {mode}")

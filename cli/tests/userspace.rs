@@ -387,3 +387,35 @@ fn ipv6_cluster_ip_node_port_and_udp() {
         "{saved}"
     );
 }
+
+/// A UDP client that keeps its socket (one conntrack entry): its Service port loses its endpoints,
+/// then gets them back on a listener with another proxy port; the same socket is answered again,
+/// because the entry REDIRECTing it to the closed port was deleted.
+#[test]
+fn a_udp_client_keeping_its_socket_follows_a_moved_listener() {
+    let Some(bed) = bed("us-udpct") else { return };
+    let on = |ip: &str| web("web", SVC_IP, "", &[(ip, "node-a", true)]);
+    let dir = manifests(&bed, &on("10.244.1.11"));
+    let _daemon = daemon(&bed, &dir, "nft", "40000-40100");
+    let svc = format!("{SVC_IP}:80");
+    let dns = format!("{SVC_IP}:53");
+    wait_for("the first sync", || bed.tcp("client", &svc).pod().is_some());
+    let udp = bed.udp_client("pod-c");
+    assert_eq!(udp.ask(&dns).pod(), Some("pod-a"));
+
+    rewrite(&dir, &web("web", SVC_IP, "", &[]));
+    wait_for("REJECT without endpoints", || {
+        bed.tcp("client", &svc) == Reply::Refused
+    });
+    assert!(udp.ask(&dns).pod().is_none(), "no endpoint answers");
+
+    rewrite(&dir, &on("10.244.1.12"));
+    wait_for("pod-b over TCP", || {
+        bed.tcp("client", &svc).pod() == Some("pod-b")
+    });
+    assert_eq!(
+        udp.ask(&dns).pod(),
+        Some("pod-b"),
+        "the same UDP socket reaches the new listener"
+    );
+}

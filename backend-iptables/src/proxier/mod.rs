@@ -545,8 +545,9 @@ impl IptablesProxier {
     }
 }
 
-/// Every address on this machine's interfaces (both families, loopback included).
-fn interface_addresses() -> nix::Result<Vec<std::net::IpAddr>> {
+/// Every address on this machine's interfaces (both families, loopback included), read fresh: for
+/// `nodePortAddresses` and for telling which conntrack entries were redirected to a local socket.
+pub fn interface_addresses() -> nix::Result<Vec<std::net::IpAddr>> {
     let mut out = Vec::new();
     for ifa in nix::ifaddrs::getifaddrs()? {
         let Some(addr) = ifa.address else { continue };
