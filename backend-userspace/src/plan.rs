@@ -168,10 +168,12 @@ pub const FIRST_EPHEMERAL_PORT: u16 = 32768;
 /// listeners as comment lines (Service port, endpoint set, transport, proxy port, endpoints,
 /// affinity), then the exact iptables-restore input. Ports are numbered in order from the range's
 /// start (or [`FIRST_EPHEMERAL_PORT`]), as a node with all of them free would assign them; a
-/// listener beyond the range gets none, and so no REDIRECT, as on a node.
+/// listener beyond the range gets none, and so a REJECT, as on a node. Node ports answer on
+/// `node_ports`.
 pub fn write_plan(
     state: &proxy_core::ProxyState,
     port_range: Option<std::ops::RangeInclusive<u16>>,
+    node_ports: &proxy_core::datapath::NodePortAddresses,
     out: &mut dyn std::io::Write,
 ) -> std::io::Result<()> {
     use std::collections::BTreeMap;
@@ -220,6 +222,6 @@ pub fn write_plan(
     }
     out.write_all(text.as_bytes())?;
     let mut rules = String::new();
-    crate::rules::render(state, |k| ports.get(k).copied(), &mut rules);
+    crate::rules::render(state, |k| ports.get(k).copied(), node_ports, &mut rules);
     out.write_all(rules.as_bytes())
 }

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use backend_iptables::{IptablesCmd, IptablesOps, Variant};
 use kproxy_netlink::ConntrackOps;
+use proxy_core::datapath::{NodePortAddressSpec, NodePortAddresses};
 use proxy_core::proxy_port_metrics::ProxyPortMetrics;
 use proxy_core::{
     IpFamily, ObjectCount, Proxier, ProxierError, ProxyMode, ProxyState, ServicePortName,
@@ -42,6 +43,8 @@ pub struct UserspaceProxier {
     conntrack: Option<Box<dyn ConntrackOps>>,
     /// `--proxy-port-range`, to recognise this mode's entries whose Service went.
     port_range: Option<std::ops::RangeInclusive<u16>>,
+    /// `nodePortAddresses`.
+    node_port_addresses: NodePortAddressSpec,
 }
 
 impl UserspaceProxier {
@@ -68,7 +71,27 @@ impl UserspaceProxier {
             warned_sctp: HashSet::new(),
             conntrack: None,
             port_range,
+            node_port_addresses: NodePortAddressSpec::default(),
         }
+    }
+
+    /// Node ports answer only on the local addresses `spec` selects (`nodePortAddresses`),
+    /// matched against this machine's interfaces at each sync.
+    pub fn with_node_port_addresses(mut self, spec: NodePortAddressSpec) -> Self {
+        self.node_port_addresses = spec;
+        self
+    }
+
+    fn node_ports(&self, state: &ProxyState) -> Result<NodePortAddresses, ProxierError> {
+        if self.node_port_addresses.matches_all(state.family()) {
+            return Ok(NodePortAddresses::All);
+        }
+        let addresses = backend_iptables::interface_addresses().map_err(|e| {
+            ProxierError::new(MODE, "listing interface addresses for nodePortAddresses", e)
+        })?;
+        Ok(self
+            .node_port_addresses
+            .select(state.family(), &addresses, state.node()))
     }
 
     /// Deletes UDP conntrack entries that REDIRECT to a listener other than the current one
@@ -230,8 +253,14 @@ impl Proxier for UserspaceProxier {
             || report.failed.iter().any(|(k, _)| udp(k));
         self.transports = transports;
 
+        let node_ports = self.node_ports(state)?;
         let listeners = &self.listeners;
-        let counts = rules::render(state, |k| listeners.port_of(k), &mut self.rules);
+        let counts = rules::render(
+            state,
+            |k| listeners.port_of(k),
+            &node_ports,
+            &mut self.rules,
+        );
         let changed = self.rules != self.written;
         if changed || full {
             let text = &self.rules;

@@ -18,6 +18,7 @@
 
 use std::fmt::Write as _;
 
+use proxy_core::datapath::NodePortAddresses;
 use proxy_core::{IpFamily, ProxyState};
 
 use crate::listeners::Transport;
@@ -123,10 +124,12 @@ fn proto(t: Transport) -> &'static str {
 /// Writes the iptables-restore input for `state` into `out` (cleared first): both tables, every
 /// chain declared (which empties it), then its rules. `proxy_port` gives the port of each open
 /// listener; traffic for a listener that has none (its bind failed) is REJECTed rather than
-/// steered into a closed port, while every other Service port is proxied.
+/// steered into a closed port, while every other Service port is proxied. Node ports answer on
+/// `node_ports` (`nodePortAddresses`: every local address, or only those listed).
 pub fn render(
     state: &ProxyState,
     proxy_port: impl Fn(&ListenerKey) -> Option<u16>,
+    node_ports: &NodePortAddresses,
     out: &mut String,
 ) -> RuleCounts {
     out.clear();
@@ -218,22 +221,32 @@ pub fn render(
                 );
             }
             if let Some(node_port) = svc.node_port {
-                match target(external) {
-                    Ok(port) => {
-                        for chain in [NODEPORT_CONTAINER, NODEPORT_HOST] {
-                            let _ = writeln!(
-                                out,
-                                "-A {chain} -p {p} -m comment --comment \"{name}\" -m {p} --dport {node_port} -j REDIRECT --to-ports {port}"
-                            );
-                            counts.nat += 1;
+                // `-d` per selected address, or none (the jump already matched a local address).
+                let destinations: Vec<String> = match node_ports {
+                    NodePortAddresses::All => vec![String::new()],
+                    NodePortAddresses::Only(ips) => ips
+                        .iter()
+                        .map(|ip| format!(" -d {ip}/{host_len}"))
+                        .collect(),
+                };
+                for dst in &destinations {
+                    match target(external) {
+                        Ok(port) => {
+                            for chain in [NODEPORT_CONTAINER, NODEPORT_HOST] {
+                                let _ = writeln!(
+                                    out,
+                                    "-A {chain}{dst} -p {p} -m comment --comment \"{name}\" -m {p} --dport {node_port} -j REDIRECT --to-ports {port}"
+                                );
+                                counts.nat += 1;
+                            }
                         }
-                    }
-                    Err((verdict, why)) => {
-                        let _ = writeln!(
-                            filter,
-                            "-A {PORTALS_FILTER} -p {p} -m addrtype --dst-type LOCAL -m comment --comment \"{name} node port{why}\" -m {p} --dport {node_port} -j {verdict}",
-                        );
-                        counts.filter += 1;
+                        Err((verdict, why)) => {
+                            let _ = writeln!(
+                                filter,
+                                "-A {PORTALS_FILTER}{dst} -p {p} -m addrtype --dst-type LOCAL -m comment --comment \"{name} node port{why}\" -m {p} --dport {node_port} -j {verdict}",
+                            );
+                            counts.filter += 1;
+                        }
                     }
                 }
             }

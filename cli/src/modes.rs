@@ -218,7 +218,8 @@ pub(crate) fn build(
                 runtime,
                 Box::new(backend_iptables::IptablesCmd::new(variant, family)),
                 context.port_proxy_metrics.clone(),
-            );
+            )
+            .with_node_port_addresses(settings.node_port_addresses.clone());
             match kproxy_netlink::NetlinkConntrack::open() {
                 Ok(c) => proxier = proxier.with_conntrack(Box::new(c)),
                 Err(e) => tracing::warn!("UDP conntrack cleanup disabled: {e}"),
@@ -249,7 +250,17 @@ pub(crate) fn render(
             Ok(())
         }
         ProxyMode::Userspace => {
-            backend_userspace::plan::write_plan(state, settings.proxy_port_range.clone(), out)?;
+            let node_ports = settings.node_port_addresses.select(
+                state.family(),
+                &settings.node_ips,
+                state.node(),
+            );
+            backend_userspace::plan::write_plan(
+                state,
+                settings.proxy_port_range.clone(),
+                &node_ports,
+                out,
+            )?;
             Ok(())
         }
         ProxyMode::Ipvs | ProxyMode::Nftables => {

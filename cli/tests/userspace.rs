@@ -419,3 +419,36 @@ fn a_udp_client_keeping_its_socket_follows_a_moved_listener() {
         "the same UDP socket reaches the new listener"
     );
 }
+
+/// `--nodeport-addresses`: node ports answer on the selected addresses only (here the node's
+/// address towards the client), not on the pods' gateway nor on localhost.
+#[test]
+fn node_ports_answer_only_on_node_port_addresses() {
+    let Some(bed) = bed("us-npa") else { return };
+    let one = [("10.244.1.11", "node-a", true)];
+    let dir = manifests(&bed, &web("web", SVC_IP, "  type: NodePort\n", &one));
+    let _daemon = bed.start_daemon(
+        &dir,
+        "10.244.0.0/16",
+        Stdio::null(),
+        &[
+            "--proxy-mode",
+            "userspace",
+            "--iptables-variant",
+            "nft",
+            "--nodeport-addresses",
+            "192.168.56.0/24",
+        ],
+    );
+    let node_port = format!("{NODE_IP}:30080");
+    wait_for("the node port on the node's address", || {
+        bed.tcp("client", &node_port).pod().is_some()
+    });
+    assert_eq!(bed.tcp("pod-b", &node_port).pod(), Some("pod-a"));
+    for (who, to) in [("pod-b", "10.244.1.1:30080"), ("node", "127.0.0.1:30080")] {
+        assert!(
+            bed.tcp(who, to).pod().is_none(),
+            "{to} is not a node port address"
+        );
+    }
+}
