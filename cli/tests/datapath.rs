@@ -4,11 +4,10 @@
 
 mod testbed;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use testbed::{Bed, Reply, ServiceSpec, CLIENT_IP, NODE_IP};
+use testbed::{both_variants, counts, Bed, Reply, ServiceSpec, CLIENT_IP, NODE_IP};
 
 const SVC_IP: &str = "172.30.0.10";
 
@@ -53,29 +52,6 @@ fn node_port_service(endpoints: &[(&str, &str, bool)]) -> String {
         endpoints,
     }
     .yaml()
-}
-
-fn counts(replies: &[Reply]) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for r in replies {
-        let key = r
-            .pod()
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("{r:?}"));
-        *m.entry(key).or_default() += 1;
-    }
-    m
-}
-
-macro_rules! both_variants {
-    ($($name:ident),* $(,)?) => {
-        mod nft {
-            $(#[test] fn $name() { super::$name("nft") })*
-        }
-        mod legacy {
-            $(#[test] fn $name() { super::$name("legacy") })*
-        }
-    };
 }
 
 both_variants!(

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use testbed::{http_get, wait_for, Bed, Daemon, Reply, ServiceSpec, NODE_IP};
+use testbed::{
+    both_variants, counts, http_get, wait_for, Bed, Daemon, Reply, ServiceSpec, NODE_IP,
+};
 
 const SVC_IP: &str = "172.30.0.10";
 const ECHO_PORT: u16 = 9090;
@@ -67,15 +69,6 @@ fn web(name: &str, ip: &str, extra: &str, endpoints: &[(&str, &str, bool)]) -> S
     .yaml()
 }
 
-fn counts(replies: &[Reply]) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for r in replies {
-        let key = r.pod().map_or_else(|| format!("{r:?}"), str::to_owned);
-        *m.entry(key).or_default() += 1;
-    }
-    m
-}
-
 /// The value of the metric line starting with `prefix` (name and labels), from the daemon's
 /// /metrics in the node namespace.
 fn metric(bed: &Bed, prefix: &str) -> Option<f64> {
@@ -84,17 +77,6 @@ fn metric(bed: &Bed, prefix: &str) -> Option<f64> {
         .find(|l| l.starts_with(prefix))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
-}
-
-macro_rules! both_variants {
-    ($($name:ident),* $(,)?) => {
-        mod nft {
-            $(#[test] fn $name() { super::$name("nft") })*
-        }
-        mod legacy {
-            $(#[test] fn $name() { super::$name("legacy") })*
-        }
-    };
 }
 
 both_variants!(cluster_ip_node_port_round_robin_reject_and_cleanup);

@@ -928,3 +928,29 @@ impl Bed {
         }
     }
 }
+
+/// How many replies each pod gave (`Timeout`, `Refused`, … counted under their debug text).
+pub fn counts(replies: &[Reply]) -> std::collections::BTreeMap<String, usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for r in replies {
+        let key = r.pod().map_or_else(|| format!("{r:?}"), str::to_owned);
+        *m.entry(key).or_default() += 1;
+    }
+    m
+}
+
+/// Declares each named scenario `fn name(variant: &str)` as two tests, `nft::name` and
+/// `legacy::name`, one per iptables variant.
+#[allow(unused_macros)]
+macro_rules! both_variants {
+    ($($name:ident),* $(,)?) => {
+        mod nft {
+            $(#[test] fn $name() { super::$name("nft") })*
+        }
+        mod legacy {
+            $(#[test] fn $name() { super::$name("legacy") })*
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use both_variants;
