@@ -61,33 +61,57 @@ impl UdpFrontends {
     }
 }
 
-/// The UDP entries redirected to a local socket (`local`: this node's addresses) whose proxy port
-/// is not the one the rules now give their frontend; for a destination that is no longer a
-/// frontend, those redirected into the listeners' port range (without a range, kproxy cannot tell
-/// its own entries from others' and leaves them).
+/// Which UDP entries REDIRECT to the wrong listener, judged one at a time (so a dump is judged
+/// as it streams).
+#[derive(Debug)]
+pub struct StaleRedirects<'a> {
+    /// Where each frontend's traffic goes now.
+    pub frontends: &'a UdpFrontends,
+    /// This node's addresses: a redirected entry's reply comes from one of them.
+    pub local: &'a HashSet<IpAddr>,
+    /// `--proxy-port-range`, if set.
+    pub range: Option<&'a RangeInclusive<u16>>,
+}
+
+impl StaleRedirects<'_> {
+    /// Whether `f` was redirected to a local socket whose port is not the one the rules now give
+    /// its frontend; for a destination that is no longer a frontend, whether it was redirected
+    /// into the listeners' port range (without a range, kproxy cannot tell its own entries from
+    /// others' and leaves them).
+    pub fn is_stale(&self, f: &Flow) -> bool {
+        if !(f.protocol == IPPROTO_UDP && f.is_dnat() && self.local.contains(&f.reply_src.ip())) {
+            return false;
+        }
+        let expected = self.frontends.by_address.get(&f.orig_dst).or_else(|| {
+            self.local
+                .contains(&f.orig_dst.ip())
+                .then(|| self.frontends.by_node_port.get(&f.orig_dst.port()))
+                .flatten()
+        });
+        match expected {
+            Some(Some(port)) => f.reply_src.port() != *port,
+            Some(None) => true,
+            None => self.range.is_some_and(|r| r.contains(&f.reply_src.port())),
+        }
+    }
+}
+
+/// [`StaleRedirects::is_stale`] over a list.
 pub fn stale_redirects(
     flows: &[Flow],
     frontends: &UdpFrontends,
     local: &HashSet<IpAddr>,
     range: Option<&RangeInclusive<u16>>,
 ) -> Vec<Flow> {
+    let policy = StaleRedirects {
+        frontends,
+        local,
+        range,
+    };
     flows
         .iter()
-        .filter(|f| f.protocol == IPPROTO_UDP && f.is_dnat() && local.contains(&f.reply_src.ip()))
-        .filter(|f| {
-            let expected = frontends.by_address.get(&f.orig_dst).or_else(|| {
-                local
-                    .contains(&f.orig_dst.ip())
-                    .then(|| frontends.by_node_port.get(&f.orig_dst.port()))
-                    .flatten()
-            });
-            match expected {
-                Some(Some(port)) => f.reply_src.port() != *port,
-                Some(None) => true,
-                None => range.is_some_and(|r| r.contains(&f.reply_src.port())),
-            }
-        })
-        .cloned()
+        .filter(|f| policy.is_stale(f))
+        .copied()
         .collect()
 }
 

@@ -118,15 +118,22 @@ impl UserspaceProxier {
         };
         let listeners = &self.listeners;
         let frontends = crate::conntrack::UdpFrontends::of(state, |k| listeners.port_of(k));
-        let flows = match conntrack.flows(state.family()) {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::warn!("UDP conntrack cleanup skipped: {e}");
-                return;
-            }
+        let policy = crate::conntrack::StaleRedirects {
+            frontends: &frontends,
+            local: &local,
+            range: self.port_range.as_ref(),
         };
-        let stale =
-            crate::conntrack::stale_redirects(&flows, &frontends, &local, self.port_range.as_ref());
+        let mut stale = Vec::new();
+        let dumped =
+            conntrack.for_each_flow(kproxy_netlink::FlowFilter::udp(state.family()), &mut |f| {
+                if policy.is_stale(&f) {
+                    stale.push(f);
+                }
+            });
+        if let Err(e) = dumped {
+            tracing::warn!("UDP conntrack cleanup skipped: {e}");
+            return;
+        }
         let mut deleted = 0;
         for flow in &stale {
             match conntrack.delete(flow) {

@@ -1,15 +1,18 @@
 //! Listing and deleting conntrack entries over ctnetlink, without the conntrack CLI.
 //!
-//! The kernel deletes entries only by exact tuple, so cleanup is: dump the family's entries
-//! (`IPCTNL_MSG_CT_GET` with `NLM_F_DUMP`), pick the stale ones
-//! ([`proxy_core::datapath::stale_after_sync`]), delete each by its original tuple
-//! (`IPCTNL_MSG_CT_DELETE`). Messages are `netlink-packet-netfilter`'s; the conntrack zone, which
-//! that crate does not model, travels as a raw `CTA_ZONE` attribute (big-endian u16).
+//! The kernel deletes entries only by exact tuple, so cleanup is: dump the family's entries of one
+//! protocol (`IPCTNL_MSG_CT_GET` with `NLM_F_DUMP`, filtered in the kernel by `CTA_FILTER`), judge
+//! each as it arrives ([`proxy_core::datapath::StaleFlows`]), delete the stale ones by their
+//! original tuple (`IPCTNL_MSG_CT_DELETE`). A node's table is mostly TCP: the kernel sends only the
+//! UDP entries, and nothing is collected but what is deleted. Messages are
+//! `netlink-packet-netfilter`'s; the conntrack zone and the dump filter, which that crate does not
+//! model, travel as raw attributes (`CTA_ZONE`, `CTA_FILTER`).
 
 use std::net::{IpAddr, SocketAddr};
 
 use netlink_packet_core::{
-    DefaultNla, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+    DefaultNla, Emitable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLA_F_NESTED, NLM_F_ACK,
+    NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_netfilter::conntrack::{
     ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Protocol, Tuple,
@@ -22,8 +25,38 @@ use proxy_core::IpFamily;
 
 use crate::socket::{NetlinkSocket, SocketError};
 
+/// `CTA_TUPLE_ORIG`: the original direction's tuple.
+const CTA_TUPLE_ORIG: u16 = 1;
 /// `CTA_ZONE`: the conntrack zone of an entry.
 const CTA_ZONE: u16 = 18;
+/// `IPCTNL_MSG_CT_GET`.
+const IPCTNL_MSG_CT_GET: u8 = 1;
+/// `CTA_FILTER` (kernel 5.8+): which fields of `CTA_TUPLE_ORIG` a dump must match.
+const CTA_FILTER: u16 = 25;
+/// `CTA_FILTER_ORIG_FLAGS`, `CTA_FILTER_REPLY_FLAGS`: inside `CTA_FILTER`, native-endian u32s.
+const CTA_FILTER_ORIG_FLAGS: u16 = 1;
+const CTA_FILTER_REPLY_FLAGS: u16 = 2;
+/// `CTA_FILTER_FLAG_CTA_PROTO_NUM`: match the original tuple's protocol number.
+const CTA_FILTER_FLAG_CTA_PROTO_NUM: u32 = 1 << 3;
+
+/// Which entries a dump asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowFilter {
+    /// The address family (the dump's `nfgen_family`).
+    pub family: IpFamily,
+    /// Only this protocol (IANA number), filtered by the kernel; `None`: every protocol.
+    pub protocol: Option<u8>,
+}
+
+impl FlowFilter {
+    /// The UDP entries of `family`: what Service cleanup looks at.
+    pub fn udp(family: IpFamily) -> Self {
+        Self {
+            family,
+            protocol: Some(proxy_core::datapath::IPPROTO_UDP),
+        }
+    }
+}
 
 /// A conntrack operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,8 +65,21 @@ pub struct ConntrackError(#[from] pub SocketError);
 
 /// Dumps and deletes conntrack entries. A trait so proxiers can be tested without a kernel.
 pub trait ConntrackOps: Send + std::fmt::Debug {
-    /// Every entry of `family`.
-    fn flows(&mut self, family: IpFamily) -> Result<Vec<Flow>, ConntrackError>;
+    /// Calls `each` with every entry `filter` selects, as the kernel sends them: nothing is
+    /// collected, so memory does not grow with the table.
+    fn for_each_flow(
+        &mut self,
+        filter: FlowFilter,
+        each: &mut dyn FnMut(Flow),
+    ) -> Result<(), ConntrackError>;
+
+    /// The entries `filter` selects, collected (for small tables and tests).
+    fn flows(&mut self, filter: FlowFilter) -> Result<Vec<Flow>, ConntrackError> {
+        let mut out = Vec::new();
+        self.for_each_flow(filter, &mut |f| out.push(f))?;
+        Ok(out)
+    }
+
     /// Deletes one entry; `Ok(false)` if it was already gone.
     fn delete(&mut self, flow: &Flow) -> Result<bool, ConntrackError>;
 }
@@ -42,6 +88,8 @@ pub trait ConntrackOps: Send + std::fmt::Debug {
 #[derive(Debug)]
 pub struct NetlinkConntrack {
     socket: NetlinkSocket,
+    /// Whether the kernel takes `CTA_FILTER` (until it refuses it once).
+    kernel_filters: bool,
 }
 
 impl NetlinkConntrack {
@@ -49,16 +97,56 @@ impl NetlinkConntrack {
     pub fn open() -> Result<Self, ConntrackError> {
         Ok(Self {
             socket: NetlinkSocket::open(netlink_sys::protocols::NETLINK_NETFILTER)?,
+            kernel_filters: true,
         })
     }
 }
 
+impl NetlinkConntrack {
+    /// Creates an entry for `flow` (original tuple, and a reply from `flow.reply_src`) that
+    /// expires after `timeout_secs`: how tests and benchmarks fill a table without the CLI.
+    pub fn create(&mut self, flow: &Flow, timeout_secs: u32) -> Result<(), ConntrackError> {
+        let what = format!("conntrack create {} -> {}", flow.orig_src, flow.orig_dst);
+        self.socket
+            .request(create_request(flow, timeout_secs), &what)?;
+        Ok(())
+    }
+}
+
 impl ConntrackOps for NetlinkConntrack {
-    fn flows(&mut self, family: IpFamily) -> Result<Vec<Flow>, ConntrackError> {
-        let answers = self
-            .socket
-            .request(dump_request(family), "conntrack dump")?;
-        Ok(answers.iter().filter_map(decode_flow).collect())
+    fn for_each_flow(
+        &mut self,
+        filter: FlowFilter,
+        each: &mut dyn FnMut(Flow),
+    ) -> Result<(), ConntrackError> {
+        let mut judge = |m: NetfilterMessage| {
+            // A kernel without CTA_FILTER (before 5.8) ignores it and sends every entry.
+            if let Some(f) = decode_flow(&m) {
+                if filter.protocol.is_none_or(|p| p == f.protocol) {
+                    each(f);
+                }
+            }
+        };
+        if self.kernel_filters {
+            match self.socket.request_each(
+                filtered_dump_request(filter),
+                "conntrack dump (filtered)",
+                &mut judge,
+            ) {
+                // A kernel that refuses the filter before sending anything: dump unfiltered from
+                // now on.
+                Err(e) if e.errno() == Some(22) => {
+                    tracing::warn!(
+                        "the kernel refuses filtered conntrack dumps ({e}); dumping every entry"
+                    );
+                    self.kernel_filters = false;
+                }
+                other => return Ok(other?),
+            }
+        }
+        self.socket
+            .request_each(dump_request(filter.family), "conntrack dump", judge)?;
+        Ok(())
     }
 
     fn delete(&mut self, flow: &Flow) -> Result<bool, ConntrackError> {
@@ -109,6 +197,68 @@ pub fn dump_request(family: IpFamily) -> NetlinkMessage<NetfilterMessage> {
         NLM_F_REQUEST | NLM_F_DUMP,
         family,
         ConntrackMessage::Get(Vec::new()),
+    )
+}
+
+/// The dump request for `filter`: the family in the header; a protocol as `CTA_TUPLE_ORIG` holding
+/// only the protocol number plus `CTA_FILTER` saying to match just that (what libnetfilter_conntrack
+/// sends for a tuple-filtered dump).
+pub fn filtered_dump_request(filter: FlowFilter) -> NetlinkMessage<NetfilterMessage> {
+    let Some(protocol) = filter.protocol else {
+        return dump_request(filter.family);
+    };
+    let mut flags = Vec::with_capacity(16);
+    for (kind, value) in [
+        (CTA_FILTER_ORIG_FLAGS, CTA_FILTER_FLAG_CTA_PROTO_NUM),
+        (CTA_FILTER_REPLY_FLAGS, 0),
+    ] {
+        flags.extend_from_slice(&8u16.to_ne_bytes());
+        flags.extend_from_slice(&kind.to_ne_bytes());
+        flags.extend_from_slice(&value.to_ne_bytes());
+    }
+    // The crate's `ConntrackAttribute::Other` drops NLA_F_NESTED, which the kernel's strict parse
+    // of CTA_FILTER requires: the attributes go as raw ones, each keeping its flags.
+    let proto = Tuple::Proto(vec![ProtoTuple::Protocol(Protocol::from(protocol))]);
+    let mut tuple = vec![0; proto.buffer_len()];
+    proto.emit(&mut tuple);
+    message(
+        NLM_F_REQUEST | NLM_F_DUMP,
+        filter.family,
+        ConntrackMessage::Other {
+            message_type: IPCTNL_MSG_CT_GET,
+            attributes: vec![
+                DefaultNla::new(CTA_TUPLE_ORIG | NLA_F_NESTED, tuple),
+                DefaultNla::new(CTA_FILTER | NLA_F_NESTED, flags),
+            ],
+        },
+    )
+}
+
+fn tuple(src: SocketAddr, dst: SocketAddr, protocol: u8) -> Vec<Tuple> {
+    vec![
+        Tuple::Ip(vec![
+            IPTuple::SourceAddress(src.ip()),
+            IPTuple::DestinationAddress(dst.ip()),
+        ]),
+        Tuple::Proto(vec![
+            ProtoTuple::Protocol(Protocol::from(protocol)),
+            ProtoTuple::SourcePort(src.port()),
+            ProtoTuple::DestinationPort(dst.port()),
+        ]),
+    ]
+}
+
+/// The create request for `flow` with a timeout (`IPCTNL_MSG_CT_NEW`, `NLM_F_CREATE`).
+pub fn create_request(flow: &Flow, timeout_secs: u32) -> NetlinkMessage<NetfilterMessage> {
+    let family = IpFamily::of(&flow.orig_src.ip());
+    message(
+        NLM_F_REQUEST | NLM_F_ACK | netlink_packet_core::NLM_F_CREATE,
+        family,
+        ConntrackMessage::New(vec![
+            ConntrackAttribute::CtaTupleOrig(tuple(flow.orig_src, flow.orig_dst, flow.protocol)),
+            ConntrackAttribute::CtaTupleReply(tuple(flow.reply_src, flow.orig_src, flow.protocol)),
+            ConntrackAttribute::CtaTimeout(timeout_secs),
+        ]),
     )
 }
 
@@ -294,6 +444,47 @@ mod tests {
             &[10, 0, 0, 0],             // nfgenmsg: AF_INET6
         ].concat();
         assert_eq!(bytes(dump_request(IpFamily::V6), 3), expected);
+    }
+
+    /// The UDP-only dump: `CTA_TUPLE_ORIG { CTA_TUPLE_PROTO { CTA_PROTO_NUM 17 } }` and
+    /// `CTA_FILTER { ORIG_FLAGS = PROTO_NUM, REPLY_FLAGS = 0 }`, field by field; and back.
+    #[rustfmt::skip]
+    #[test]
+    fn filtered_dump_request_bytes_both_ways() {
+        let expected: Vec<u8> = [
+            &56u32.to_ne_bytes()[..],   // nlmsghdr.len
+            &0x0101u16.to_ne_bytes(),   // CTNETLINK << 8 | IPCTNL_MSG_CT_GET
+            &0x0301u16.to_ne_bytes(),   // NLM_F_REQUEST | NLM_F_DUMP
+            &4u32.to_ne_bytes(), &0u32.to_ne_bytes(),
+            &[2, 0, 0, 0],              // nfgenmsg: AF_INET
+            &16u16.to_ne_bytes(), &0x8001u16.to_ne_bytes(), // CTA_TUPLE_ORIG, nested
+            &12u16.to_ne_bytes(), &0x8002u16.to_ne_bytes(), //   CTA_TUPLE_PROTO, nested
+            &5u16.to_ne_bytes(), &1u16.to_ne_bytes(), &[17, 0, 0, 0], // CTA_PROTO_NUM udp + pad
+            &20u16.to_ne_bytes(), &0x8019u16.to_ne_bytes(), // CTA_FILTER (25), nested
+            &8u16.to_ne_bytes(), &1u16.to_ne_bytes(), &8u32.to_ne_bytes(), // ORIG_FLAGS: PROTO_NUM
+            &8u16.to_ne_bytes(), &2u16.to_ne_bytes(), &0u32.to_ne_bytes(), // REPLY_FLAGS: none
+        ].concat();
+        let filter = FlowFilter::udp(IpFamily::V4);
+        assert_eq!(bytes(filtered_dump_request(filter), 4), expected);
+        let unfiltered = FlowFilter { protocol: None, ..filter };
+        assert_eq!(bytes(filtered_dump_request(unfiltered), 4), bytes(dump_request(IpFamily::V4), 4));
+
+        let parsed = NetlinkMessage::<NetfilterMessage>::deserialize(&expected).unwrap();
+        let NetlinkPayload::InnerMessage(inner) = parsed.payload else {
+            panic!("not an inner message");
+        };
+        let NetfilterMessageInner::Conntrack(ConntrackMessage::Get(attrs)) = inner.inner else {
+            panic!("not a get: {:?}", inner.inner);
+        };
+        let ConntrackAttribute::CtaTupleOrig(t) = &attrs[0] else {
+            panic!("no original tuple");
+        };
+        assert_eq!(decode_tuple(t).protocol, Some(17));
+        let ConntrackAttribute::Other(f) = &attrs[1] else {
+            panic!("no filter");
+        };
+        assert_eq!(nla_kind(f), CTA_FILTER);
+        assert_eq!(nla_value(f)[4..8], 8u32.to_ne_bytes());
     }
 
     /// A dump answer as the kernel sends it: `IPCTNL_MSG_CT_NEW` with the original tuple, the reply

@@ -14,4 +14,4 @@ pub mod ipset;
 pub mod nfacct;
 pub mod socket;
 
-pub use conntrack::{ConntrackError, ConntrackOps, NetlinkConntrack};
+pub use conntrack::{ConntrackError, ConntrackOps, FlowFilter, NetlinkConntrack};

@@ -70,9 +70,26 @@ impl NetlinkSocket {
     /// (an ACK) or the kernel's error. `operation` names the request in errors.
     pub fn request<I>(
         &mut self,
-        mut message: NetlinkMessage<I>,
+        message: NetlinkMessage<I>,
         operation: &str,
     ) -> Result<Vec<I>, SocketError>
+    where
+        I: NetlinkSerializable + NetlinkDeserializable + std::fmt::Debug,
+    {
+        let mut answers = Vec::new();
+        self.request_each(message, operation, |m| answers.push(m))?;
+        Ok(answers)
+    }
+
+    /// As [`request`](Self::request), handing each inner message of the answer to `each` as it
+    /// is read instead of collecting them: a dump of a million entries holds one receive buffer,
+    /// not a million messages.
+    pub fn request_each<I>(
+        &mut self,
+        mut message: NetlinkMessage<I>,
+        operation: &str,
+        mut each: impl FnMut(I),
+    ) -> Result<(), SocketError>
     where
         I: NetlinkSerializable + NetlinkDeserializable + std::fmt::Debug,
     {
@@ -89,7 +106,6 @@ impl NetlinkSocket {
                 operation: format!("{operation}: send"),
                 source,
             })?;
-        let mut answers = Vec::new();
         loop {
             let n = self
                 .socket
@@ -119,9 +135,9 @@ impl NetlinkSocket {
                     continue; // a late answer to an earlier request
                 }
                 match reply.payload {
-                    NetlinkPayload::Done(_) => return Ok(answers),
+                    NetlinkPayload::Done(_) => return Ok(()),
                     NetlinkPayload::Error(e) => match e.code {
-                        None if !dump => return Ok(answers),
+                        None if !dump => return Ok(()),
                         None => {}
                         Some(_) => {
                             return Err(SocketError::Io {
@@ -130,7 +146,7 @@ impl NetlinkSocket {
                             })
                         }
                     },
-                    NetlinkPayload::InnerMessage(inner) => answers.push(inner),
+                    NetlinkPayload::InnerMessage(inner) => each(inner),
                     NetlinkPayload::Noop | NetlinkPayload::Overrun(_) => {}
                     _ => {}
                 }

@@ -472,14 +472,22 @@ impl IptablesProxier {
         if !full && diff.conntrack.is_empty() {
             return;
         }
-        let flows = match ct.flows(family) {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::warn!("cannot list conntrack entries: {e}");
-                return;
+        let policy = proxy_core::datapath::StaleFlows::new(state, &diff.conntrack, full);
+        if policy.is_empty() {
+            return;
+        }
+        // The kernel sends only UDP entries; each is judged as it arrives and only the stale
+        // ones are kept, so a node's 1M TCP entries cost neither transfer nor memory here.
+        let mut stale = Vec::new();
+        let dumped = ct.for_each_flow(kproxy_netlink::FlowFilter::udp(family), &mut |f| {
+            if policy.is_stale(&f) {
+                stale.push(f);
             }
-        };
-        let stale = proxy_core::datapath::stale_after_sync(&flows, state, &diff.conntrack, full);
+        });
+        if let Err(e) = dumped {
+            tracing::warn!("cannot list conntrack entries: {e}");
+            return;
+        }
         for flow in &stale {
             match ct.delete(flow) {
                 Ok(_) => tracing::debug!(

@@ -3,15 +3,16 @@
 //!
 //! The kernel deletes conntrack entries only by exact tuple, so cleanup is: list the family's
 //! entries, pick the stale ones here, delete each. Two rules, upstream's:
-//! [`stale_for_diff`] for a partial sync (the diff's cleanups) and [`stale_for_state`] for a full
-//! sync, e.g. after a restart (every UDP flow to a service that does not go to one of its serving
-//! endpoints). Every mode that NATs UDP (iptables, IPVS, nftables) applies the same policy.
+//! [`StaleFlows::for_diff`] for a partial sync (the diff's cleanups) and [`StaleFlows::for_state`]
+//! for a full sync, e.g. after a restart (every UDP flow to a service that does not go to one of
+//! its serving endpoints). [`StaleFlows`] judges one entry at a time, so a dump is judged as it
+//! streams. Every mode that NATs UDP (iptables, IPVS, nftables) applies the same policy.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::diff::{ConntrackCleanup, ConntrackTarget};
-use crate::state::ProxyState;
+use crate::state::{ProxyState, ServicePortEntry};
 
 /// IANA protocol number of UDP.
 pub const IPPROTO_UDP: u8 = 17;
@@ -38,99 +39,157 @@ impl Flow {
     }
 }
 
-/// Entries the diff's cleanups name: flows to each target, all of them or only those translated to
-/// the given endpoint. UDP only.
-pub fn stale_for_diff(flows: &[Flow], cleanups: &[ConntrackCleanup]) -> Vec<Flow> {
-    let mut by_ip: HashMap<(IpAddr, u16), Vec<Option<IpAddr>>> = HashMap::new();
-    let mut by_node_port: HashMap<u16, Vec<Option<IpAddr>>> = HashMap::new();
-    for c in cleanups {
-        match c.target {
-            ConntrackTarget::ServiceIp { ip, port } => {
-                by_ip.entry((ip, port)).or_default().push(c.endpoint)
+/// Decides, one entry at a time, which conntrack entries a sync leaves stale.
+///
+/// Built once per sync in O(UDP Service ports + cleanups); [`is_stale`](Self::is_stale) is O(1).
+/// A dump can then be judged as the kernel streams it, and only the stale entries are kept: memory
+/// grows with what is deleted, never with the size of the table.
+#[derive(Debug, Default)]
+pub struct StaleFlows<'a> {
+    /// The diff's cleanups by service address and port: endpoint to match, or any.
+    diff_by_ip: HashMap<(IpAddr, u16), Vec<Option<IpAddr>>>,
+    /// The diff's cleanups by node port.
+    diff_by_node_port: HashMap<u16, Vec<Option<IpAddr>>>,
+    /// On a full sync: UDP Service ports by address and port, and by node port.
+    state_by_ip: HashMap<(IpAddr, u16), &'a ServicePortEntry>,
+    state_by_node_port: HashMap<u16, &'a ServicePortEntry>,
+}
+
+impl<'a> StaleFlows<'a> {
+    /// The policy after a sync: the diff's cleanups, and on a `full` sync also every entry that
+    /// contradicts `state` (a full sync may follow a restart or a failure, when no diff says what
+    /// changed).
+    pub fn new(state: &'a ProxyState, cleanups: &[ConntrackCleanup], full: bool) -> Self {
+        let mut out = Self::for_diff(cleanups);
+        if full {
+            out.add_state(state);
+        }
+        out
+    }
+
+    /// Upstream's rule for a partial sync: entries to each cleanup's target, all of them or only
+    /// those translated to the given endpoint. UDP only.
+    pub fn for_diff(cleanups: &[ConntrackCleanup]) -> Self {
+        let mut out = Self::default();
+        for c in cleanups {
+            match c.target {
+                ConntrackTarget::ServiceIp { ip, port } => out
+                    .diff_by_ip
+                    .entry((ip, port))
+                    .or_default()
+                    .push(c.endpoint),
+                ConntrackTarget::NodePort { port } => out
+                    .diff_by_node_port
+                    .entry(port)
+                    .or_default()
+                    .push(c.endpoint),
             }
-            ConntrackTarget::NodePort { port } => {
-                by_node_port.entry(port).or_default().push(c.endpoint)
+        }
+        out
+    }
+
+    /// Upstream's rule for a full sync: UDP entries to a service address or node port that were
+    /// translated to something that is not a serving endpoint of that service, or were not
+    /// translated although the service now has endpoints (created while it had none).
+    pub fn for_state(state: &'a ProxyState) -> Self {
+        let mut out = Self::default();
+        out.add_state(state);
+        out
+    }
+
+    fn add_state(&mut self, state: &'a ProxyState) {
+        for (name, entry) in state.service_ports() {
+            if name.protocol != crate::model::Protocol::Udp {
+                continue;
+            }
+            for ip in entry.service.service_ips() {
+                self.state_by_ip.insert((ip, entry.service.port), entry);
+            }
+            if let Some(np) = entry.service.node_port {
+                self.state_by_node_port.insert(np, entry);
             }
         }
     }
-    let hit = |rules: Option<&Vec<Option<IpAddr>>>, flow: &Flow| {
-        rules.is_some_and(|rules| {
-            rules.iter().any(|ep| match ep {
-                None => true,
-                Some(ep) => flow.is_dnat() && flow.reply_src.ip() == *ep,
+
+    /// Whether no entry can be stale (no cleanup, no UDP Service port): the dump can be skipped.
+    pub fn is_empty(&self) -> bool {
+        self.diff_by_ip.is_empty()
+            && self.diff_by_node_port.is_empty()
+            && self.state_by_ip.is_empty()
+            && self.state_by_node_port.is_empty()
+    }
+
+    /// Whether `f` is stale.
+    pub fn is_stale(&self, f: &Flow) -> bool {
+        f.protocol == IPPROTO_UDP && (self.stale_for_diff(f) || self.stale_for_state(f))
+    }
+
+    fn stale_for_diff(&self, f: &Flow) -> bool {
+        let hit = |rules: Option<&Vec<Option<IpAddr>>>| {
+            rules.is_some_and(|rules| {
+                rules.iter().any(|ep| match ep {
+                    None => true,
+                    Some(ep) => f.is_dnat() && f.reply_src.ip() == *ep,
+                })
             })
-        })
-    };
-    flows
-        .iter()
-        .filter(|f| f.protocol == IPPROTO_UDP)
-        .filter(|f| {
-            hit(by_ip.get(&(f.orig_dst.ip(), f.orig_dst.port())), f)
-                || hit(by_node_port.get(&f.orig_dst.port()), f)
-        })
-        .copied()
-        .collect()
-}
+        };
+        hit(self.diff_by_ip.get(&(f.orig_dst.ip(), f.orig_dst.port())))
+            || hit(self.diff_by_node_port.get(&f.orig_dst.port()))
+    }
 
-/// Entries that contradict `state`: UDP flows to a service address or node port that were
-/// translated to something that is not a serving endpoint of that service, or were not translated
-/// although the service now has endpoints (created while it had none). Used on full syncs, when no
-/// diff says what changed (a restart).
-pub fn stale_for_state(flows: &[Flow], state: &ProxyState) -> Vec<Flow> {
-    let mut by_ip = HashMap::new();
-    let mut by_node_port = HashMap::new();
-    for (name, entry) in state.service_ports() {
-        if name.protocol != crate::model::Protocol::Udp {
-            continue;
+    fn stale_for_state(&self, f: &Flow) -> bool {
+        let serving = |entry: &ServicePortEntry, to: SocketAddr| {
+            entry
+                .endpoints
+                .binary_search_by(|e| (e.ip, e.port).cmp(&(to.ip(), to.port())))
+                .is_ok_and(|i| entry.endpoints[i].serving)
+        };
+        if let Some(entry) = self.state_by_ip.get(&(f.orig_dst.ip(), f.orig_dst.port())) {
+            if f.is_dnat() {
+                return !serving(entry, f.reply_src);
+            }
+            return entry.selection.has_any_endpoints;
         }
-        for ip in entry.service.service_ips() {
-            by_ip.insert((ip, entry.service.port), entry);
-        }
-        if let Some(np) = entry.service.node_port {
-            by_node_port.insert(np, entry);
+        match self.state_by_node_port.get(&f.orig_dst.port()) {
+            Some(entry) if f.is_dnat() => !serving(entry, f.reply_src),
+            _ => false,
         }
     }
-    let serving = |entry: &crate::state::ServicePortEntry, to: SocketAddr| {
-        entry
-            .endpoints
-            .binary_search_by(|e| (e.ip, e.port).cmp(&(to.ip(), to.port())))
-            .is_ok_and(|i| entry.endpoints[i].serving)
-    };
+}
+
+/// [`StaleFlows::for_diff`] over a list.
+pub fn stale_for_diff(flows: &[Flow], cleanups: &[ConntrackCleanup]) -> Vec<Flow> {
+    let policy = StaleFlows::for_diff(cleanups);
     flows
         .iter()
-        .filter(|f| f.protocol == IPPROTO_UDP)
-        .filter(|f| {
-            if let Some(entry) = by_ip.get(&(f.orig_dst.ip(), f.orig_dst.port())) {
-                if f.is_dnat() {
-                    return !serving(entry, f.reply_src);
-                }
-                return entry.selection.has_any_endpoints;
-            }
-            match by_node_port.get(&f.orig_dst.port()) {
-                Some(entry) if f.is_dnat() => !serving(entry, f.reply_src),
-                _ => false,
-            }
-        })
+        .filter(|f| policy.is_stale(f))
         .copied()
         .collect()
 }
 
-/// The entries to delete after a sync: the diff's cleanups, and on a full sync also every entry
-/// that contradicts the state (a full sync may follow a restart or a failure, when no diff says
-/// what changed). Sorted and unique.
+/// [`StaleFlows::for_state`] over a list.
+pub fn stale_for_state(flows: &[Flow], state: &ProxyState) -> Vec<Flow> {
+    let policy = StaleFlows::for_state(state);
+    flows
+        .iter()
+        .filter(|f| policy.is_stale(f))
+        .copied()
+        .collect()
+}
+
+/// [`StaleFlows::new`] over a list, in the list's order.
 pub fn stale_after_sync(
     flows: &[Flow],
     state: &ProxyState,
     cleanups: &[ConntrackCleanup],
     full: bool,
 ) -> Vec<Flow> {
-    let mut stale = stale_for_diff(flows, cleanups);
-    if full {
-        stale.extend(stale_for_state(flows, state));
-        stale.sort_unstable_by_key(|f| (f.orig_src, f.orig_dst, f.zone, f.reply_src, f.protocol));
-        stale.dedup();
-    }
-    stale
+    let policy = StaleFlows::new(state, cleanups, full);
+    flows
+        .iter()
+        .filter(|f| policy.is_stale(f))
+        .copied()
+        .collect()
 }
 
 #[cfg(test)]

@@ -15,7 +15,9 @@ pub mod local_traffic;
 pub mod node_ports;
 pub mod verdict;
 
-pub use conntrack_policy::{stale_after_sync, stale_for_diff, stale_for_state, Flow, IPPROTO_UDP};
+pub use conntrack_policy::{
+    stale_after_sync, stale_for_diff, stale_for_state, Flow, StaleFlows, IPPROTO_UDP,
+};
 pub use local_traffic::{DetectLocalMode, LocalTrafficDetector, MasqueradeDecision};
 pub use node_ports::{NodePortAddressSpec, NodePortAddresses};
 pub use verdict::{PortVerdict, TrafficTarget};
