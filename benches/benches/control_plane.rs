@@ -144,5 +144,56 @@ fn watch_fan_out(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, store_writes, http_writes, watch_fan_out);
+/// Creating Services over HTTP into a control plane that already holds 20,000 (every tenth a
+/// NodePort): the cluster-IP and node-port allocation and the EndpointSlice controller's work per
+/// write, which must not grow with the Services stored. Each iteration creates 100 (half NodePort)
+/// and deletes them again.
+fn create_at_scale(c: &mut Criterion) {
+    const STORED: usize = 20_000;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (app, api) = serve(&rt);
+    {
+        let mut store = app.store.lock().unwrap();
+        for i in 0..STORED {
+            let mut svc = service(&format!("stored-{i}"));
+            svc["spec"]["clusterIP"] = json!(format!("10.96.{}.{}", 1 + i / 250, 1 + i % 250));
+            if i % 10 == 0 {
+                svc["spec"]["type"] = json!("NodePort");
+                svc["spec"]["ports"][0]["nodePort"] = json!(30000 + (i / 10) as i64);
+            }
+            store.create("services", "default", svc).unwrap();
+        }
+    }
+    let mut group = c.benchmark_group("control_plane_create_at_20k");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(100));
+    group.bench_function(BenchmarkId::new("create_and_delete", 100), |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                for i in 0..100 {
+                    let mut svc = service(&format!("new-{i}"));
+                    if i % 2 == 0 {
+                        svc["spec"]["type"] = json!("NodePort");
+                    }
+                    let svc: Service = serde_json::from_value(svc).unwrap();
+                    api.create(&Default::default(), &svc).await.unwrap();
+                }
+                for i in 0..100 {
+                    api.delete(&format!("new-{i}"), &Default::default())
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    store_writes,
+    http_writes,
+    watch_fan_out,
+    create_at_scale
+);
 criterion_main!(benches);

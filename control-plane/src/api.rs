@@ -438,24 +438,6 @@ fn write_update(
         .unwrap_or_else(store_error)
 }
 
-/// Every node port taken by a stored Service other than `except` (the one being updated): its
-/// ports' `nodePort`s and its `healthCheckNodePort`.
-fn used_node_ports(store: &Store, except: Option<&Value>) -> BTreeSet<i64> {
-    let uid = except.map(|e| &e["metadata"]["uid"]);
-    let mut used = BTreeSet::new();
-    for svc in store.list("services", None, |_| true) {
-        if uid.is_some_and(|u| *u == svc["metadata"]["uid"]) {
-            continue;
-        }
-        let spec = &svc["spec"];
-        for p in spec["ports"].as_array().into_iter().flatten() {
-            used.extend(p["nodePort"].as_i64().filter(|&n| n != 0));
-        }
-        used.extend(spec["healthCheckNodePort"].as_i64().filter(|&n| n != 0));
-    }
-    used
-}
-
 /// Fills in what the API server allocates for a Service: the cluster IP and node ports.
 ///
 /// On an update (`existing` is the stored Service) the cluster IP is immutable and kept when the
@@ -463,7 +445,7 @@ fn used_node_ports(store: &Store, except: Option<&Value>) -> BTreeSet<i64> {
 /// (matched by port and protocol), and new ones are allocated, e.g. when the type becomes NodePort.
 fn allocate_service(
     app: &App,
-    store: &Store,
+    store: &mut Store,
     svc: &mut Value,
     existing: Option<&Value>,
 ) -> Result<(), Box<Response>> {
@@ -515,16 +497,11 @@ fn allocate_service(
     }
     // On an update the cluster IP was kept or checked immutable above.
     if existing.is_none() {
-        let used: BTreeSet<String> = store
-            .list("services", None, |_| true)
-            .iter()
-            .filter_map(|s| s["spec"]["clusterIP"].as_str().map(str::to_owned))
-            .collect();
         if spec["clusterIP"].as_str().unwrap_or_default().is_empty() {
             let (net, size) = app.service_range;
-            let free = (1..size.saturating_sub(1))
-                .map(|i| Ipv4Addr::from(u32::from(net) + i).to_string())
-                .find(|ip| !used.contains(ip))
+            let free = store
+                .allocations_mut()
+                .next_free_cluster_ip(net, size)
                 .ok_or_else(|| {
                     status(
                         StatusCode::INTERNAL_SERVER_ERROR,
@@ -532,8 +509,11 @@ fn allocate_service(
                         "no free cluster IPs".into(),
                     )
                 })?;
-            spec["clusterIP"] = json!(free);
-        } else if used.contains(spec["clusterIP"].as_str().unwrap_or_default()) {
+            spec["clusterIP"] = json!(free.to_string());
+        } else if store
+            .allocations()
+            .cluster_ip_in_use(spec["clusterIP"].as_str().unwrap_or_default())
+        {
             return Err(Box::new(status(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "Invalid",
@@ -549,7 +529,12 @@ fn allocate_service(
         && spec["externalTrafficPolicy"] == json!("Local")
         && spec["healthCheckNodePort"].as_i64().unwrap_or(0) == 0;
     if needs_node_ports || needs_health_check {
-        let mut used = used_node_ports(store, existing);
+        // Ports held by other Services: the index's holders, minus the one this Service (on an
+        // update) holds itself. `chosen`: ports this request has claimed so far.
+        let own: BTreeSet<i64> = existing
+            .map(|e| crate::allocations::node_ports_of(e).collect())
+            .unwrap_or_default();
+        let mut chosen: BTreeSet<i64> = BTreeSet::new();
         let (low, high) = app.node_port_range;
         let range_full = || {
             Box::new(status(
@@ -566,7 +551,12 @@ fn allocate_service(
                 .unwrap_or_default();
             for (i, p) in ports.iter().enumerate() {
                 let requested = p["nodePort"].as_i64().unwrap_or(0);
-                if requested != 0 && !used.insert(requested) {
+                if requested == 0 {
+                    continue;
+                }
+                let held_by_others = store.allocations().node_port_holders(requested)
+                    > u32::from(own.contains(&requested));
+                if held_by_others || !chosen.insert(requested) {
                     return Err(Box::new(status(
                         StatusCode::UNPROCESSABLE_ENTITY,
                         "Invalid",
@@ -576,18 +566,20 @@ fn allocate_service(
             }
             for p in ports.iter_mut() {
                 if p["nodePort"].as_i64().unwrap_or(0) == 0 {
-                    let free = (low..=high)
-                        .find(|n| !used.contains(n))
+                    let free = store
+                        .allocations_mut()
+                        .next_free_node_port(low, high, |n| chosen.contains(&n))
                         .ok_or_else(range_full)?;
-                    used.insert(free);
+                    chosen.insert(free);
                     p["nodePort"] = json!(free);
                 }
             }
         }
         // A Local LoadBalancer gets a health-check node port for the load balancer to probe.
         if needs_health_check {
-            let free = (low..=high)
-                .find(|n| !used.contains(n))
+            let free = store
+                .allocations_mut()
+                .next_free_node_port(low, high, |n| chosen.contains(&n))
                 .ok_or_else(range_full)?;
             spec["healthCheckNodePort"] = json!(free);
         }
@@ -712,28 +704,54 @@ pub async fn handle(
                 }
                 return watch_response(&app, &uri, info, ns, labels, fields);
             }
-            let store = app.store.lock().expect("store lock");
-            let namespace = (!ns.is_empty()).then_some(ns.as_str());
-            let mut items = store.list(info.name, namespace, |o| {
-                labels.matches(o) && fields.matches(o)
-            });
+            // The items are shared, not copied, and each is encoded once per version: the lock is
+            // held while they are gathered, the body is assembled from their bytes after.
+            let (items, version) = {
+                let store = app.store.lock().expect("store lock");
+                let namespace = (!ns.is_empty()).then_some(ns.as_str());
+                let items: Vec<crate::store::Stored> = store
+                    .list_shared(info.name, namespace)
+                    .into_iter()
+                    .filter(|s| labels.matches(&s.object) && fields.matches(&s.object))
+                    .collect();
+                (items, store.version())
+            };
             // Pagination: `continue` is the position after the last item returned (items come in
             // a stable order), `limit` the page size.
             let start = start.unwrap_or(0) as usize;
             let limit = limit.filter(|l| *l > 0).map_or(usize::MAX, |l| l as usize);
             let total = items.len();
-            items = items.into_iter().skip(start).take(limit).collect();
-            let mut metadata = json!({"resourceVersion": store.version().to_string()});
+            let mut metadata = json!({"resourceVersion": version.to_string()});
             if start.saturating_add(limit) < total {
                 metadata["continue"] = json!((start + limit).to_string());
                 metadata["remainingItemCount"] = json!(total - start - limit);
             }
-            ok(json!({
+            let page: Vec<bytes::Bytes> = items
+                .iter()
+                .skip(start)
+                .take(limit)
+                .map(|s| s.json())
+                .collect();
+            let head = json!({
                 "apiVersion": info.group_version,
                 "kind": list_kind(&info),
                 "metadata": metadata,
-                "items": items,
-            }))
+            })
+            .to_string();
+            let mut body = Vec::with_capacity(
+                head.len() + 12 + page.iter().map(|b| b.len() + 1).sum::<usize>(),
+            );
+            // `{...head...,"items":[a,b,c]}`: the head's closing brace makes way for the items.
+            body.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
+            body.extend_from_slice(b",\"items\":[");
+            for (i, item) in page.iter().enumerate() {
+                if i > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(item);
+            }
+            body.extend_from_slice(b"]}");
+            ([("content-type", "application/json")], body).into_response()
         }
         (Method::DELETE, None) => {
             // deletecollection
@@ -836,7 +854,7 @@ pub async fn handle(
                 }
             }
             if info.name == "services" {
-                if let Err(r) = allocate_service(&app, &store, &mut object, None) {
+                if let Err(r) = allocate_service(&app, &mut store, &mut object, None) {
                     return *r;
                 }
             }

@@ -148,11 +148,9 @@ pub fn desired_slices(
         .collect()
 }
 
-/// Brings every managed slice in line with the Services, Pods and Nodes of `store`.
-pub fn reconcile(store: &mut Store) {
-    let services = store.list("services", None, |_| true);
-    let pods = store.list("pods", None, |_| true);
-    let nodes: BTreeMap<String, Value> = store
+/// The Nodes of `store` by name (for endpoint zones).
+fn nodes_by_name(store: &Store) -> BTreeMap<String, Value> {
+    store
         .list("nodes", None, |_| true)
         .into_iter()
         .map(|n| {
@@ -164,16 +162,16 @@ pub fn reconcile(store: &mut Store) {
                 n,
             )
         })
-        .collect();
-    let mut desired: BTreeMap<(String, String), Value> = BTreeMap::new();
-    for svc in &services {
-        for slice in desired_slices(svc, &pods, &nodes) {
-            desired.insert(namespace_and_name(&slice), slice);
-        }
-    }
-    let existing = store.list("endpointslices", None, |s| {
-        s["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] == MANAGED_BY
-    });
+        .collect()
+}
+
+fn is_managed(slice: &Value) -> bool {
+    slice["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] == MANAGED_BY
+}
+
+/// Makes the `existing` managed slices what `desired` says: updates what differs, deletes what
+/// is not desired, creates what is missing.
+fn apply(store: &mut Store, existing: &[Value], mut desired: BTreeMap<(String, String), Value>) {
     let strip = |v: &Value| {
         let mut v = v.clone();
         for k in ["resourceVersion", "uid", "creationTimestamp"] {
@@ -183,7 +181,7 @@ pub fn reconcile(store: &mut Store) {
         }
         v
     };
-    for slice in &existing {
+    for slice in existing {
         let (ns, n) = namespace_and_name(slice);
         match desired.remove(&(ns.clone(), n.clone())) {
             None => {
@@ -200,16 +198,101 @@ pub fn reconcile(store: &mut Store) {
     }
 }
 
-/// Runs the controller: reconciles on every change to Services, Pods or Nodes.
+/// Brings every managed slice in line with the Services, Pods and Nodes of `store`: at start, on
+/// a Node change, and when the controller fell behind the changes.
+pub fn reconcile(store: &mut Store) {
+    let services = store.list("services", None, |_| true);
+    let pods = store.list("pods", None, |_| true);
+    let nodes = nodes_by_name(store);
+    let mut desired: BTreeMap<(String, String), Value> = BTreeMap::new();
+    for svc in &services {
+        for slice in desired_slices(svc, &pods, &nodes) {
+            desired.insert(namespace_and_name(&slice), slice);
+        }
+    }
+    let existing = store.list("endpointslices", None, is_managed);
+    apply(store, &existing, desired);
+}
+
+/// The managed slices of Service `namespace/name`, found by the names the controller gives them
+/// (`<name>-0`, `<name>-1`, …) rather than by scanning the namespace's slices. A slice of that
+/// name that another controller manages, or that labels another Service, is not ours.
+fn slices_of(store: &Store, namespace: &str, name: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    for i in 0.. {
+        let Ok(slice) = store.get("endpointslices", namespace, &format!("{name}-{i}")) else {
+            break;
+        };
+        if is_managed(&slice)
+            && slice["metadata"]["labels"]["kubernetes.io/service-name"].as_str() == Some(name)
+        {
+            out.push(slice);
+        }
+    }
+    out
+}
+
+/// Brings the slices of one Service in line (its Service gone: they go). What one Service write
+/// costs: the Pods of its namespace (only when it has a selector) and its own slices, never every
+/// Service or slice of the store.
+pub fn reconcile_service(store: &mut Store, namespace: &str, name: &str) {
+    let existing = slices_of(store, namespace, name);
+    let desired: BTreeMap<(String, String), Value> = match store.get("services", namespace, name) {
+        Ok(svc) if selector_of(&svc).is_some() => {
+            let pods = store.list("pods", Some(namespace), |_| true);
+            let nodes = nodes_by_name(store);
+            desired_slices(&svc, &pods, &nodes)
+                .into_iter()
+                .map(|s| (namespace_and_name(&s), s))
+                .collect()
+        }
+        _ => BTreeMap::new(),
+    };
+    if existing.is_empty() && desired.is_empty() {
+        return;
+    }
+    apply(store, &existing, desired);
+}
+
+/// Brings the slices of every Service with a selector in `namespace` in line: after a Pod change
+/// there (its labels may have left one selector for another).
+pub fn reconcile_namespace(store: &mut Store, namespace: &str) {
+    let services = store.list("services", Some(namespace), |s| selector_of(s).is_some());
+    if services.is_empty() {
+        return;
+    }
+    let pods = store.list("pods", Some(namespace), |_| true);
+    let nodes = nodes_by_name(store);
+    for svc in &services {
+        let (ns, name) = namespace_and_name(svc);
+        let existing = slices_of(store, &ns, &name);
+        let desired = desired_slices(svc, &pods, &nodes)
+            .into_iter()
+            .map(|s| (namespace_and_name(&s), s))
+            .collect();
+        apply(store, &existing, desired);
+    }
+}
+
+/// Runs the controller: a Service change reconciles that Service, a Pod change the Services of its
+/// namespace, a Node change (zones) or falling behind everything.
 pub async fn run(app: Arc<App>) {
     let mut rx = app.store.lock().expect("store lock").subscribe();
     reconcile(&mut app.store.lock().expect("store lock"));
     loop {
         match rx.recv().await {
-            Ok(e) if matches!(e.resource.as_str(), "services" | "pods" | "nodes") => {
-                reconcile(&mut app.store.lock().expect("store lock"));
+            Ok(e) => {
+                let store = &mut app.store.lock().expect("store lock");
+                match e.resource.as_str() {
+                    "services" => {
+                        let name = e.object["metadata"]["name"].as_str().unwrap_or_default();
+                        reconcile_service(store, &e.namespace, name);
+                    }
+                    "pods" => reconcile_namespace(store, &e.namespace),
+                    "nodes" => reconcile(store),
+                    _ => {}
+                }
             }
-            Ok(_) => {}
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                 reconcile(&mut app.store.lock().expect("store lock"));
             }
@@ -319,5 +402,58 @@ mod tests {
         assert!(store
             .list("endpointslices", Some("ns"), |_| true)
             .is_empty());
+    }
+
+    /// The incremental paths agree with a full reconcile: a Service write touches its own slices
+    /// only, a Pod write the Services of its namespace, and a deleted Service loses its slices.
+    #[test]
+    fn per_service_and_per_namespace_reconciles_match_a_full_one() {
+        let mut store = Store::new(10_000);
+        let other = json!({"metadata": {"name": "db", "namespace": "ns"},
+               "spec": {"selector": {"app": "db"}, "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}]}});
+        store.create("services", "ns", service()).unwrap();
+        store.create("services", "ns", other).unwrap();
+        store
+            .create("pods", "ns", pod("a", "10.0.0.1", true, "n1"))
+            .unwrap();
+        reconcile_service(&mut store, "ns", "web");
+        let names = |store: &Store| -> Vec<String> {
+            store
+                .list("endpointslices", Some("ns"), |_| true)
+                .iter()
+                .map(|s| s["metadata"]["name"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(
+            names(&store),
+            ["web-0"],
+            "only the written Service's slices"
+        );
+        let db_pod = json!({"metadata": {"name": "d", "namespace": "ns", "labels": {"app": "db"}},
+            "status": {"podIP": "10.0.0.7", "conditions": [{"type": "Ready", "status": "True"}]}});
+        store.create("pods", "ns", db_pod).unwrap();
+        reconcile_namespace(&mut store, "ns");
+        assert_eq!(names(&store), ["db-0", "web-0"]);
+        let before = store.version();
+        reconcile(&mut store);
+        assert_eq!(
+            store.version(),
+            before,
+            "a full reconcile finds nothing left to do"
+        );
+
+        store.delete("services", "ns", "web").unwrap();
+        reconcile_service(&mut store, "ns", "web");
+        assert_eq!(names(&store), ["db-0"]);
+        // A slice that merely has a matching name but is not the controller's stays.
+        store
+            .create(
+                "endpointslices",
+                "ns",
+                json!({"metadata": {"name": "web-0", "labels": {"kubernetes.io/service-name": "web"}}}),
+            )
+            .unwrap();
+        reconcile_service(&mut store, "ns", "web");
+        assert_eq!(names(&store), ["db-0", "web-0"]);
     }
 }

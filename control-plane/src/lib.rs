@@ -6,6 +6,7 @@
 //! What it covers, and what it leaves out, is in `docs/control-plane.md`.
 #![warn(missing_docs)]
 
+pub mod allocations;
 pub mod api;
 pub mod connections;
 pub mod endpointslice_controller;

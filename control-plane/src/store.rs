@@ -37,13 +37,14 @@ pub fn watch_line(kind: &str, object: &Value) -> Bytes {
     Bytes::from(line)
 }
 
-/// One stored object with its `ADDED` watch line, encoded on first use and shared by every watch
-/// that replays it.
+/// One stored object with its JSON and its `ADDED` watch line, each encoded on first use and
+/// shared by every list and watch that sends it.
 #[derive(Clone, Debug)]
 pub struct Stored {
     /// The object.
     pub object: Arc<Value>,
     added: Arc<OnceLock<Bytes>>,
+    json: Arc<OnceLock<Bytes>>,
 }
 
 impl Stored {
@@ -51,7 +52,17 @@ impl Stored {
         Self {
             object: Arc::new(object),
             added: Arc::new(OnceLock::new()),
+            json: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// The object as JSON (encoded once per version of the object): what a list sends.
+    pub fn json(&self) -> Bytes {
+        self.json
+            .get_or_init(|| {
+                Bytes::from(serde_json::to_vec(&*self.object).expect("a JSON value encodes"))
+            })
+            .clone()
     }
 
     /// The object as an `ADDED` watch line (encoded once).
@@ -116,6 +127,8 @@ pub struct Store {
     history_limit: usize,
     events: broadcast::Sender<WatchEvent>,
     persist: Option<crate::persist::Persist>,
+    /// Cluster IPs and node ports the stored Services hold, kept with every Service write.
+    allocations: crate::allocations::ServiceAllocations,
 }
 
 impl Store {
@@ -137,6 +150,7 @@ impl Store {
             history_limit,
             events,
             persist: None,
+            allocations: Default::default(),
         }
     }
 
@@ -151,6 +165,9 @@ impl Store {
             let (Some(r), Some(ns), Some(n)) = (parts.next(), parts.next(), parts.next()) else {
                 continue;
             };
+            if r == "services" {
+                store.allocations.add(&object);
+            }
             store.objects.insert(
                 (r.to_owned(), ns.to_owned(), n.to_owned()),
                 Stored::new(object),
@@ -244,6 +261,9 @@ impl Store {
         object["metadata"]["uid"] = Value::String(uid);
         self.bump("ADDED", resource, namespace, &mut object);
         self.save(&key, Some(&object))?;
+        if resource == "services" {
+            self.allocations.add(&object);
+        }
         self.objects.insert(key, Stored::new(object.clone()));
         Ok(object)
     }
@@ -279,7 +299,13 @@ impl Store {
         }
         self.bump("MODIFIED", resource, namespace, &mut object);
         self.save(&key, Some(&object))?;
-        self.objects.insert(key, Stored::new(object.clone()));
+        let new = Stored::new(object.clone());
+        if let Some(old) = self.objects.insert(key, new) {
+            if resource == "services" {
+                self.allocations.remove(&old.object);
+                self.allocations.add(&object);
+            }
+        }
         Ok(object)
     }
 
@@ -298,6 +324,9 @@ impl Store {
             });
         };
         let mut object = Arc::unwrap_or_clone(stored.object);
+        if resource == "services" {
+            self.allocations.remove(&object);
+        }
         self.bump("DELETED", resource, namespace, &mut object);
         self.save(&key, None)?;
         Ok(object)
@@ -314,6 +343,34 @@ impl Store {
             })
     }
 
+    /// What the stored Services hold (cluster IPs, node ports).
+    pub fn allocations(&self) -> &crate::allocations::ServiceAllocations {
+        &self.allocations
+    }
+
+    /// As [`allocations`](Self::allocations), to allocate from (the search cursors move).
+    pub fn allocations_mut(&mut self) -> &mut crate::allocations::ServiceAllocations {
+        &mut self.allocations
+    }
+
+    /// The stored objects of `resource` in `namespace` (`None`: all), in key order: a range of
+    /// the map, not a walk over every resource.
+    fn scoped<'a>(
+        &'a self,
+        resource: &'a str,
+        namespace: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a Stored> + 'a {
+        let start = (
+            resource.to_owned(),
+            namespace.unwrap_or_default().to_owned(),
+            String::new(),
+        );
+        self.objects
+            .range(start..)
+            .take_while(move |((r, ns, _), _)| r == resource && namespace.is_none_or(|n| n == ns))
+            .map(|(_, s)| s)
+    }
+
     /// Objects of `resource`, in `namespace` (`None`: all), matching `filter`.
     pub fn list(
         &self,
@@ -321,10 +378,8 @@ impl Store {
         namespace: Option<&str>,
         filter: impl Fn(&Value) -> bool,
     ) -> Vec<Value> {
-        self.objects
-            .iter()
-            .filter(|((r, ns, _), _)| r == resource && namespace.is_none_or(|n| n == ns))
-            .map(|(_, s)| &*s.object)
+        self.scoped(resource, namespace)
+            .map(|s| &*s.object)
             .filter(|v| filter(v))
             .cloned()
             .collect()
@@ -333,11 +388,7 @@ impl Store {
     /// Objects of `resource` in `namespace` (`None`: all), shared, not copied: what a watch
     /// replays from.
     pub fn list_shared(&self, resource: &str, namespace: Option<&str>) -> Vec<Stored> {
-        self.objects
-            .iter()
-            .filter(|((r, ns, _), _)| r == resource && namespace.is_none_or(|n| n == ns))
-            .map(|(_, s)| s.clone())
-            .collect()
+        self.scoped(resource, namespace).cloned().collect()
     }
 
     /// Events after `since` (a resourceVersion), or 410 when history no longer reaches back that far.
@@ -408,5 +459,31 @@ mod tests {
         assert_eq!(s.events_since(latest - 1).unwrap().len(), 1);
         assert_eq!(s.events_since(latest - 3).unwrap().len(), 3);
         assert!(matches!(s.events_since(1), Err(StoreError::Gone { .. })));
+    }
+
+    #[test]
+    fn service_allocations_follow_writes() {
+        let mut s = Store::new(100);
+        let mut a = svc("a");
+        a["spec"] = json!({"clusterIP": "10.96.0.5", "ports": [{"port": 80, "nodePort": 30001}]});
+        let created = s.create("services", "ns", a).unwrap();
+        assert!(s.allocations().cluster_ip_in_use("10.96.0.5"));
+        assert_eq!(s.allocations().node_port_holders(30001), 1);
+        let mut changed = created.clone();
+        changed["spec"]["ports"][0]["nodePort"] = json!(30002);
+        s.update("services", "ns", "a", changed).unwrap();
+        assert_eq!(s.allocations().node_port_holders(30001), 0, "released");
+        assert_eq!(s.allocations().node_port_holders(30002), 1);
+        // Other resources do not count.
+        s.create("endpointslices", "ns", a_slice()).unwrap();
+        s.delete("services", "ns", "a").unwrap();
+        assert!(!s.allocations().cluster_ip_in_use("10.96.0.5"));
+        assert_eq!(s.allocations().node_port_holders(30002), 0);
+        assert_eq!(s.list("endpointslices", None, |_| true).len(), 1);
+        assert_eq!(s.list("services", Some("ns"), |_| true).len(), 0);
+    }
+
+    fn a_slice() -> Value {
+        json!({"metadata": {"name": "a-0"}, "spec": {"clusterIP": "10.96.0.9"}})
     }
 }
