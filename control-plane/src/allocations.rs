@@ -116,9 +116,9 @@ impl ServiceAllocations {
     }
 }
 
-fn release<K: std::hash::Hash + Eq + ?Sized>(map: &mut HashMap<K::Owned, u32>, key: &K)
+fn release<K>(map: &mut HashMap<K::Owned, u32>, key: &K)
 where
-    K: ToOwned,
+    K: std::hash::Hash + Eq + ToOwned + ?Sized,
     K::Owned: std::hash::Hash + Eq + std::borrow::Borrow<K>,
 {
     if let Some(n) = map.get_mut(key) {
