@@ -15,7 +15,7 @@ use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 
 fn service(i: usize) -> Service {
-    let node_port = i % 10 == 0;
+    let node_port = i.is_multiple_of(10);
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": format!("svc-{i}"), "namespace": "default"},
