@@ -59,19 +59,41 @@ impl Namespaces {
             sh(&["ip", "-n", n, "link", "set", "lo", "up"]);
         }
         sh(&[
-            "ip", "link", "add", "vpod", "netns", &ns.node, "type", "veth", "peer", "name",
-            "eth0", "netns", &ns.pod,
+            "ip", "link", "add", "vpod", "netns", &ns.node, "type", "veth", "peer", "name", "eth0",
+            "netns", &ns.pod,
         ]);
-        sh(&["ip", "-n", &ns.node, "addr", "add", &format!("{NODE_IP}/24"), "dev", "vpod"]);
+        sh(&[
+            "ip",
+            "-n",
+            &ns.node,
+            "addr",
+            "add",
+            &format!("{NODE_IP}/24"),
+            "dev",
+            "vpod",
+        ]);
         sh(&["ip", "-n", &ns.node, "link", "set", "vpod", "up"]);
         for ip in POD_IPS {
-            sh(&["ip", "-n", &ns.pod, "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+            sh(&[
+                "ip",
+                "-n",
+                &ns.pod,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                "eth0",
+            ]);
         }
         sh(&["ip", "-n", &ns.pod, "link", "set", "eth0", "up"]);
-        sh(&["ip", "-n", &ns.pod, "route", "add", "default", "via", NODE_IP]);
+        sh(&[
+            "ip", "-n", &ns.pod, "route", "add", "default", "via", NODE_IP,
+        ]);
         // Nodes have a default route: without one, a connection to a cluster IP fails its route
         // lookup before the DNAT rules are reached.
-        sh(&["ip", "-n", &ns.node, "route", "add", "default", "dev", "vpod"]);
+        sh(&[
+            "ip", "-n", &ns.node, "route", "add", "default", "dev", "vpod",
+        ]);
         ns
     }
 }
@@ -94,7 +116,10 @@ fn start_pod_server(pod: &str) {
         tx.send(()).unwrap();
         for s in l.incoming() {
             let Ok(mut s) = s else { continue };
-            let local = s.local_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+            let local = s
+                .local_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default();
             let _ = s.write_all(local.as_bytes());
         }
     });
@@ -123,7 +148,11 @@ fn status_kib(pid: u32, field: &str) -> u64 {
 /// `network_programming_duration_seconds` (sum, count) from the daemon's /metrics.
 fn programming(metrics: SocketAddr) -> Option<(f64, u64)> {
     let mut s = TcpStream::connect(metrics).ok()?;
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let value = |name: &str| {
@@ -133,8 +162,12 @@ fn programming(metrics: SocketAddr) -> Option<(f64, u64)> {
             .map(str::to_owned)
     };
     Some((
-        value("kubeproxy_network_programming_duration_seconds_sum")?.parse().ok()?,
-        value("kubeproxy_network_programming_duration_seconds_count")?.parse().ok()?,
+        value("kubeproxy_network_programming_duration_seconds_sum")?
+            .parse()
+            .ok()?,
+        value("kubeproxy_network_programming_duration_seconds_count")?
+            .parse()
+            .ok()?,
     ))
 }
 

@@ -1,5 +1,6 @@
 //! [`PendingChanges`]: what the handlers recorded since the last sync, for one IP family.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -38,6 +39,12 @@ pub struct PendingChanges {
     filter: ServiceFilter,
     pub(crate) services: ChangeTracker<NamespacedName, Arc<ServicePortMap>>,
     pub(crate) slices: ChangeTracker<SliceKey, Arc<SliceInfo>>,
+    /// What each Service converted to when last recorded: the `previous` of its next change.
+    /// Sources need not keep the API objects to hand the old one over (the converted form is
+    /// shared with the state through the `Arc`).
+    last_services: HashMap<NamespacedName, Arc<ServicePortMap>>,
+    /// What each EndpointSlice converted to when last recorded.
+    last_slices: HashMap<SliceKey, Arc<SliceInfo>>,
     pub(crate) node: Option<NodeInfo>,
     node_deleted: bool,
     node_draining: bool,
@@ -90,6 +97,8 @@ impl PendingChanges {
             filter,
             services: ChangeTracker::new(),
             slices: ChangeTracker::new(),
+            last_services: HashMap::new(),
+            last_slices: HashMap::new(),
             node: None,
             node_deleted: false,
             node_draining: false,
@@ -213,11 +222,21 @@ impl PendingChanges {
             self.keep_warnings(scratch);
             return;
         };
-        // Warnings about the old object were reported when it arrived; only the new one's count.
-        let previous = old.and_then(|s| self.convert_service(s, &mut Warnings::new()));
+        // The previous state is what this key last converted to (not a conversion of `old`):
+        // sources may pass any old object, or none, and need not keep API objects for it.
+        let _ = old;
+        let previous = self.last_services.get(&key).cloned();
         let mut warnings = Warnings::new();
         let current = new.and_then(|s| self.convert_service(s, &mut warnings));
         self.keep_warnings(warnings);
+        match &current {
+            Some(c) => {
+                self.last_services.insert(key.clone(), Arc::clone(c));
+            }
+            None => {
+                self.last_services.remove(&key);
+            }
+        }
         self.services.record(key, previous, current);
     }
 
@@ -238,10 +257,19 @@ impl PendingChanges {
         let mut convert = |s: &EndpointSlice, w: &mut Warnings| {
             slice_info(s, family, names, w).map(|(_, info)| Arc::new(info))
         };
-        let previous = old.and_then(|s| convert(s, &mut Warnings::new()));
+        let _ = old;
+        let previous = self.last_slices.get(&key).cloned();
         let mut warnings = Warnings::new();
         let current = new.and_then(|s| convert(s, &mut warnings));
         self.keep_warnings(warnings);
+        match &current {
+            Some(c) => {
+                self.last_slices.insert(key.clone(), Arc::clone(c));
+            }
+            None => {
+                self.last_slices.remove(&key);
+            }
+        }
         let pending = self.slices.record(key, previous, current);
         if pending {
             let trigger = new

@@ -123,6 +123,7 @@ pub(crate) fn run(args: &DaemonArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
         return Ok(());
     }
+    conntrack_settings::limit_malloc_arenas();
     let trackers = settings
         .families
         .iter()
