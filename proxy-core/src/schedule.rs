@@ -125,6 +125,18 @@ impl SyncSchedule {
     }
 }
 
+impl SyncSchedule {
+    /// Records that the full sync recorded by [`ran`](Self::ran) ended at `at`: the periodic
+    /// resync counts from there. A full sync that takes about `syncPeriod` itself (iptables-nft at
+    /// 20,000 Services) would otherwise make the next one due the moment it ends, and changes would
+    /// only ever ride on back-to-back full syncs.
+    pub fn full_sync_finished(&mut self, at: Instant) {
+        if self.failed_at.is_none() && self.last_full.is_some() {
+            self.last_full = Some(at);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,5 +228,24 @@ mod tests {
         s.ran(SyncKind::Full, t0, true);
         s.request();
         assert_eq!(s.due(t0, true), Some(SyncKind::Changes));
+    }
+
+    #[test]
+    fn a_long_full_sync_leaves_room_for_changes() {
+        let (mut s, t0) = schedule();
+        s.ran(SyncKind::Full, t0, true);
+        // The full sync took 40 s, longer than the 30 s period.
+        s.full_sync_finished(t0 + Duration::from_secs(40));
+        s.request();
+        assert_eq!(
+            s.due(t0 + Duration::from_secs(41), true),
+            Some(SyncKind::Changes),
+            "a change goes first, as a partial sync"
+        );
+        assert_eq!(
+            s.due(t0 + Duration::from_secs(71), true),
+            Some(SyncKind::Full),
+            "the next full one is a period after the last ended"
+        );
     }
 }

@@ -127,6 +127,9 @@ fn run(settings: Settings, shared: Arc<Shared>, mut families: Vec<FamilyProxy>) 
                         SyncKind::Changes
                     };
                     schedule.ran(done, started, true);
+                    if done == SyncKind::Full {
+                        schedule.full_sync_finished(Instant::now());
+                    }
                     record_success(
                         &shared,
                         done,
