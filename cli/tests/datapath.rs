@@ -13,14 +13,7 @@ const SVC_IP: &str = "172.30.0.10";
 
 /// Three pods: two on this node, one "on another node" (same bridge, other nodeName).
 fn bed(test: &str) -> Option<Bed> {
-    Bed::new(
-        test,
-        &[
-            ("pod-a", "10.244.1.11"),
-            ("pod-b", "10.244.1.12"),
-            ("pod-c", "10.244.1.13"),
-        ],
-    )
+    Bed::three_pods(test)
 }
 
 fn all_ready() -> Vec<(&'static str, &'static str, bool)> {

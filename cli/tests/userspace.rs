@@ -18,14 +18,7 @@ const SVC_IP: &str = "172.30.0.10";
 const ECHO_PORT: u16 = 9090;
 
 fn bed(test: &str) -> Option<Bed> {
-    Bed::new(
-        test,
-        &[
-            ("pod-a", "10.244.1.11"),
-            ("pod-b", "10.244.1.12"),
-            ("pod-c", "10.244.1.13"),
-        ],
-    )
+    Bed::three_pods(test)
 }
 
 /// The bed's manifests directory, holding `services.yaml` = `yaml`.

@@ -954,3 +954,18 @@ macro_rules! both_variants {
 }
 #[allow(unused_imports)]
 pub(crate) use both_variants;
+
+impl Bed {
+    /// The usual bed: pods `pod-a` 10.244.1.11, `pod-b` .12 and `pod-c` .13 (tests decide which
+    /// are "on this node" through their EndpointSlices' nodeName).
+    pub fn three_pods(test: &str) -> Option<Self> {
+        Self::new(
+            test,
+            &[
+                ("pod-a", "10.244.1.11"),
+                ("pod-b", "10.244.1.12"),
+                ("pod-c", "10.244.1.13"),
+            ],
+        )
+    }
+}
