@@ -250,20 +250,8 @@ fn health_check_node_port_follows_local_endpoints() {
     wait_for("the listener to close", || probe().is_none());
 }
 
-/// `iptables-save` of the node without comments, counters or order within a table: what the rules
-/// are, not when or in which order they were written back.
 fn rules_of(bed: &Bed, variant: &str) -> Vec<String> {
-    let mut lines: Vec<String> = bed
-        .saved(variant)
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| match l.strip_prefix(':') {
-            Some(decl) => format!(":{}", decl.split_whitespace().next().unwrap_or_default()),
-            None => l.to_owned(),
-        })
-        .collect();
-    lines.sort();
-    lines
+    bed.rules(variant)
 }
 
 /// Tampering at random behind the daemon's back — flushed built-in chains (the jumps), emptied

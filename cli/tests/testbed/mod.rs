@@ -969,3 +969,49 @@ impl Bed {
         )
     }
 }
+
+impl Bed {
+    /// Starts the daemon in the node namespace against an API server (`kubeconfig`), acting as
+    /// [`NODE_NAME`] with the pods' cluster CIDR, health on 127.0.0.1:10256, metrics on
+    /// 127.0.0.1:10249, plus `extra` flags.
+    pub fn start_daemon_kube(&self, kubeconfig: &Path, extra: &[&str]) -> Daemon {
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.node.name,
+                env!("CARGO_BIN_EXE_kproxy"),
+            ])
+            .args(["--kubeconfig", kubeconfig.to_str().expect("utf-8 path")])
+            .args([
+                "--hostname-override",
+                NODE_NAME,
+                "--cluster-cidr",
+                "10.244.0.0/16",
+            ])
+            .args(["--healthz-bind-address", "127.0.0.1:10256"])
+            .args(["--metrics-bind-address", "127.0.0.1:10249"])
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start kproxy");
+        Daemon(child)
+    }
+
+    /// The node's rules (`iptables-<variant>-save`) without comments, counters or order: what the
+    /// rules are, not when or in which order they were written.
+    pub fn rules(&self, variant: &str) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .saved(variant)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| match l.strip_prefix(':') {
+                Some(decl) => format!(":{}", decl.split_whitespace().next().unwrap_or_default()),
+                None => l.to_owned(),
+            })
+            .collect();
+        lines.sort();
+        lines
+    }
+}
