@@ -288,10 +288,32 @@ fn soak(services: usize, seconds: u64, clients: usize) {
         ])
         .expect("kproxy sync of the final objects");
     let expected = reference.rules(VARIANT);
-    wait_for(
-        "the daemon's rules to match a fresh sync of the final objects",
-        || bed.rules(VARIANT) == expected,
-    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let got = bed.rules(VARIANT);
+        if got == expected {
+            break;
+        }
+        if Instant::now() > deadline {
+            let only_node: Vec<&String> = got
+                .iter()
+                .filter(|l| !expected.contains(l))
+                .take(10)
+                .collect();
+            let only_fresh: Vec<&String> = expected
+                .iter()
+                .filter(|l| !got.contains(l))
+                .take(10)
+                .collect();
+            panic!(
+                "the daemon's rules differ from a fresh sync of the final objects ({} vs {} lines)\n\
+                 only on the node: {only_node:#?}\nonly in the fresh sync: {only_fresh:#?}",
+                got.len(),
+                expected.len()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let metrics = metrics_of().unwrap_or_default();
     let failures = metrics
         .lines()
