@@ -39,36 +39,7 @@ fn kubectl_apply_becomes_rules_and_delete_removes_them() {
         "10.96.0.0".parse().unwrap(),
         1 << 16,
     )));
-    let node_ns = bed.node.name.clone();
-    let start_api =
-        |addr: Option<std::net::SocketAddr>| -> (tokio::runtime::Runtime, std::net::SocketAddr) {
-            let app = Arc::clone(&app);
-            let ns = node_ns.clone();
-            std::thread::spawn(move || {
-                let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-                nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(1)
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                let listener = rt.block_on(async {
-                    let bind = addr.map_or("127.0.0.1:0".to_owned(), |a| a.to_string());
-                    for _ in 0..50 {
-                        if let Ok(l) = tokio::net::TcpListener::bind(&bind).await {
-                            return l;
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    panic!("cannot bind {bind}");
-                });
-                let addr = listener.local_addr().unwrap();
-                rt.spawn(control_plane::serve_app(listener, app));
-                (rt, addr)
-            })
-            .join()
-            .unwrap()
-        };
+    let start_api = |addr| bed.start_control_plane(Arc::clone(&app), addr);
     let (api, addr) = start_api(None);
     let kubeconfig = bed.dir.join("kubeconfig");
     std::fs::write(&kubeconfig, control_plane::kubeconfig(addr)).unwrap();

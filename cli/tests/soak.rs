@@ -21,40 +21,6 @@ use testbed::{http_get, wait_for, Bed};
 const NODE: &str = "node-a";
 const VARIANT: &str = "legacy";
 
-/// The control plane on the node namespace's loopback, on its own runtime (dropping it kills
-/// every connection: a restart).
-fn start_api(
-    ns: &str,
-    app: Arc<control_plane::api::App>,
-    addr: Option<std::net::SocketAddr>,
-) -> (tokio::runtime::Runtime, std::net::SocketAddr) {
-    let ns = ns.to_owned();
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = rt.block_on(async {
-            let bind = addr.map_or("127.0.0.1:0".to_owned(), |a| a.to_string());
-            for _ in 0..100 {
-                if let Ok(l) = tokio::net::TcpListener::bind(&bind).await {
-                    return l;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            panic!("cannot bind {bind}");
-        });
-        let addr = listener.local_addr().unwrap();
-        rt.spawn(control_plane::serve_app(listener, app));
-        (rt, addr)
-    })
-    .join()
-    .unwrap()
-}
-
 fn service(i: usize) -> Service {
     serde_json::from_value(json!({
         "metadata": {"name": format!("s{i}"), "namespace": "default"},
@@ -158,7 +124,7 @@ fn soak(services: usize, seconds: u64, clients: usize) {
         "10.96.0.0".parse().unwrap(),
         1 << 16,
     )));
-    let (api, addr) = start_api(&bed.node.name, Arc::clone(&app), None);
+    let (api, addr) = bed.start_control_plane(Arc::clone(&app), None);
     let kubeconfig = bed.dir.join("kubeconfig");
     std::fs::write(&kubeconfig, control_plane::kubeconfig(addr)).unwrap();
     // The load, from a runtime inside the node namespace.
@@ -238,7 +204,7 @@ fn soak(services: usize, seconds: u64, clients: usize) {
         if api.is_some() && started.elapsed() >= Duration::from_secs(seconds / 2) {
             api.take().unwrap().shutdown_background();
             std::thread::sleep(Duration::from_secs(2));
-            api = Some(start_api(&bed.node.name, Arc::clone(&app), Some(addr)).0);
+            api = Some(bed.start_control_plane(Arc::clone(&app), Some(addr)).0);
         }
         if http_get(&bed.node.name, "127.0.0.1:10256", "/healthz").map(|(s, _)| s) != Some(200) {
             unhealthy += 1;

@@ -1015,3 +1015,40 @@ impl Bed {
         lines
     }
 }
+
+impl Bed {
+    /// Serves `app` (the project's control plane) on the node namespace's loopback, at `addr` or a
+    /// free port, on a runtime of its own: dropping or shutting down the runtime kills every
+    /// connection, and starting again at the same address with the same `app` is an API-server
+    /// restart that keeps the objects. Binding is retried for 10 s (the old socket may linger).
+    pub fn start_control_plane(
+        &self,
+        app: Arc<control_plane::api::App>,
+        addr: Option<SocketAddr>,
+    ) -> (tokio::runtime::Runtime, SocketAddr) {
+        let ns = self.node.name.clone();
+        std::thread::spawn(move || {
+            Netns { name: ns }.enter_and_forget();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let listener = rt.block_on(async {
+                let bind = addr.map_or("127.0.0.1:0".to_owned(), |a| a.to_string());
+                for _ in 0..100 {
+                    if let Ok(l) = tokio::net::TcpListener::bind(&bind).await {
+                        return l;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                panic!("cannot bind {bind}");
+            });
+            let addr = listener.local_addr().expect("bound address");
+            rt.spawn(control_plane::serve_app(listener, app));
+            (rt, addr)
+        })
+        .join()
+        .expect("control plane thread")
+    }
+}
