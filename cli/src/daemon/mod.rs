@@ -9,6 +9,7 @@ mod conntrack_settings;
 mod file_source;
 mod http;
 mod kube_source;
+mod process_limits;
 mod service_health;
 mod settings;
 mod sync_thread;
@@ -123,7 +124,7 @@ pub(crate) fn run(args: &DaemonArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
         return Ok(());
     }
-    conntrack_settings::limit_malloc_arenas();
+    process_limits::limit_malloc_arenas();
     let trackers = settings
         .families
         .iter()
@@ -168,7 +169,7 @@ pub(crate) fn run(args: &DaemonArgs) -> anyhow::Result<()> {
     // The sources are up: this is a proxy that will run, so set what kube-proxy sets at start.
     conntrack_settings::apply(&settings.config);
     conntrack_settings::apply_oom_score_adj(&settings.config);
-    conntrack_settings::raise_open_files_limit();
+    process_limits::raise_open_files_limit();
     let context = crate::modes::ProxierContext {
         runtime: Some(runtime.handle().clone()),
         port_proxy_metrics: shared.metrics.lock().expect("metrics lock").port_proxy(),
