@@ -222,6 +222,12 @@ pub fn write_plan(
     }
     out.write_all(text.as_bytes())?;
     let mut rules = String::new();
-    crate::rules::render(state, |k| ports.get(k).copied(), node_ports, &mut rules);
+    crate::rules::render(
+        state,
+        |k| ports.get(k).copied(),
+        node_ports,
+        &mut rules,
+        &mut String::new(),
+    );
     out.write_all(rules.as_bytes())
 }

@@ -35,6 +35,8 @@ pub struct UserspaceProxier {
     /// The transport of each desired listener at the last sync (to label closed ones).
     transports: BTreeMap<ListenerKey, Transport>,
     rules: String,
+    /// Scratch for the filter table's rules during a render (kept for its capacity).
+    filter_rules: String,
     written: String,
     needs_full: bool,
     owned: RuleCounts,
@@ -65,6 +67,7 @@ impl UserspaceProxier {
             metrics,
             transports: BTreeMap::new(),
             rules: String::new(),
+            filter_rules: String::new(),
             written: String::new(),
             needs_full: true,
             owned: RuleCounts::default(),
@@ -267,6 +270,7 @@ impl Proxier for UserspaceProxier {
             |k| listeners.port_of(k),
             &node_ports,
             &mut self.rules,
+            &mut self.filter_rules,
         );
         let changed = self.rules != self.written;
         if changed || full {

@@ -125,21 +125,23 @@ fn proto(t: Transport) -> &'static str {
 /// chain declared (which empties it), then its rules. `proxy_port` gives the port of each open
 /// listener; traffic for a listener that has none (its bind failed) is REJECTed rather than
 /// steered into a closed port, while every other Service port is proxied. Node ports answer on
-/// `node_ports` (`nodePortAddresses`: every local address, or only those listed).
+/// `node_ports` (`nodePortAddresses`: every local address, or only those listed). `filter` is
+/// scratch for the filter table's rules (collected while the nat rules are written, so the state
+/// is walked once); callers that sync keep it between syncs so its capacity is reused.
 pub fn render(
     state: &ProxyState,
     proxy_port: impl Fn(&ListenerKey) -> Option<u16>,
     node_ports: &NodePortAddresses,
     out: &mut String,
+    filter: &mut String,
 ) -> RuleCounts {
     out.clear();
+    filter.clear();
     let host_len = match state.family() {
         IpFamily::V4 => 32,
         IpFamily::V6 => 128,
     };
     let mut counts = RuleCounts::default();
-    // The filter rules are collected while the nat rules are written, so the state is walked once.
-    let mut filter = String::new();
     out.push_str("*nat\n");
     for (_, chain) in OWNED_CHAINS.iter().filter(|(t, _)| *t == "nat") {
         let _ = writeln!(out, ":{chain} - [0:0]");
@@ -254,7 +256,7 @@ pub fn render(
     }
     out.push_str("COMMIT\n*filter\n");
     let _ = writeln!(out, ":{PORTALS_FILTER} - [0:0]");
-    out.push_str(&filter);
+    out.push_str(filter);
     out.push_str("COMMIT\n");
     counts
 }
