@@ -11,6 +11,7 @@
 
 pub mod conntrack;
 pub mod ipset;
+pub mod ipvs;
 pub mod nfacct;
 pub mod socket;
 
