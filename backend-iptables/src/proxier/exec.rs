@@ -229,18 +229,25 @@ impl IptablesOps for IptablesCmd {
 /// Picks the variant the way kube-proxy's images do: the variant that already holds more rules
 /// wins (so kproxy joins whatever the node uses); with none anywhere, nft.
 pub fn detect_variant(family: IpFamily) -> Variant {
+    // `None` when the variant cannot list any table: its tools are missing, or (nft) the kernel
+    // has no nf_tables for this family, as in user-mode-linux kernels.
     let count = |variant| {
         let mut cmd = IptablesCmd::new(variant, family);
-        ["filter", "nat", "mangle"]
+        let saved: Vec<String> = ["filter", "nat", "mangle"]
             .iter()
             .filter_map(|t| cmd.save(t).ok())
-            .map(|s| s.lines().filter(|l| l.starts_with("-A ")).count())
-            .sum::<usize>()
+            .collect();
+        (!saved.is_empty()).then(|| {
+            saved
+                .iter()
+                .flat_map(|s| s.lines())
+                .filter(|l| l.starts_with("-A "))
+                .count()
+        })
     };
-    let legacy = count(Variant::Legacy);
-    if legacy > 0 && legacy > count(Variant::Nft) {
-        Variant::Legacy
-    } else {
-        Variant::Nft
+    match (count(Variant::Legacy), count(Variant::Nft)) {
+        (Some(_), None) => Variant::Legacy,
+        (Some(legacy), Some(nft)) if legacy > 0 && legacy > nft => Variant::Legacy,
+        _ => Variant::Nft,
     }
 }

@@ -578,6 +578,13 @@ pub fn cleanup_node() -> Result<Vec<String>, ProxierError> {
     for family in [IpFamily::V4, IpFamily::V6] {
         for variant in [Variant::Nft, Variant::Legacy] {
             let mut cmd = IptablesCmd::new(variant, family);
+            // A variant that cannot even list the nat table has nothing of ours: its binaries
+            // are missing, or the kernel lacks its backend (iptables-nft on a kernel without
+            // nf_tables, as in user-mode-linux).
+            if let Err(e) = cmd.save("nat") {
+                tracing::debug!("skipping iptables-{variant} ({family}): {e}");
+                continue;
+            }
             match IptablesProxier::cleanup_tables(&mut cmd) {
                 Ok(()) => cleaned.push(format!("iptables-{variant} ({family})")),
                 // A variant or family that is not installed has nothing to clean.
