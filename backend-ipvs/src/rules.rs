@@ -1,0 +1,421 @@
+//! IPVS mode's iptables rules: a small ruleset whose size does not grow with the Services (the
+//! per-Service matching is in the ipsets), in upstream's chains and order.
+//!
+//! Written with `iptables-restore --noflush`: the `:CHAIN` lines flush kproxy's chains and the
+//! rules refill them, atomically per table; the built-in chains' jumps into them are ensured
+//! separately (see [`JUMPS`]).
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use proxy_core::datapath::LocalTrafficDetector;
+use proxy_core::model::Protocol;
+use proxy_core::IpFamily;
+
+use crate::sets::IpvsSet;
+
+/// The chains IPVS mode owns, per table.
+pub const CHAINS: &[(&str, &str)] = &[
+    ("nat", "KUBE-SERVICES"),
+    ("nat", "KUBE-POSTROUTING"),
+    ("nat", "KUBE-NODE-PORT"),
+    ("nat", "KUBE-LOAD-BALANCER"),
+    ("nat", "KUBE-MARK-MASQ"),
+    ("filter", "KUBE-FORWARD"),
+    ("filter", "KUBE-NODE-PORT"),
+    ("filter", "KUBE-PROXY-FIREWALL"),
+    ("filter", "KUBE-SOURCE-RANGES-FIREWALL"),
+    ("filter", "KUBE-IPVS-FILTER"),
+    ("filter", "KUBE-IPVS-OUT-FILTER"),
+];
+
+/// One jump from a built-in chain into an IPVS-mode chain: `(table, from, rule spec)`. Inserted
+/// first in `from`, as upstream does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Jump {
+    /// The table.
+    pub table: &'static str,
+    /// The built-in chain.
+    pub from: &'static str,
+    /// The rule, without `-A from`.
+    pub spec: &'static str,
+}
+
+/// Upstream's jumps, in upstream's order.
+pub const JUMPS: &[Jump] = &[
+    Jump {
+        table: "nat",
+        from: "OUTPUT",
+        spec: "-m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+    },
+    Jump {
+        table: "nat",
+        from: "PREROUTING",
+        spec: "-m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+    },
+    Jump {
+        table: "nat",
+        from: "POSTROUTING",
+        spec: "-m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING",
+    },
+    Jump {
+        table: "filter",
+        from: "FORWARD",
+        spec: "-m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD",
+    },
+    Jump {
+        table: "filter",
+        from: "INPUT",
+        spec: "-m comment --comment \"kubernetes health check rules\" -j KUBE-NODE-PORT",
+    },
+    Jump {
+        table: "filter",
+        from: "INPUT",
+        spec: "-m comment --comment \"kube-proxy firewall rules\" -j KUBE-PROXY-FIREWALL",
+    },
+    Jump {
+        table: "filter",
+        from: "FORWARD",
+        spec: "-m comment --comment \"kube-proxy firewall rules\" -j KUBE-PROXY-FIREWALL",
+    },
+    Jump {
+        table: "filter",
+        from: "INPUT",
+        spec: "-m comment --comment \"kubernetes ipvs access filter\" -j KUBE-IPVS-FILTER",
+    },
+    Jump {
+        table: "filter",
+        from: "OUTPUT",
+        spec: "-m comment --comment \"kubernetes ipvs access filter\" -j KUBE-IPVS-OUT-FILTER",
+    },
+];
+
+/// What the ruleset depends on.
+#[derive(Clone, Debug)]
+pub struct RulesInput<'a> {
+    /// The family.
+    pub family: IpFamily,
+    /// Sets with members (rules matching an empty set are left out, as upstream does).
+    pub non_empty: &'a BTreeSet<IpvsSet>,
+    /// `masqueradeAll`.
+    pub masquerade_all: bool,
+    /// How local (pod) traffic is recognised.
+    pub detector: &'a LocalTrafficDetector,
+    /// `iptables.masqueradeBit`.
+    pub masquerade_bit: u8,
+    /// Load-balancer frontends the node may not reach.
+    pub no_node_access: &'a BTreeSet<(IpAddr, Protocol, u16)>,
+}
+
+fn detector_args(d: &LocalTrafficDetector) -> Option<String> {
+    match d {
+        LocalTrafficDetector::None => None,
+        LocalTrafficDetector::SourceCidr(net) => Some(format!("! -s {net}")),
+        LocalTrafficDetector::InputInterface(name) => Some(format!("! -i {name}")),
+        LocalTrafficDetector::InputInterfacePrefix(p) => Some(format!("! -i {p}+")),
+    }
+}
+
+/// Writes the whole `iptables-restore` input (nat and filter) into `out`, replacing its content.
+pub fn render(input: &RulesInput<'_>, out: &mut String) {
+    out.clear();
+    let fam = input.family;
+    let has = |s: IpvsSet| input.non_empty.contains(&s);
+    let name = |s: IpvsSet| s.name(fam);
+    let mark = format!("{:#08x}", 1u32 << input.masquerade_bit);
+    let set_rule = |out: &mut String, chain: &str, proto: Option<&str>, set: IpvsSet, to: &str| {
+        let _ = write!(out, "-A {chain}");
+        if let Some(p) = proto {
+            let _ = write!(out, " -p {p}");
+        }
+        let _ = writeln!(
+            out,
+            " -m comment --comment \"{}\" -m set --match-set {} {} -j {to}",
+            set.comment(),
+            name(set),
+            set.match_flags()
+        );
+    };
+
+    out.push_str("*nat\n");
+    for (_, chain) in CHAINS.iter().filter(|(t, _)| *t == "nat") {
+        let _ = writeln!(out, ":{chain} - [0:0]");
+    }
+    let lo = match fam {
+        IpFamily::V4 => "127.0.0.0/8",
+        IpFamily::V6 => "::1/128",
+    };
+    let _ = writeln!(out, "-A KUBE-SERVICES -s {lo} -j RETURN");
+    let mut filter = String::new();
+    for (set, table, chain, proto, to) in [
+        (
+            IpvsSet::LoopBack,
+            "nat",
+            "KUBE-POSTROUTING",
+            None,
+            "MASQUERADE",
+        ),
+        (
+            IpvsSet::LoadBalancer,
+            "nat",
+            "KUBE-SERVICES",
+            None,
+            "KUBE-LOAD-BALANCER",
+        ),
+        (
+            IpvsSet::LoadBalancerLocal,
+            "nat",
+            "KUBE-LOAD-BALANCER",
+            None,
+            "RETURN",
+        ),
+        (
+            IpvsSet::NodePortLocalTcp,
+            "nat",
+            "KUBE-NODE-PORT",
+            Some("tcp"),
+            "RETURN",
+        ),
+        (
+            IpvsSet::NodePortTcp,
+            "nat",
+            "KUBE-NODE-PORT",
+            Some("tcp"),
+            "KUBE-MARK-MASQ",
+        ),
+        (
+            IpvsSet::NodePortLocalUdp,
+            "nat",
+            "KUBE-NODE-PORT",
+            Some("udp"),
+            "RETURN",
+        ),
+        (
+            IpvsSet::NodePortUdp,
+            "nat",
+            "KUBE-NODE-PORT",
+            Some("udp"),
+            "KUBE-MARK-MASQ",
+        ),
+        (
+            IpvsSet::NodePortLocalSctp,
+            "nat",
+            "KUBE-NODE-PORT",
+            Some("sctp"),
+            "RETURN",
+        ),
+        (
+            IpvsSet::NodePortSctp,
+            "nat",
+            "KUBE-NODE-PORT",
+            Some("sctp"),
+            "KUBE-MARK-MASQ",
+        ),
+        (
+            IpvsSet::LoadBalancerFw,
+            "filter",
+            "KUBE-PROXY-FIREWALL",
+            None,
+            "KUBE-SOURCE-RANGES-FIREWALL",
+        ),
+        (
+            IpvsSet::LoadBalancerSourceCidr,
+            "filter",
+            "KUBE-SOURCE-RANGES-FIREWALL",
+            None,
+            "RETURN",
+        ),
+        (
+            IpvsSet::LoadBalancerSourceIp,
+            "filter",
+            "KUBE-SOURCE-RANGES-FIREWALL",
+            None,
+            "RETURN",
+        ),
+    ] {
+        if has(set) {
+            let target = if table == "nat" {
+                &mut *out
+            } else {
+                &mut filter
+            };
+            set_rule(target, chain, proto, set, to);
+        }
+    }
+    if has(IpvsSet::ClusterIp) {
+        let set = IpvsSet::ClusterIp;
+        let head = format!(
+            "-A KUBE-SERVICES -m comment --comment \"{}\" -m set --match-set {}",
+            set.comment(),
+            name(set)
+        );
+        match (input.masquerade_all, detector_args(input.detector)) {
+            (true, _) => {
+                let _ = writeln!(out, "{head} dst,dst -j KUBE-MARK-MASQ");
+            }
+            (false, Some(not_local)) => {
+                let _ = writeln!(out, "{head} dst,dst {not_local} -j KUBE-MARK-MASQ");
+            }
+            (false, None) => {
+                // Node-originated traffic sourced from a service address (kube-ipvs0 holds them
+                // all) towards a service port needs SNAT.
+                let _ = writeln!(out, "{head} src,dst -j KUBE-MARK-MASQ");
+            }
+        }
+    }
+    for (set, masquerade) in [
+        (IpvsSet::ExternalIp, true),
+        (IpvsSet::ExternalIpLocal, false),
+    ] {
+        if !has(set) {
+            continue;
+        }
+        let head = format!(
+            "-A KUBE-SERVICES -m comment --comment \"{}\" -m set --match-set {} dst,dst",
+            set.comment(),
+            name(set)
+        );
+        if masquerade {
+            let _ = writeln!(out, "{head} -j KUBE-MARK-MASQ");
+        }
+        // From off the machine (not a bridge port, not a local address) and to local addresses
+        // stays with IPVS.
+        let _ = writeln!(
+            out,
+            "{head} -m physdev ! --physdev-is-in -m addrtype ! --src-type LOCAL -j ACCEPT"
+        );
+        let _ = writeln!(out, "{head} -m addrtype --dst-type LOCAL -j ACCEPT");
+    }
+    out.push_str("-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODE-PORT\n");
+    out.push_str("-A KUBE-LOAD-BALANCER -j KUBE-MARK-MASQ\n");
+    for set in [IpvsSet::ClusterIp, IpvsSet::LoadBalancer] {
+        if has(set) {
+            let _ = writeln!(
+                out,
+                "-A KUBE-SERVICES -m set --match-set {} dst,dst -j ACCEPT",
+                name(set)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "-A KUBE-POSTROUTING -m mark ! --mark {mark}/{mark} -j RETURN\n\
+         -A KUBE-POSTROUTING -j MARK --xor-mark {mark}\n\
+         -A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n\
+         -A KUBE-MARK-MASQ -j MARK --or-mark {mark}\n\
+         COMMIT"
+    );
+
+    out.push_str("*filter\n");
+    for (_, chain) in CHAINS.iter().filter(|(t, _)| *t == "filter") {
+        let _ = writeln!(out, ":{chain} - [0:0]");
+    }
+    out.push_str(&filter);
+    out.push_str("-A KUBE-SOURCE-RANGES-FIREWALL -j DROP\n");
+    for (ip, protocol, port) in input.no_node_access {
+        let _ = writeln!(
+            out,
+            "-A KUBE-IPVS-OUT-FILTER -s {ip} -m ipvs --vaddr {ip} --vproto {} --vport {port} -j DROP",
+            protocol.as_lower_str()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark {mark}/{mark} -j ACCEPT\n\
+         -A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
+         -A KUBE-NODE-PORT -m comment --comment \"{}\" -m set --match-set {} dst -j ACCEPT",
+        IpvsSet::HealthCheckNodePort.comment(),
+        name(IpvsSet::HealthCheckNodePort)
+    );
+    // Host ports are not reachable through service addresses bound to kube-ipvs0
+    // (kubernetes/kubernetes#72236): what no service port claims is rejected.
+    for (set, flags) in [
+        (IpvsSet::LoadBalancer, "dst,dst"),
+        (IpvsSet::ClusterIp, "dst,dst"),
+        (IpvsSet::ExternalIp, "dst,dst"),
+        (IpvsSet::ExternalIpLocal, "dst,dst"),
+        (IpvsSet::HealthCheckNodePort, "dst"),
+    ] {
+        let _ = writeln!(
+            out,
+            "-A KUBE-IPVS-FILTER -m set --match-set {} {flags} -j RETURN",
+            name(set)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "-A KUBE-IPVS-FILTER -m conntrack --ctstate NEW -m set --match-set {} dst -j REJECT\nCOMMIT",
+        name(IpvsSet::IpvsIps)
+    );
+}
+
+/// Splits a rule spec into arguments, keeping `"quoted words"` together (without the quotes).
+pub fn split_spec(spec: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = spec.trim();
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('"') {
+            let end = r.find('"').unwrap_or(r.len());
+            out.push(&r[..end]);
+            rest = r.get(end + 1..).unwrap_or("").trim_start();
+        } else {
+            let end = rest.find(' ').unwrap_or(rest.len());
+            out.push(&rest[..end]);
+            rest = rest[end..].trim_start();
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_keeps_quoted_words() {
+        assert_eq!(
+            split_spec("-m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"),
+            vec![
+                "-m",
+                "comment",
+                "--comment",
+                "kubernetes service portals",
+                "-j",
+                "KUBE-SERVICES"
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_sets_leave_their_rules_out_and_the_mark_is_upstreams() {
+        let mut out = String::new();
+        let none = BTreeSet::new();
+        let sets: BTreeSet<IpvsSet> = [IpvsSet::ClusterIp].into();
+        render(
+            &RulesInput {
+                family: IpFamily::V4,
+                non_empty: &sets,
+                masquerade_all: false,
+                detector: &LocalTrafficDetector::SourceCidr("10.244.0.0/16".parse().unwrap()),
+                masquerade_bit: 14,
+                no_node_access: &none,
+            },
+            &mut out,
+        );
+        assert!(
+            out.contains(
+                "-m set --match-set KUBE-CLUSTER-IP dst,dst ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ"
+            ),
+            "{out}"
+        );
+        assert!(
+            !out.contains("KUBE-LOAD-BALANCER dst,dst -j KUBE-LOAD-BALANCER"),
+            "{out}"
+        );
+        assert!(
+            out.contains("-A KUBE-MARK-MASQ -j MARK --or-mark 0x004000"),
+            "{out}"
+        );
+    }
+}

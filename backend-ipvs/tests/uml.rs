@@ -1,0 +1,606 @@
+//! IPVS mode against a real IPVS kernel: this machine's kernel has none, so `ipvs_in_uml` boots
+//! Debian's user-mode-linux kernel (see docs/ipvs.md and the `uml-testbed` crate) and runs the
+//! `inside_uml_*` tests of this binary inside it, one after another. They skip nothing: outside
+//! the UML kernel they refuse to run.
+//!
+//! Inside, the UML kernel's root namespace plays the node; pods are network namespaces on a
+//! bridge.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use backend_iptables::{IptablesCmd, Variant};
+use backend_ipvs::client::ListedService;
+use backend_ipvs::{IpvsClient, IpvsOp, IpvsOps, IpvsProxier, IpvsSettings, ServerKey, ServiceKey};
+use fixtures::builder::{EndpointBuilder, ServiceBuilder, SliceBuilder};
+use kproxy_netlink::ipvs::{RealServer, VirtualService, FWD_MASQ, SVC_F_PERSISTENT};
+use proxy_core::datapath::DetectLocalMode;
+use proxy_core::{
+    EndpointSliceHandler, IpFamily, NodeInfo, PendingChanges, Proxier, ProxyState, ServiceFilter,
+    ServiceHandler,
+};
+
+const NODE: &str = "node-a";
+
+#[test]
+fn ipvs_in_uml() {
+    if uml_testbed::inside() {
+        return; // the outer test does not run inside
+    }
+    let kernel = match uml_testbed::UmlKernel::find() {
+        Ok(k) => k,
+        Err(why) => {
+            eprintln!("skipping the IPVS tests: {why}");
+            return;
+        }
+    };
+    let exe = std::env::current_exe().unwrap();
+    // KPROXY_UML_FILTER narrows the tests run inside, for debugging.
+    let filter = std::env::var("KPROXY_UML_FILTER").unwrap_or_else(|_| "inside_uml_".into());
+    let out = kernel
+        .run_test_binary(&exe, &filter, |spec| {
+            spec.mem_mib = 512;
+            spec.timeout = Duration::from_secs(900);
+        })
+        .expect("the UML kernel ran");
+    assert!(
+        out.success(),
+        "tests inside the UML kernel failed (status {}):\n{}\nconsole:\n{}",
+        out.status,
+        out.output,
+        out.console
+    );
+    assert!(
+        out.output.contains("test result: ok") && !out.output.contains("0 passed"),
+        "no test ran inside:\n{}",
+        out.output
+    );
+}
+
+fn require_uml() {
+    assert!(
+        uml_testbed::inside(),
+        "this test needs the IPVS kernel: it runs inside user-mode-linux from `ipvs_in_uml`"
+    );
+}
+
+fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `ipvsadm` output with every run of blanks made one space, for matching.
+fn ipvsadm(args: &str) -> String {
+    sh(&format!("ipvsadm {args}"))
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// What to look at when traffic fails.
+fn debug_dump() -> String {
+    let run = |c: &str| {
+        let o = Command::new("sh").arg("-c").arg(c).output().unwrap();
+        format!(
+            "$ {c}\n{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    [
+        "ipvsadm -Ln --stats",
+        "ipvsadm -Lnc",
+        "iptables-legacy -t nat -L -v -n",
+        "iptables-legacy -t filter -L -v -n",
+        "ip addr",
+        "ip route",
+        "sysctl net.bridge.bridge-nf-call-iptables net.ipv4.vs.conntrack net.ipv4.ip_forward",
+        "cat /proc/net/nf_conntrack",
+    ]
+    .iter()
+    .map(|c| run(c))
+    .collect::<Vec<_>>()
+    .join("\n")
+}
+
+fn iptables() -> Box<IptablesCmd> {
+    Box::new(IptablesCmd::new(Variant::Legacy, IpFamily::V4))
+}
+
+/// Removes whatever an earlier test left.
+fn clean() {
+    let mut client = IpvsClient::open().unwrap();
+    let mut ipset = backend_ipset::IpsetClient::open().unwrap();
+    let link = backend_ipvs::link::DummyLink::open("kube-ipvs0").unwrap();
+    backend_ipvs::proxier::cleanup_kernel(&mut client, &mut ipset, &mut *iptables(), &link)
+        .unwrap();
+}
+
+fn svc(addr: &str, protocol: u16, port: u16) -> VirtualService {
+    VirtualService {
+        address: addr.parse().unwrap(),
+        protocol,
+        port,
+        scheduler: "rr".into(),
+        flags: 0,
+        timeout: 0,
+    }
+}
+
+fn server(addr: &str, port: u16, weight: u32) -> RealServer {
+    RealServer {
+        address: addr.parse().unwrap(),
+        port,
+        weight,
+        forward: FWD_MASQ,
+    }
+}
+
+#[test]
+#[ignore = "runs inside the UML kernel (ipvs_in_uml)"]
+fn inside_uml_client_matches_ipvsadm() {
+    require_uml();
+    clean();
+    // Real servers must be routable inside the kernel.
+    sh("ip link add srv0 type dummy; ip link set srv0 up; ip addr add 10.244.9.1/24 dev srv0; ip -6 addr add fd00:9::1/64 dev srv0 nodad");
+    let mut c = IpvsClient::open().unwrap();
+    let tcp = svc("10.96.0.10", 6, 53);
+    let mut udp = svc("10.96.0.10", 17, 53);
+    udp.flags = SVC_F_PERSISTENT;
+    udp.timeout = 10800;
+    udp.scheduler = "wrr".into();
+    let v6 = svc("fd00::10", 6, 80);
+    let ops = vec![
+        IpvsOp::AddService(tcp.clone()),
+        IpvsOp::AddService(udp.clone()),
+        IpvsOp::AddService(v6.clone()),
+        IpvsOp::AddServer(tcp.clone(), server("10.244.9.5", 8053, 1)),
+        IpvsOp::AddServer(tcp.clone(), server("10.244.9.6", 8053, 1)),
+        IpvsOp::AddServer(udp.clone(), server("10.244.9.5", 8053, 1)),
+        IpvsOp::AddServer(v6.clone(), server("fd00:9::5", 8080, 1)),
+    ];
+    let out = c.apply(&ops).unwrap();
+    assert!(out.failed.is_empty(), "{:?}", out.failed);
+    assert_eq!(out.applied, 7);
+    let listed = ipvsadm("-Ln");
+    println!("{listed}");
+    for want in [
+        "TCP 10.96.0.10:53 rr",
+        "-> 10.244.9.5:8053 Masq 1",
+        "-> 10.244.9.6:8053 Masq 1",
+        "UDP 10.96.0.10:53 wrr persistent 10800",
+        "TCP [fd00::10]:80 rr",
+        "-> [fd00:9::5]:8080",
+    ] {
+        assert!(listed.contains(want), "ipvsadm lacks {want:?}:\n{listed}");
+    }
+    let mut services: Vec<VirtualService> = c
+        .list_services()
+        .unwrap()
+        .into_iter()
+        .map(|ListedService { mut service }| {
+            service.flags &= !kproxy_netlink::ipvs::SVC_F_HASHED;
+            service
+        })
+        .collect();
+    services.sort_by_key(|s| (s.address, s.protocol, s.port));
+    assert_eq!(services, vec![tcp.clone(), udp.clone(), v6.clone()]);
+    let servers = c.list_servers(&tcp).unwrap();
+    assert_eq!(servers.len(), 2);
+
+    // Errors name the service and server; the other operations of the batch still apply.
+    let out = c
+        .apply(&[
+            IpvsOp::AddService(tcp.clone()),
+            IpvsOp::UpdateServer(tcp.clone(), server("10.244.9.5", 8053, 0)),
+        ])
+        .unwrap();
+    assert_eq!(out.applied, 1);
+    let msg = out.failed[0].to_string();
+    assert!(
+        msg.contains("adding virtual service TCP 10.96.0.10:53"),
+        "{msg}"
+    );
+    assert!(ipvsadm("-Ln -t 10.96.0.10:53").contains("-> 10.244.9.5:8053 Masq 0"));
+
+    c.apply(&[
+        IpvsOp::DeleteServer(tcp.clone(), server("10.244.9.6", 8053, 0)),
+        IpvsOp::DeleteService(udp.clone()),
+    ])
+    .unwrap();
+    let listed = ipvsadm("-Ln");
+    assert!(!listed.contains("10.244.9.6"), "{listed}");
+    assert!(!listed.contains("UDP"), "{listed}");
+
+    c.set_timeouts(backend_ipvs::Timeouts {
+        tcp: 900,
+        tcp_fin: 120,
+        udp: 300,
+    })
+    .unwrap();
+    assert_eq!(
+        c.timeouts().unwrap(),
+        backend_ipvs::Timeouts {
+            tcp: 900,
+            tcp_fin: 120,
+            udp: 300
+        }
+    );
+    assert!(ipvsadm("-L --timeout").contains("900 120 300"));
+    c.flush().unwrap();
+    assert!(c.list_services().unwrap().is_empty());
+    sh("ip link del srv0");
+}
+
+/// A state with `web` (ClusterIP 10.96.0.10:80 → the pods) and `dns` (UDP) on node-a.
+struct Cluster {
+    pending: PendingChanges,
+    state: ProxyState,
+}
+
+fn web_slice(pods: &[&str]) -> k8s_openapi::api::discovery::v1::EndpointSlice {
+    let mut b = SliceBuilder::new("ns1", "web-1", "web").port("http", 8080, "TCP");
+    for p in pods {
+        b = b.endpoint(EndpointBuilder::ready(p).node(NODE));
+    }
+    b.build()
+}
+
+impl Cluster {
+    fn new(pods: &[&str]) -> Self {
+        let mut pending = PendingChanges::new(IpFamily::V4, NODE, ServiceFilter::default());
+        pending.on_service_add(
+            &ServiceBuilder::new("ns1", "web", "10.96.0.10")
+                .type_("NodePort")
+                .node_port("http", 80, "TCP", 30080)
+                .build(),
+        );
+        pending.on_endpoint_slice_add(&web_slice(pods));
+        pending.on_service_add(
+            &ServiceBuilder::new("ns1", "dns", "10.96.0.53")
+                .port("dns", 53, "UDP")
+                .build(),
+        );
+        pending.on_endpoint_slice_add(
+            &SliceBuilder::new("ns1", "dns-1", "dns")
+                .port("dns", 5353, "UDP")
+                .endpoint(EndpointBuilder::ready(pods[0]).node(NODE))
+                .build(),
+        );
+        let mut state = ProxyState::new(IpFamily::V4, NodeInfo::named(NODE));
+        state.apply(&mut pending);
+        Self { pending, state }
+    }
+
+    fn set_web_pods(&mut self, old: &[&str], new: &[&str]) -> proxy_core::StateDiff {
+        self.pending
+            .on_endpoint_slice_update(&web_slice(old), &web_slice(new));
+        self.state.apply(&mut self.pending)
+    }
+}
+
+fn proxier() -> IpvsProxier {
+    let mut settings = IpvsSettings::new(DetectLocalMode::ClusterCidr(vec!["10.244.0.0/16"
+        .parse()
+        .unwrap()]));
+    settings.drain_check_interval = Duration::from_millis(200);
+    IpvsProxier::open(IpFamily::V4, settings, iptables()).unwrap()
+}
+
+fn web_key() -> ServiceKey {
+    ServiceKey {
+        address: "10.96.0.10".parse().unwrap(),
+        protocol: 6,
+        port: 80,
+    }
+}
+
+fn servers_of(key: &ServiceKey) -> BTreeMap<ServerKey, u32> {
+    let mut c = IpvsClient::open().unwrap();
+    let vs = VirtualService {
+        address: key.address,
+        protocol: key.protocol,
+        port: key.port,
+        scheduler: String::new(),
+        flags: 0,
+        timeout: 0,
+    };
+    c.list_servers(&vs)
+        .unwrap()
+        .into_iter()
+        .map(|l| {
+            (
+                ServerKey {
+                    address: l.server.address,
+                    port: l.server.port,
+                },
+                l.server.weight,
+            )
+        })
+        .collect()
+}
+
+/// Pods: network namespaces `podN` with `10.244.1.N` on a bridge `kbr0` (10.244.1.1), each
+/// answering TCP on 8080 with its own name. Bridge ports are in hairpin mode, as kubelet's
+/// hairpin-veth mode (and the bridge CNI plugin's `hairpinMode`) sets them: a pod's own
+/// masqueraded traffic comes back through the port it left by.
+struct Pods {
+    names: Vec<String>,
+}
+
+impl Pods {
+    fn start(ns: &[u8]) -> Self {
+        sh("ip link add kbr0 type bridge 2>/dev/null; ip addr replace 10.244.1.1/24 dev kbr0; ip link set kbr0 up");
+        let mut names = Vec::new();
+        for n in ns {
+            let name = format!("pod{n}");
+            sh(&format!(
+                "ip netns add {name} && ip link add v{name} type veth peer name eth0 netns {name} && \
+                 ip link set v{name} master kbr0 up && \
+                 ip link set v{name} type bridge_slave hairpin on && \
+                 ip -n {name} addr add 10.244.1.{n}/24 dev eth0 && ip -n {name} link set eth0 up && \
+                 ip -n {name} link set lo up && ip -n {name} route add default via 10.244.1.1"
+            ));
+            let ip: IpAddr = format!("10.244.1.{n}").parse().unwrap();
+            let listener = in_netns(&name, move || {
+                TcpListener::bind(SocketAddr::new(ip, 8080)).unwrap()
+            });
+            let reply = name.clone();
+            std::thread::spawn(move || {
+                for mut s in listener.incoming().flatten() {
+                    let _ = s.write_all(reply.as_bytes());
+                }
+            });
+            names.push(name);
+        }
+        Self { names }
+    }
+}
+
+impl Drop for Pods {
+    fn drop(&mut self) {
+        for n in &self.names {
+            // The host end first: a socket still open in the pod keeps its namespace alive.
+            let _ = Command::new("ip")
+                .args(["link", "del", &format!("v{n}")])
+                .status();
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+        let _ = Command::new("ip").args(["link", "del", "kbr0"]).status();
+    }
+}
+
+/// Runs `f` on a thread inside the network namespace `name` (sockets stay in it).
+fn in_netns<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{name}");
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+fn ask(addr: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+#[test]
+#[ignore = "runs inside the UML kernel (ipvs_in_uml)"]
+fn inside_uml_sync_one_change_and_graceful_termination() {
+    require_uml();
+    clean();
+    let pods = Pods::start(&[2, 3, 4]);
+    let mut cluster = Cluster::new(&["10.244.1.2", "10.244.1.3"]);
+    let mut p = proxier();
+    let diff = cluster.state.resync_diff();
+    let report = p.sync(&cluster.state, &diff).unwrap();
+    assert!(report.full);
+    let listed = ipvsadm("-Ln");
+    println!("{listed}");
+    assert!(listed.contains("TCP 10.96.0.10:80 rr"), "{listed}");
+    assert!(listed.contains("UDP 10.96.0.53:53 rr"), "{listed}");
+    assert!(
+        listed.contains(":30080 rr"),
+        "node port on the node's addresses:\n{listed}"
+    );
+    let addrs = sh("ip -4 addr show dev kube-ipvs0");
+    assert!(
+        addrs.contains("10.96.0.10/32") && addrs.contains("10.96.0.53/32"),
+        "{addrs}"
+    );
+    let sets = sh("ipset list KUBE-CLUSTER-IP");
+    assert!(
+        sets.contains("10.96.0.10,tcp:80") && sets.contains("10.96.0.53,udp:53"),
+        "{sets}"
+    );
+    assert!(sh("ipset list KUBE-NODE-PORT-TCP").contains("30080"));
+    assert!(sh("iptables-legacy -t nat -S KUBE-SERVICES")
+        .contains("--match-set KUBE-CLUSTER-IP dst,dst"));
+    assert!(sh("iptables-legacy -t nat -S PREROUTING").contains("-j KUBE-SERVICES"));
+
+    // Round robin over both pods, from the node.
+    let mut seen = BTreeMap::new();
+    for _ in 0..10 {
+        *seen.entry(ask("10.96.0.10:80").unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        seen,
+        BTreeMap::from([("pod2".into(), 5), ("pod3".into(), 5)])
+    );
+
+    // One endpoint added: one message per virtual service of `web` (cluster IP and node ports).
+    let web_vs = sh("ipvsadm -Ln | grep -c -E ':(80|30080) rr'")
+        .trim()
+        .parse::<u64>()
+        .unwrap();
+    let before = p.ipvs_messages_sent();
+    let diff = cluster.set_web_pods(
+        &["10.244.1.2", "10.244.1.3"],
+        &["10.244.1.2", "10.244.1.3", "10.244.1.4"],
+    );
+    let report = p.sync(&cluster.state, &diff).unwrap();
+    assert!(!report.full);
+    let sent = p.ipvs_messages_sent() - before;
+    println!("one added endpoint: {sent} IPVS messages for {web_vs} virtual services");
+    assert_eq!(
+        sent, web_vs,
+        "one AddServer per virtual service of the Service, nothing else"
+    );
+    assert_eq!(servers_of(&web_key()).len(), 3);
+
+    // A long-lived connection to pod4 keeps it draining: weight 0, still there.
+    let mut held = None;
+    for _ in 0..6 {
+        let s = TcpStream::connect("10.96.0.10:80").unwrap();
+        let mut buf = [0u8; 4];
+        (&s).read_exact(&mut buf).unwrap();
+        if &buf == b"pod4" {
+            held = Some(s);
+            break;
+        }
+    }
+    let held = held.expect("a connection reached pod4");
+    let before = p.ipvs_messages_sent();
+    let diff = cluster.set_web_pods(
+        &["10.244.1.2", "10.244.1.3", "10.244.1.4"],
+        &["10.244.1.2", "10.244.1.3"],
+    );
+    p.sync(&cluster.state, &diff).unwrap();
+    println!(
+        "one removed endpoint: {} IPVS messages",
+        p.ipvs_messages_sent() - before
+    );
+    let pod4 = ServerKey {
+        address: "10.244.1.4".parse().unwrap(),
+        port: 8080,
+    };
+    assert_eq!(
+        servers_of(&web_key()).get(&pod4),
+        Some(&0),
+        "weight 0 while connected"
+    );
+    assert!(p.is_terminating(&web_key(), &pod4));
+    for _ in 0..6 {
+        assert_ne!(
+            ask("10.96.0.10:80").unwrap(),
+            "pod4",
+            "no new connection to a weight-0 server"
+        );
+    }
+    p.housekeeping().unwrap();
+    assert_eq!(
+        servers_of(&web_key()).get(&pod4),
+        Some(&0),
+        "still draining"
+    );
+    drop(held);
+    // The connection leaves the kernel's tables once closed (FIN_WAIT/TIME_WAIT expire).
+    let mut gone = false;
+    for _ in 0..300 {
+        p.housekeeping().unwrap();
+        if !servers_of(&web_key()).contains_key(&pod4) {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        gone,
+        "the drained server was deleted: {:?}",
+        servers_of(&web_key())
+    );
+    assert!(!p.is_terminating(&web_key(), &pod4));
+
+    // A restart adopts a weight-0 server left behind instead of deleting it or leaving it.
+    drop(p);
+    let mut c = IpvsClient::open().unwrap();
+    let web = VirtualService {
+        address: "10.96.0.10".parse().unwrap(),
+        protocol: 6,
+        port: 80,
+        scheduler: "rr".into(),
+        flags: 0,
+        timeout: 0,
+    };
+    c.apply(&[IpvsOp::AddServer(
+        web.clone(),
+        server("10.244.1.4", 8080, 0),
+    )])
+    .unwrap();
+    let held = TcpStream::connect("10.244.1.4:8080").unwrap(); // not through IPVS: nothing held
+    drop(held);
+    let mut p2 = proxier();
+    let diff = cluster.state.resync_diff();
+    p2.sync(&cluster.state, &diff).unwrap();
+    assert!(
+        !servers_of(&web_key()).contains_key(&pod4),
+        "an unwanted weight-0 server without connections is deleted at the first sync"
+    );
+    drop(pods);
+    p2.cleanup().unwrap();
+    assert!(IpvsClient::open()
+        .unwrap()
+        .list_services()
+        .unwrap()
+        .is_empty());
+    assert!(!sh("ip link").contains("kube-ipvs0"));
+    assert!(!sh("iptables-legacy-save").contains("KUBE-"));
+}
+
+#[test]
+#[ignore = "runs inside the UML kernel (ipvs_in_uml)"]
+fn inside_uml_hairpin_and_host_ports_on_service_addresses() {
+    require_uml();
+    clean();
+    let _pods = Pods::start(&[2, 3]);
+    let mut cluster = Cluster::new(&["10.244.1.2", "10.244.1.3"]);
+    let mut p = proxier();
+    let diff = cluster.state.resync_diff();
+    p.sync(&cluster.state, &diff).unwrap();
+    let _ = &mut cluster;
+    // A pod reaches the Service, itself included (masqueraded through KUBE-LOOP-BACK).
+    let answers = in_netns("pod2", || {
+        (0..6)
+            .map(|_| ask("10.96.0.10:80").map_err(|e| e.to_string()))
+            .collect::<Vec<_>>()
+    });
+    if answers.iter().any(|a| a.is_err()) {
+        println!("{}", debug_dump());
+    }
+    let answers: Vec<String> = answers.into_iter().map(|a| a.unwrap()).collect();
+    assert!(answers.iter().any(|a| a == "pod2"), "hairpin: {answers:?}");
+    assert!(answers.iter().any(|a| a == "pod3"), "{answers:?}");
+    assert!(sh("ipset list KUBE-LOOP-BACK").contains("10.244.1.2,tcp:8080,10.244.1.2"));
+    // A host port is not reachable on a service address (kubernetes/kubernetes#72236).
+    let host = TcpListener::bind("0.0.0.0:9999").unwrap();
+    let from_pod = in_netns("pod3", || {
+        TcpStream::connect_timeout(&"10.96.0.10:9999".parse().unwrap(), Duration::from_secs(3))
+            .map(|_| ())
+            .map_err(|e| e.kind())
+    });
+    assert_eq!(
+        from_pod,
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "REJECTed by KUBE-IPVS-FILTER"
+    );
+    let direct = in_netns("pod3", || TcpStream::connect("10.244.1.1:9999").is_ok());
+    assert!(direct, "the host port itself answers on the node's address");
+    drop(host);
+    p.cleanup().unwrap();
+}
