@@ -132,6 +132,14 @@ pub(crate) struct RenderArgs {
     #[arg(long, value_name = "RANGE", value_parser = parse_port_range)]
     pub(crate) proxy_port_range: Option<std::ops::RangeInclusive<u16>>,
 
+    /// IPVS mode: the scheduler of the virtual services (kube-proxy's `--ipvs-scheduler`; rr).
+    #[arg(
+        long = "ipvs-scheduler",
+        value_name = "NAME",
+        id = "render_ipvs_scheduler"
+    )]
+    pub(crate) ipvs_scheduler: Option<String>,
+
     #[command(flatten)]
     pub(crate) detect_local: DetectLocalArgs,
 }

@@ -16,7 +16,8 @@ use proxy_core::{IpFamily, Proxier, ProxyMode, ProxyState};
 use crate::args::IptablesVariant;
 
 /// The modes this build implements.
-pub(crate) const BUILT: &[ProxyMode] = &[ProxyMode::Iptables, ProxyMode::Userspace];
+pub(crate) const BUILT: &[ProxyMode] =
+    &[ProxyMode::Iptables, ProxyMode::Userspace, ProxyMode::Ipvs];
 
 /// A mode kproxy knows but this build does not implement yet (exit status 2).
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +80,79 @@ pub(crate) struct DatapathSettings {
     pub(crate) proxy_port_range: Option<std::ops::RangeInclusive<u16>>,
     /// Userspace mode: how long an idle UDP session lives (`udpIdleTimeout`).
     pub(crate) udp_idle_timeout: std::time::Duration,
+    /// IPVS mode's settings (`ipvs.*`).
+    pub(crate) ipvs: IpvsDatapath,
+}
+
+/// The IPVS schedulers the kernel ships (`ip_vs_<name>` modules); `--ipvs-scheduler` takes one.
+pub(crate) const IPVS_SCHEDULERS: &[&str] = &[
+    "rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh", "fo", "ovf", "twos",
+];
+
+/// Checks a scheduler name (empty means `rr`), so a typo fails at start-up rather than on every
+/// virtual service the kernel refuses.
+pub(crate) fn check_scheduler(name: &str) -> anyhow::Result<String> {
+    let name = if name.is_empty() { "rr" } else { name };
+    if IPVS_SCHEDULERS.contains(&name) {
+        Ok(name.to_owned())
+    } else {
+        anyhow::bail!(
+            "ipvs.scheduler: {name:?} is not an IPVS scheduler (one of {})",
+            IPVS_SCHEDULERS.join(", ")
+        )
+    }
+}
+
+/// IPVS mode's settings, resolved from `ipvs.*` and its flags.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct IpvsDatapath {
+    /// `ipvs.scheduler`.
+    pub(crate) scheduler: String,
+    /// `ipvs.excludeCIDRs`.
+    pub(crate) exclude_cidrs: Vec<IpNetwork>,
+    /// `ipvs.strictARP`.
+    pub(crate) strict_arp: bool,
+    /// `ipvs.tcpTimeout`, `tcpFinTimeout`, `udpTimeout`, whole seconds (0 keeps the kernel's).
+    pub(crate) timeouts: backend_ipvs::Timeouts,
+}
+
+impl Default for IpvsDatapath {
+    fn default() -> Self {
+        Self {
+            scheduler: "rr".into(),
+            exclude_cidrs: Vec::new(),
+            strict_arp: false,
+            timeouts: backend_ipvs::Timeouts::default(),
+        }
+    }
+}
+
+impl IpvsDatapath {
+    /// Validates and converts the configuration's `ipvs` section.
+    pub(crate) fn from_config(c: &proxy_core::config::IpvsSettings) -> anyhow::Result<Self> {
+        let mut exclude_cidrs = Vec::new();
+        for v in &c.exclude_cidrs {
+            let net: IpNetwork = v
+                .trim()
+                .parse()
+                .map_err(|_| anyhow::anyhow!("ipvs.excludeCIDRs: {v:?} is not a CIDR"))?;
+            exclude_cidrs.push(net);
+        }
+        let secs = |field: &str, d: std::time::Duration| -> anyhow::Result<u32> {
+            u32::try_from(d.as_secs())
+                .map_err(|_| anyhow::anyhow!("ipvs.{field}: {d:?} is too long"))
+        };
+        Ok(Self {
+            scheduler: check_scheduler(&c.scheduler)?,
+            exclude_cidrs,
+            strict_arp: c.strict_arp,
+            timeouts: backend_ipvs::Timeouts {
+                tcp: secs("tcpTimeout", c.tcp_timeout.0)?,
+                tcp_fin: secs("tcpFinTimeout", c.tcp_fin_timeout.0)?,
+                udp: secs("udpTimeout", c.udp_timeout.0)?,
+            },
+        })
+    }
 }
 
 impl DatapathSettings {
@@ -98,6 +172,7 @@ impl DatapathSettings {
             on_this_node: true,
             proxy_port_range: None,
             udp_idle_timeout: std::time::Duration::from_millis(250),
+            ipvs: IpvsDatapath::default(),
         }
     }
 }
@@ -226,14 +301,38 @@ pub(crate) fn build(
             }
             Ok(Box::new(proxier))
         }
-        ProxyMode::Ipvs | ProxyMode::Nftables => {
+        ProxyMode::Ipvs => {
+            let variant = iptables_variant(settings, family);
+            tracing::info!("{family}: IPVS, its iptables rules with iptables-{variant}");
+            let proxier = backend_ipvs::IpvsProxier::open(
+                family,
+                ipvs_settings(settings),
+                Box::new(backend_iptables::IptablesCmd::new(variant, family)),
+            )
+            .map_err(|e| anyhow::anyhow!("{e}: {}", e.source))?;
+            Ok(Box::new(proxier))
+        }
+        ProxyMode::Nftables => {
             unreachable!("check_built refused {mode}")
         }
     }
 }
 
+fn ipvs_settings(settings: &DatapathSettings) -> backend_ipvs::IpvsSettings {
+    let mut s = backend_ipvs::IpvsSettings::new(settings.detect_local.clone());
+    s.scheduler = settings.ipvs.scheduler.clone();
+    s.exclude_cidrs = settings.ipvs.exclude_cidrs.clone();
+    s.strict_arp = settings.ipvs.strict_arp;
+    s.timeouts = settings.ipvs.timeouts;
+    s.masquerade_all = settings.masquerade_all;
+    s.masquerade_bit = settings.masquerade_bit;
+    s.node_port_addresses = settings.node_port_addresses.clone();
+    s
+}
+
 /// Writes `mode`'s plan for `state` (iptables: the exact iptables-restore input; userspace: the
-/// listeners as comments, then its iptables-restore input).
+/// listeners as comments, then its iptables-restore input; ipvs: the virtual and real servers as
+/// `ipvsadm -S`, the ipset members as `ipset save`, then the iptables-restore input).
 pub(crate) fn render(
     mode: ProxyMode,
     state: &ProxyState,
@@ -263,10 +362,44 @@ pub(crate) fn render(
             )?;
             Ok(())
         }
-        ProxyMode::Ipvs | ProxyMode::Nftables => {
+        ProxyMode::Ipvs => {
+            let family = state.family();
+            let ctx = backend_ipvs::plan::PlanContext {
+                family,
+                scheduler: settings.ipvs.scheduler.clone(),
+                node_name: state.node().name.clone(),
+                node_port_ips: node_port_ips(settings, state),
+                node_addresses: settings.node_ips.iter().copied().collect(),
+                primary_ip: state.node().primary_address(family),
+            };
+            backend_ipvs::render::write_plan(state, &ctx, &ipvs_settings(settings), out)?;
+            Ok(())
+        }
+        ProxyMode::Nftables => {
             unreachable!("check_built refused {mode}")
         }
     }
+}
+
+/// The addresses a render puts NodePort virtual services on: the node's addresses (`--node-ip`,
+/// else its Node's) that `nodePortAddresses` selects, without loopback.
+fn node_port_ips(settings: &DatapathSettings, state: &ProxyState) -> Vec<IpAddr> {
+    let family = state.family();
+    let mut addrs: Vec<IpAddr> = settings.node_ips.clone();
+    if addrs.is_empty() {
+        addrs = state.node().addresses.clone();
+    }
+    let picked = match settings
+        .node_port_addresses
+        .select(family, &addrs, state.node())
+    {
+        proxy_core::datapath::NodePortAddresses::All => addrs,
+        proxy_core::datapath::NodePortAddresses::Only(list) => list,
+    };
+    picked
+        .into_iter()
+        .filter(|ip| family.contains(ip) && !ip.is_loopback())
+        .collect()
 }
 
 /// Removes what every mode created on this node (`kproxy --cleanup`), without a running proxier.
@@ -277,7 +410,8 @@ pub(crate) fn cleanup_all() -> anyhow::Result<()> {
         let result = match mode {
             ProxyMode::Iptables => backend_iptables::cleanup_node(),
             ProxyMode::Userspace => backend_userspace::cleanup_node(),
-            ProxyMode::Ipvs | ProxyMode::Nftables => Ok(Vec::new()),
+            ProxyMode::Ipvs => backend_ipvs::cleanup_node(),
+            ProxyMode::Nftables => Ok(Vec::new()),
         };
         match result {
             Ok(cleaned) => {
@@ -302,8 +436,9 @@ mod tests {
     #[test]
     fn unbuilt_modes_name_every_mode() {
         assert!(check_built(ProxyMode::Iptables).is_ok());
-        let err = check_built(ProxyMode::Ipvs).unwrap_err().to_string();
-        assert!(err.contains("proxy mode ipvs"), "{err}");
+        assert!(check_built(ProxyMode::Ipvs).is_ok());
+        let err = check_built(ProxyMode::Nftables).unwrap_err().to_string();
+        assert!(err.contains("proxy mode nftables"), "{err}");
         assert!(err.contains("iptables, ipvs, nftables, userspace"), "{err}");
     }
 }

@@ -141,8 +141,8 @@ fn unknown_and_unbuilt_modes_exit_2_naming_the_modes() {
         "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: nonesuch\n",
     );
     let unbuilt = temp(
-        "mode-ipvs.yaml",
-        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: ipvs\n",
+        "mode-nftables.yaml",
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: nftables\n",
     );
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
@@ -169,12 +169,12 @@ fn unknown_and_unbuilt_modes_exit_2_naming_the_modes() {
                 "--manifests",
                 manifests,
             ],
-            "ipvs",
+            "nftables",
         ),
         (vec!["render", "--proxy-mode", "nonesuch"], "nonesuch"),
         (vec!["render", "--proxy-mode", "nftables"], "nftables"),
-        (vec!["state", "--proxy-mode", "ipvs"], "ipvs"),
-        (vec!["sync", "--proxy-mode", "ipvs"], "ipvs"),
+        (vec!["state", "--proxy-mode", "nftables"], "nftables"),
+        (vec!["sync", "--proxy-mode", "nftables"], "nftables"),
     ];
     for (args, named) in cases {
         let out = kproxy(&args);
@@ -189,7 +189,7 @@ fn unknown_and_unbuilt_modes_exit_2_naming_the_modes() {
             "{args:?} does not list the modes: {stderr}"
         );
     }
-    // The flag wins over the file: `--proxy-mode iptables` with `mode: ipvs` is iptables mode.
+    // The flag wins over the file: `--proxy-mode iptables` with `mode: nftables` is iptables mode.
     let out = kproxy(&[
         "--config",
         unbuilt.to_str().unwrap(),
@@ -399,5 +399,48 @@ fn kube_proxy_flags_are_accepted_or_refused_with_a_reason() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{flag}: {stderr}");
         assert!(stderr.contains(why), "{flag}: {stderr}");
+    }
+}
+
+/// IPVS mode on a kernel without IPVS (this machine's): the daemon and `sync` stop with exit
+/// status 1 saying the kernel lacks it, rather than retrying; bad `ipvs.*` values exit 2.
+#[test]
+fn ipvs_mode_without_ipvs_in_the_kernel_stops_with_the_reason() {
+    if std::path::Path::new("/proc/net/ip_vs").exists() {
+        eprintln!("skipping: this kernel has IPVS");
+        return;
+    }
+    let manifests = temp("ipvs-empty.yaml", "");
+    let out = kproxy(&[
+        "--proxy-mode",
+        "ipvs",
+        "--manifests",
+        manifests.to_str().unwrap(),
+        "--healthz-bind-address",
+        "127.0.0.1:0",
+        "--metrics-bind-address",
+        "127.0.0.1:0",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no IPVS") || stderr.contains("vs/conntrack"),
+        "{stderr}"
+    );
+    for (flag, value) in [
+        ("--ipvs-exclude-cidrs", "10.0.0.0/33"),
+        ("--ipvs-scheduler", "fastest"),
+    ] {
+        let out = kproxy(&[
+            "--proxy-mode",
+            "ipvs",
+            flag,
+            value,
+            "--manifests",
+            manifests.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(value), "{stderr}");
     }
 }

@@ -319,3 +319,72 @@ fn userspace_sync_is_refused_with_the_reason() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("runs only as the daemon"), "{err}");
 }
+
+/// `render --proxy-mode ipvs`: the virtual and real servers as `ipvsadm -S -n` prints them, the
+/// set members as `ipset save` does, then the restore input of IPVS mode's constant ruleset.
+#[test]
+fn ipvs_plan_lists_servers_sets_and_rules() {
+    let text = render_ok(&["--proxy-mode", "ipvs", "--cluster-cidr", "10.244.0.0/16"]);
+    let (servers, rest) = text
+        .split_once("# ipsets (ipset save)\n")
+        .expect("sets after the servers");
+    let (sets, rules) = rest
+        .split_once("# iptables rules (iptables-restore --noflush)\n")
+        .expect("rules after the sets");
+    for line in [
+        "-A -t 172.30.0.10:80 -s rr",
+        "-a -t 172.30.0.10:80 -r 10.244.1.10:8080 -m -w 1",
+        "-A -u 172.30.0.10:53 -s rr",
+        // ClientIP affinity is persistence.
+        "-A -t 172.30.0.60:80 -s rr -p 600",
+        // NodePorts on the node's address, LoadBalancer and external IPs as their own services.
+        "-a -t 192.168.56.10:30080 -r 10.244.1.20:8080 -m -w 1",
+        "-A -t 203.0.113.30:443 -s rr",
+        "-A -t 192.0.2.40:80 -s rr",
+        // A Service without endpoints still has its virtual service (IPVS answers with ICMP).
+        "-A -t 172.30.0.70:80 -s rr",
+    ] {
+        assert!(
+            servers.lines().any(|l| l == line),
+            "no {line:?} in\n{servers}"
+        );
+    }
+    for line in [
+        "add KUBE-CLUSTER-IP 172.30.0.10,udp:53",
+        "add KUBE-LOOP-BACK 10.244.1.10,tcp:8080,10.244.1.10",
+        "add KUBE-NODE-PORT-TCP 30080",
+        "add KUBE-NODE-PORT-LOCAL-TCP 30081",
+        "add KUBE-LOAD-BALANCER-FW 203.0.113.30,tcp:443",
+        "add KUBE-LOAD-BALANCER-SOURCE-CIDR 203.0.113.30,tcp:443,192.0.2.0/25",
+        "add KUBE-HEALTH-CHECK-NODE-PORT 32000",
+        "add KUBE-IPVS-IPS 172.30.0.10",
+    ] {
+        assert!(sets.lines().any(|l| l == line), "no {line:?} in\n{sets}");
+    }
+    assert!(rules.starts_with("*nat\n"), "{rules}");
+    assert!(
+        rules.contains("-A KUBE-SERVICES -m comment --comment \"Kubernetes service cluster ip + port for masquerade purpose\" -m set --match-set KUBE-CLUSTER-IP dst,dst ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ"),
+        "{rules}"
+    );
+    assert!(
+        rules.contains("-A KUBE-IPVS-FILTER -m conntrack --ctstate NEW -m set --match-set KUBE-IPVS-IPS dst -j REJECT"),
+        "{rules}"
+    );
+    assert!(rules.ends_with("COMMIT\n"));
+    // Deterministic; the scheduler flag reaches every virtual service.
+    assert_eq!(
+        render_ok(&["--proxy-mode", "ipvs", "--cluster-cidr", "10.244.0.0/16"]),
+        text
+    );
+    let wrr = render_ok(&["--proxy-mode", "ipvs", "--ipvs-scheduler", "wrr"]);
+    assert!(wrr.contains("-A -t 172.30.0.10:80 -s wrr"), "{wrr}");
+    let out = kproxy(&[
+        "render",
+        "--proxy-mode",
+        "ipvs",
+        "--ipvs-scheduler",
+        "fastest",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an IPVS scheduler"));
+}

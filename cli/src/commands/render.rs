@@ -51,6 +51,9 @@ pub(crate) fn settings_for(args: &RenderArgs) -> anyhow::Result<DatapathSettings
         .filter(|ip| family.contains(ip))
         .collect();
     s.proxy_port_range = args.proxy_port_range.clone();
+    if let Some(v) = &args.ipvs_scheduler {
+        s.ipvs.scheduler = crate::modes::check_scheduler(v)?;
+    }
     s.node_port_addresses = NodePortAddressSpec {
         cidrs: args.nodeport_addresses.clone(),
         primary: false,

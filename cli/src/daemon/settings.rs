@@ -140,6 +140,8 @@ impl Settings {
             .proxy_port_range()
             .map_err(|e| BadSetting(e.to_string()))?;
         datapath.udp_idle_timeout = config.udp_idle_timeout.0;
+        datapath.ipvs = crate::modes::IpvsDatapath::from_config(&config.ipvs)
+            .map_err(|e| BadSetting(e.to_string()))?;
         Ok(Self {
             filter: proxy_core::ServiceFilter {
                 proxy_name: args.service_proxy_name.clone(),
