@@ -626,7 +626,7 @@ impl IpvsProxier {
             .map_err(|e| fail("sending IPVS changes", e))?;
         let failed = outcome.failed.len();
         for e in &outcome.failed {
-            tracing::error!("{e}");
+            tracing::warn!("{e} (retried at the next full sync)");
         }
         let rules_written = self.apply_rules(force_rules)?;
         for (set, del) in &ch.set_del {
@@ -652,16 +652,6 @@ impl IpvsProxier {
         }
         for (_, (vs, keys)) in by_service {
             self.drain(&vs, Some(&keys))?;
-        }
-        if failed > 0 {
-            return Err(ProxierError::new(
-                MODE,
-                "sending IPVS changes",
-                format!(
-                    "the kernel refused {failed} of {} operations (logged)",
-                    ch.ops.len()
-                ),
-            ));
         }
         let real_servers = self.services.values().map(|p| p.servers.len()).sum();
         Ok(SyncReport {
@@ -689,6 +679,12 @@ impl IpvsProxier {
                 ObjectCount {
                     kind: "ipset/entries",
                     count: self.entries.len(),
+                },
+                // Operations the kernel refused at this sync (each logged; the next full sync,
+                // which reconciles against the kernel, tries them again).
+                ObjectCount {
+                    kind: "ipvs/refused",
+                    count: failed,
                 },
             ],
             counters: Vec::new(),
@@ -966,7 +962,7 @@ impl IpvsProxier {
             .apply(&ops)
             .map_err(|e| fail("sending IPVS changes", e))?;
         for e in &outcome.failed {
-            tracing::error!("{e}");
+            tracing::warn!("{e} (retried at the next full sync)");
         }
 
         // The chains exist once restored; the jumps into them come after.
@@ -987,17 +983,7 @@ impl IpvsProxier {
         for (_, (vs, keys)) in by_service {
             self.drain(&vs, Some(&keys))?;
         }
-        if !outcome.failed.is_empty() {
-            return Err(ProxierError::new(
-                MODE,
-                "sending IPVS changes",
-                format!(
-                    "the kernel refused {} of {} operations (logged)",
-                    outcome.failed.len(),
-                    ops.len()
-                ),
-            ));
-        }
+        let failed = outcome.failed.len();
         let real_servers = self.services.values().map(|p| p.servers.len()).sum();
         tracing::debug!(
             messages = self.ipvs.messages_sent() - sent_before,
@@ -1028,6 +1014,12 @@ impl IpvsProxier {
                 ObjectCount {
                     kind: "ipset/entries",
                     count: self.entries.len(),
+                },
+                // Operations the kernel refused at this sync (each logged; the next full sync,
+                // which reconciles against the kernel, tries them again).
+                ObjectCount {
+                    kind: "ipvs/refused",
+                    count: failed,
                 },
             ],
             counters: Vec::new(),

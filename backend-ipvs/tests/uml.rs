@@ -282,6 +282,16 @@ impl Cluster {
         Self { pending, state }
     }
 
+    fn add(
+        &mut self,
+        service: &k8s_openapi::api::core::v1::Service,
+        slice: &k8s_openapi::api::discovery::v1::EndpointSlice,
+    ) -> proxy_core::StateDiff {
+        self.pending.on_service_add(service);
+        self.pending.on_endpoint_slice_add(slice);
+        self.state.apply(&mut self.pending)
+    }
+
     fn set_web_pods(&mut self, old: &[&str], new: &[&str]) -> proxy_core::StateDiff {
         self.pending
             .on_endpoint_slice_update(&web_slice(old), &web_slice(new));
@@ -356,9 +366,15 @@ impl Pods {
                 TcpListener::bind(SocketAddr::new(ip, 8080)).unwrap()
             });
             let reply = name.clone();
+            // Each connection gets the pod's name, then stays open until the client closes it.
             std::thread::spawn(move || {
                 for mut s in listener.incoming().flatten() {
-                    let _ = s.write_all(reply.as_bytes());
+                    let reply = reply.clone();
+                    std::thread::spawn(move || {
+                        let _ = s.write_all(reply.as_bytes());
+                        let mut sink = [0u8; 64];
+                        while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+                    });
                 }
             });
             names.push(name);
@@ -392,12 +408,29 @@ fn in_netns<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'stati
     .unwrap()
 }
 
+/// Connects, reads the pod's name (`podN`) and closes with a reset: IPVS then forgets the
+/// connection after its CLOSE timeout (10 s) instead of TIME_WAIT's two minutes, so draining
+/// servers are not held up by finished test connections.
 fn ask(addr: &str) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(3))?;
+    let s = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(3))?;
     s.set_read_timeout(Some(Duration::from_secs(3)))?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
+    let mut name = [0u8; 4];
+    (&s).read_exact(&mut name)?;
+    close_with_reset(s);
+    Ok(String::from_utf8_lossy(&name).into_owned())
+}
+
+fn close_with_reset(s: TcpStream) {
+    nix::sys::socket::setsockopt(
+        &s,
+        nix::sys::socket::sockopt::Linger,
+        &nix::libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    )
+    .unwrap();
+    drop(s);
 }
 
 #[test]
@@ -411,6 +444,18 @@ fn inside_uml_sync_one_change_and_graceful_termination() {
     let diff = cluster.state.resync_diff();
     let report = p.sync(&cluster.state, &diff).unwrap();
     assert!(report.full);
+    // Upstream's sysctls; conn_reuse_mode is left at the kernel's 1 on 6.1 (the 1-second SYN
+    // delay on reused source ports was fixed in 5.9, kubernetes/kubernetes#93297).
+    for (name, want) in [
+        ("net/ipv4/vs/conntrack", "1"),
+        ("net/ipv4/vs/expire_nodest_conn", "1"),
+        ("net/ipv4/vs/expire_quiescent_template", "1"),
+        ("net/ipv4/ip_forward", "1"),
+        ("net/ipv4/vs/conn_reuse_mode", "1"),
+    ] {
+        let have = std::fs::read_to_string(format!("/proc/sys/{name}")).unwrap();
+        assert_eq!(have.trim(), want, "{name}");
+    }
     let listed = ipvsadm("-Ln");
     println!("{listed}");
     assert!(listed.contains("TCP 10.96.0.10:80 rr"), "{listed}");
@@ -474,6 +519,7 @@ fn inside_uml_sync_one_change_and_graceful_termination() {
             held = Some(s);
             break;
         }
+        close_with_reset(s);
     }
     let held = held.expect("a connection reached pod4");
     let before = p.ipvs_messages_sent();
@@ -509,9 +555,11 @@ fn inside_uml_sync_one_change_and_graceful_termination() {
         Some(&0),
         "still draining"
     );
-    drop(held);
-    // The connection leaves the kernel's tables once closed (FIN_WAIT/TIME_WAIT expire).
+    // Closed with a reset, the connection leaves IPVS's table after its CLOSE timeout (10 s;
+    // a FIN would leave it in TIME_WAIT for two minutes).
+    close_with_reset(held);
     let mut gone = false;
+    let waited = std::time::Instant::now();
     for _ in 0..300 {
         p.housekeeping().unwrap();
         if !servers_of(&web_key()).contains_key(&pod4) {
@@ -526,6 +574,10 @@ fn inside_uml_sync_one_change_and_graceful_termination() {
         servers_of(&web_key())
     );
     assert!(!p.is_terminating(&web_key(), &pod4));
+    println!(
+        "drained and deleted {:?} after the connection closed",
+        waited.elapsed()
+    );
 
     // A restart adopts a weight-0 server left behind instead of deleting it or leaving it.
     drop(p);
@@ -543,8 +595,6 @@ fn inside_uml_sync_one_change_and_graceful_termination() {
         server("10.244.1.4", 8080, 0),
     )])
     .unwrap();
-    let held = TcpStream::connect("10.244.1.4:8080").unwrap(); // not through IPVS: nothing held
-    drop(held);
     let mut p2 = proxier();
     let diff = cluster.state.resync_diff();
     p2.sync(&cluster.state, &diff).unwrap();
@@ -573,7 +623,6 @@ fn inside_uml_hairpin_and_host_ports_on_service_addresses() {
     let mut p = proxier();
     let diff = cluster.state.resync_diff();
     p.sync(&cluster.state, &diff).unwrap();
-    let _ = &mut cluster;
     // A pod reaches the Service, itself included (masqueraded through KUBE-LOOP-BACK).
     let answers = in_netns("pod2", || {
         (0..6)
@@ -602,5 +651,48 @@ fn inside_uml_hairpin_and_host_ports_on_service_addresses() {
     let direct = in_netns("pod3", || TcpStream::connect("10.244.1.1:9999").is_ok());
     assert!(direct, "the host port itself answers on the node's address");
     drop(host);
+
+    // A LoadBalancer IP with externalTrafficPolicy: Local and no endpoint on this node is still
+    // reachable from inside the cluster (kubernetes/kubernetes#93456).
+    let lb = ServiceBuilder::new("ns1", "lb", "10.96.0.20")
+        .type_("LoadBalancer")
+        .node_port("http", 80, "TCP", 30090)
+        .ingress_ip("203.0.113.50")
+        .external_traffic_local()
+        .health_check_node_port(32100)
+        .build();
+    let lb_slice = SliceBuilder::new("ns1", "lb-1", "lb")
+        .port("http", 8080, "TCP")
+        .endpoint(EndpointBuilder::ready("10.244.1.3").node("node-b"))
+        .build();
+    let diff = cluster.add(&lb, &lb_slice);
+    p.sync(&cluster.state, &diff).unwrap();
+    let via_lb = in_netns("pod2", || ask("203.0.113.50:80").map_err(|e| e.to_string()));
+    assert_eq!(via_lb.as_deref(), Ok("pod3"), "{}", ipvsadm("-Ln"));
+    assert!(sh("ipset list KUBE-LOAD-BALANCER-LOCAL").contains("203.0.113.50,tcp:80"));
+    assert!(sh("ipset list KUBE-HEALTH-CHECK-NODE-PORT").contains("32100"));
+
+    // A Service the kernel refuses (a multicast endpoint: "address not unicast") is logged and counted;
+    // every other Service keeps working.
+    let broken = ServiceBuilder::new("ns1", "broken", "10.96.0.30")
+        .port("http", 80, "TCP")
+        .build();
+    let broken_slice = SliceBuilder::new("ns1", "broken-1", "broken")
+        .port("http", 8080, "TCP")
+        .endpoint(EndpointBuilder::ready("239.1.2.3").node("node-b"))
+        .build();
+    let diff = cluster.add(&broken, &broken_slice);
+    let report = p.sync(&cluster.state, &diff).unwrap();
+    let refused = report
+        .owned
+        .iter()
+        .find(|c| c.kind == "ipvs/refused")
+        .map(|c| c.count);
+    assert_eq!(refused, Some(1), "{report:?}");
+    assert!(ipvsadm("-Ln").contains("TCP 10.96.0.30:80 rr"));
+    assert_eq!(
+        ask("10.96.0.10:80").map(|a| a.starts_with("pod")).ok(),
+        Some(true)
+    );
     p.cleanup().unwrap();
 }
