@@ -144,6 +144,10 @@ pub struct IpvsProxier {
     rules_text: String,
     applied_rules: String,
     detector: proxy_core::datapath::LocalTrafficDetector,
+    /// How long each phase of the last full sync took, for logs and benchmarks.
+    phases: Vec<(&'static str, Duration)>,
+    /// Real servers in the books, kept up to date so a partial sync reports it in O(change).
+    real_servers: usize,
 }
 
 fn fail(
@@ -167,6 +171,8 @@ struct Changes {
     touched_entries: HashMap<(IpvsSet, Entry), u32>,
     /// Bound addresses touched by this sync, likewise.
     touched_bound: HashMap<IpAddr, u32>,
+    /// Virtual services touched by this sync, with their number of real servers before.
+    touched_services: HashMap<ServiceKey, usize>,
     set_add: BTreeMap<IpvsSet, Vec<Entry>>,
     set_del: BTreeMap<IpvsSet, Vec<Entry>>,
     bind: Vec<IpAddr>,
@@ -206,6 +212,8 @@ impl IpvsProxier {
             rules_text: String::new(),
             applied_rules: String::new(),
             detector: proxy_core::datapath::LocalTrafficDetector::None,
+            phases: Vec::new(),
+            real_servers: 0,
         }
     }
 
@@ -235,6 +243,12 @@ impl IpvsProxier {
     pub fn with_node_addresses(mut self, addresses: Vec<IpAddr>) -> Self {
         self.fixed_node_addresses = Some(addresses);
         self
+    }
+
+    /// How long each phase of the last full sync took (`plan`, `ipsets`, `bind`, `ipvs-list`,
+    /// `ipvs-apply`, `iptables`, `unbind`, `drain`): where a slow full sync spends its time.
+    pub fn last_full_sync_phases(&self) -> &[(&'static str, Duration)] {
+        &self.phases
     }
 
     /// How many netlink messages the IPVS client has sent so far.
@@ -348,6 +362,10 @@ impl IpvsProxier {
     /// unused to used or back over the whole sync (a port re-planned with the same cluster IP
     /// touches it twice and changes nothing).
     fn settle(&mut self, ch: &mut Changes) {
+        for (key, before) in std::mem::take(&mut ch.touched_services) {
+            let after = self.services.get(&key).map_or(0, |p| p.servers.len());
+            self.real_servers = self.real_servers + after - before;
+        }
         for (ip, before) in std::mem::take(&mut ch.touched_bound) {
             let after = self.bound.get(&ip).copied().unwrap_or(0);
             match (before > 0, after > 0) {
@@ -392,6 +410,7 @@ impl IpvsProxier {
                 continue;
             }
             if let Some(p) = self.services.get_mut(&key) {
+                ch.touched_services.entry(key).or_insert(p.servers.len());
                 p.refs -= 1;
                 if p.refs == 0 {
                     let p = self.services.remove(&key).expect("present");
@@ -434,6 +453,9 @@ impl IpvsProxier {
                     )
                 })
                 .collect();
+            ch.touched_services
+                .entry(key)
+                .or_insert_with(|| self.services.get(&key).map_or(0, |p| p.servers.len()));
             match self.services.get_mut(&key) {
                 None => {
                     ch.ops.push(IpvsOp::AddService(ps.service.clone()));
@@ -544,48 +566,48 @@ impl IpvsProxier {
             &mut text,
         );
         self.rules_text = text;
+        // A forced (full) sync also repairs the jumps from the built-in chains: the ones missing
+        // are inserted by the same restore, so a full sync spawns three processes (two saves,
+        // one restore) rather than one per jump.
+        let missing = if force {
+            self.missing_jumps()?
+        } else {
+            Vec::new()
+        };
         if !force && self.rules_text == self.applied_rules {
             return Ok(0);
         }
-        let text = self.rules_text.clone();
+        let text = if missing.is_empty() {
+            self.rules_text.clone()
+        } else {
+            rules::with_jumps(&self.rules_text, &missing)
+        };
         self.iptables
             .restore(&mut |w| w.write_all(text.as_bytes()))
             .map_err(|e| fail("iptables-restore of the IPVS-mode rules", e))?;
-        self.applied_rules = text;
-        Ok(self
-            .applied_rules
+        self.applied_rules = self.rules_text.clone();
+        Ok(text
             .lines()
-            .filter(|l| l.starts_with("-A "))
+            .filter(|l| l.starts_with("-A ") || l.starts_with("-I "))
             .count())
     }
 
-    fn ensure_jumps(&mut self) -> Result<(), ProxierError> {
-        for jump in JUMPS {
-            let args = rules::split_spec(jump.spec);
-            let mut check = vec!["-t", jump.table, "-C", jump.from];
-            check.extend(&args);
-            let present = self
+    /// The jumps not present in the built-in chains, read with one `iptables-save` per table.
+    fn missing_jumps(&mut self) -> Result<Vec<&'static rules::Jump>, ProxierError> {
+        let mut missing = Vec::new();
+        for table in ["nat", "filter"] {
+            let saved = self
                 .iptables
-                .run(&check)
-                .map_err(|e| fail(format!("checking the jump from {}", jump.from), e))?;
-            if present {
-                continue;
-            }
-            let mut add = vec!["-t", jump.table, "-I", jump.from, "1"];
-            add.extend(&args);
-            if !self
-                .iptables
-                .run(&add)
-                .map_err(|e| fail(format!("adding the jump from {}", jump.from), e))?
-            {
-                return Err(ProxierError::new(
-                    MODE,
-                    format!("adding the jump from {} ({})", jump.from, jump.spec),
-                    "iptables refused the rule",
-                ));
+                .save(table)
+                .map_err(|e| fail(format!("iptables-save of the {table} table"), e))?;
+            for jump in JUMPS.iter().filter(|j| j.table == table) {
+                let line = format!("-A {} {}", jump.from, jump.spec);
+                if !saved.lines().any(|l| l == line) {
+                    missing.push(jump);
+                }
             }
         }
-        Ok(())
+        Ok(missing)
     }
 
     fn link_index(&mut self) -> Result<u32, ProxierError> {
@@ -653,7 +675,7 @@ impl IpvsProxier {
         for (_, (vs, keys)) in by_service {
             self.drain(&vs, Some(&keys))?;
         }
-        let real_servers = self.services.values().map(|p| p.servers.len()).sum();
+        let real_servers = self.real_servers;
         Ok(SyncReport {
             full: false,
             written: vec![
@@ -757,7 +779,9 @@ impl IpvsProxier {
         }
         if let Some(p) = self.services.get_mut(&key) {
             for k in &gone {
-                p.servers.remove(k);
+                if p.servers.remove(k).is_some() {
+                    self.real_servers -= 1;
+                }
             }
         }
         Ok(gone.len())
@@ -815,6 +839,14 @@ impl IpvsProxier {
         self.bound.clear();
         self.no_node_access.clear();
         let known = std::mem::take(&mut self.services);
+        self.real_servers = 0;
+        self.phases.clear();
+        let mut phase_start = Instant::now();
+        let mut phase = |phases: &mut Vec<(&'static str, Duration)>, name: &'static str| {
+            let now = Instant::now();
+            phases.push((name, now - phase_start));
+            phase_start = now;
+        };
         let mut ch = Changes::default();
         // Book the whole state as if nothing were programmed; the operations this produces are
         // thrown away and replaced by a reconciliation against the kernel.
@@ -826,6 +858,7 @@ impl IpvsProxier {
         let _ = known;
         self.settle(&mut ch);
 
+        phase(&mut self.phases, "plan");
         // Sets: every set exists (the rules reference them all), with exactly its members.
         let mut desired: HashMap<IpvsSet, HashSet<Entry>> = HashMap::new();
         for (set, e) in self.entries.keys() {
@@ -840,6 +873,7 @@ impl IpvsProxier {
             entries_written += d.add.len() + d.del.len();
         }
 
+        phase(&mut self.phases, "ipsets");
         // Addresses.
         let listed = self
             .link
@@ -856,6 +890,7 @@ impl IpvsProxier {
             return Err(fail("binding service addresses", e));
         }
 
+        phase(&mut self.phases, "bind");
         // IPVS: what the kernel has against what is wanted.
         let sent_before = self.ipvs.messages_sent();
         let kernel = self
@@ -939,6 +974,7 @@ impl IpvsProxier {
                 }
             }
         }
+        phase(&mut self.phases, "ipvs-list");
         for (key, p) in &self.services {
             if in_kernel.contains(key) {
                 continue;
@@ -964,13 +1000,15 @@ impl IpvsProxier {
         for e in &outcome.failed {
             tracing::warn!("{e} (retried at the next full sync)");
         }
+        phase(&mut self.phases, "ipvs-apply");
 
-        // The chains exist once restored; the jumps into them come after.
+        // The rules, with any missing jump from the built-in chains.
         let rules_written = self.apply_rules(true)?;
-        self.ensure_jumps()?;
+        phase(&mut self.phases, "iptables");
         if let Some(e) = self.link.unbind(index, &unbind).into_iter().next() {
             return Err(fail("unbinding service addresses", e));
         }
+        phase(&mut self.phases, "unbind");
         let mut by_service: BTreeMap<ServiceKey, (VirtualService, Vec<ServerKey>)> =
             BTreeMap::new();
         for (vs, k) in draining {
@@ -983,10 +1021,13 @@ impl IpvsProxier {
         for (_, (vs, keys)) in by_service {
             self.drain(&vs, Some(&keys))?;
         }
+        phase(&mut self.phases, "drain");
         let failed = outcome.failed.len();
-        let real_servers = self.services.values().map(|p| p.servers.len()).sum();
+        self.real_servers = self.services.values().map(|p| p.servers.len()).sum();
+        let real_servers = self.real_servers;
         tracing::debug!(
             messages = self.ipvs.messages_sent() - sent_before,
+            phases = ?self.phases,
             "IPVS full sync"
         );
         Ok(SyncReport {
@@ -1036,14 +1077,19 @@ impl Proxier for IpvsProxier {
         if !self.initialized {
             self.initialize()?;
         }
-        let ctx = self.plan_context(state);
-        let ctx_changed = self.context.as_ref() != Some(&ctx);
-        self.context = Some(ctx);
-        self.detector = self
-            .settings
-            .detect_local
-            .detector(self.family, state.node());
-        let full = diff.full || diff.node_changed || self.needs_full || ctx_changed;
+        // The node's addresses (NodePort virtual services, which external IPs are the node's)
+        // are read from its interfaces at full syncs only: the dump lists every address on
+        // kube-ipvs0 too, one per Service at 20,000 Services, which a one-endpoint sync must not
+        // pay for. An interface change is picked up at the next periodic full sync (or at once,
+        // when the Node object changes).
+        let full = diff.full || diff.node_changed || self.needs_full || self.context.is_none();
+        if full {
+            self.context = Some(self.plan_context(state));
+            self.detector = self
+                .settings
+                .detect_local
+                .detector(self.family, state.node());
+        }
         self.needs_full = true;
         let report = if full {
             self.full_sync(state)?

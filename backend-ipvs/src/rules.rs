@@ -350,6 +350,27 @@ pub fn render(input: &RulesInput<'_>, out: &mut String) {
     );
 }
 
+/// `rules` (the output of [`render`]) with `-I <from> 1 <spec>` for each of `jumps` added to
+/// its table, after that table's rules: restored together, the chains exist before the jumps
+/// into them.
+pub fn with_jumps(rules: &str, jumps: &[&Jump]) -> String {
+    let mut out = String::with_capacity(rules.len() + jumps.len() * 96);
+    let mut table = "";
+    for line in rules.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = if t == "nat" { "nat" } else { "filter" };
+        }
+        if line == "COMMIT" {
+            for j in jumps.iter().filter(|j| j.table == table) {
+                let _ = writeln!(out, "-I {} 1 {}", j.from, j.spec);
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 /// Splits a rule spec into arguments, keeping `"quoted words"` together (without the quotes).
 pub fn split_spec(spec: &str) -> Vec<&str> {
     let mut out = Vec::new();
@@ -371,6 +392,27 @@ pub fn split_spec(spec: &str) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_jumps_join_their_tables_restore() {
+        let rules =
+            "*nat\n:KUBE-SERVICES - [0:0]\nCOMMIT\n*filter\n:KUBE-FORWARD - [0:0]\nCOMMIT\n";
+        let jumps: Vec<&Jump> = JUMPS.iter().filter(|j| j.from != "OUTPUT").collect();
+        let text = with_jumps(rules, &jumps);
+        let nat = text.split("*filter").next().unwrap();
+        assert!(nat.contains("-I PREROUTING 1 -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n"), "{text}");
+        assert!(
+            nat.trim_end().ends_with("KUBE-POSTROUTING\nCOMMIT"),
+            "jumps before COMMIT: {text}"
+        );
+        assert!(!nat.contains("KUBE-FORWARD"), "{text}");
+        assert!(
+            text.contains(
+                "-I FORWARD 1 -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD"
+            ),
+            "{text}"
+        );
+    }
 
     #[test]
     fn split_keeps_quoted_words() {

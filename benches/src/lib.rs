@@ -64,3 +64,69 @@ pub fn iptables_config() -> backend_iptables::RenderConfig {
     c.node_ips = vec!["192.168.0.1".parse().expect("valid IP")];
     c
 }
+
+/// IPVS mode's benchmark bed, for code running inside the user-mode-linux kernel
+/// (`uml-testbed`): the node's routes, a proxier, and one endpoint to add and remove.
+pub mod ipvs_bed {
+    use std::process::Command;
+    use std::time::Duration;
+
+    use backend_ipvs::{IpvsProxier, IpvsSettings};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use proxy_core::datapath::DetectLocalMode;
+    use proxy_core::{EndpointSliceHandler, PendingChanges, ProxyState, StateDiff};
+
+    /// Cleans what an earlier run left and gives the generated pods (10.0.0.0/8) a route, which
+    /// IPVS needs before it takes them as real servers.
+    pub fn prepare_node() {
+        backend_ipvs::cleanup_node().expect("cleanup");
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg("ip link add pods type dummy; ip link set pods up; ip addr replace 10.0.0.1/8 dev pods")
+            .status();
+    }
+
+    /// A proxier with upstream's defaults, its iptables rules through iptables-legacy (the UML
+    /// kernel has no nf_tables for IPv4).
+    pub fn proxier() -> IpvsProxier {
+        let mut settings = IpvsSettings::new(DetectLocalMode::ClusterCidr(vec!["10.0.0.0/8"
+            .parse()
+            .expect("cidr")]));
+        settings.drain_check_interval = Duration::from_secs(60);
+        IpvsProxier::open(
+            proxy_core::IpFamily::V4,
+            settings,
+            Box::new(backend_iptables::IptablesCmd::new(
+                backend_iptables::Variant::Legacy,
+                proxy_core::IpFamily::V4,
+            )),
+        )
+        .expect("IPVS proxier")
+    }
+
+    /// The slice of generated Service `i` with one more endpoint (`10.255.255.x`), for a
+    /// one-endpoint change.
+    pub fn with_extra_endpoint(slice: &EndpointSlice, i: usize) -> EndpointSlice {
+        let mut s = slice.clone();
+        let extra = fixtures::builder::EndpointBuilder::ready(&format!(
+            "10.255.{}.{}",
+            (i >> 8) & 0xff,
+            i & 0xff
+        ))
+        .node("node1")
+        .build();
+        s.endpoints.get_or_insert_with(Vec::new).push(extra);
+        s
+    }
+
+    /// Replaces slice `old` with `new` and applies the change: the diff of a one-endpoint change.
+    pub fn change(
+        pending: &mut PendingChanges,
+        state: &mut ProxyState,
+        old: &EndpointSlice,
+        new: &EndpointSlice,
+    ) -> StateDiff {
+        pending.on_endpoint_slice_update(old, new);
+        state.apply(pending)
+    }
+}
