@@ -7,7 +7,6 @@ use std::net::IpAddr;
 
 use kproxy_netlink::ipvs::{
     af_of, IpvsAttribute, IpvsCommand, IpvsMessage, ListedServer, RealServer, VirtualService,
-    AF_INET, AF_INET6,
 };
 use kproxy_netlink::socket::{NetlinkSocket, SocketError};
 use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
@@ -425,12 +424,4 @@ impl IpvsOps for IpvsClient {
     fn messages_sent(&self) -> u64 {
         self.sent
     }
-}
-
-/// Whether `address` belongs to the family IPVS calls `af`.
-pub fn in_family(address: &IpAddr, af: u16) -> bool {
-    matches!(
-        (address, af),
-        (IpAddr::V4(_), AF_INET) | (IpAddr::V6(_), AF_INET6)
-    )
 }

@@ -28,7 +28,7 @@ use proxy_core::{
     IpFamily, ObjectCount, Proxier, ProxierError, ProxyMode, ProxyState, StateDiff, SyncReport,
 };
 
-use crate::client::{in_family, IpvsOp, IpvsOps, ServerKey, ServiceKey, Timeouts};
+use crate::client::{IpvsOp, IpvsOps, ServerKey, ServiceKey, Timeouts};
 use crate::link::{DummyLink, KUBE_IPVS0};
 use crate::plan::{port_plan, PlanContext, PortPlan};
 use crate::rules::{self, RulesInput, JUMPS};
@@ -148,6 +148,9 @@ pub struct IpvsProxier {
     phases: Vec<(&'static str, Duration)>,
     /// Real servers in the books, kept up to date so a partial sync reports it in O(change).
     real_servers: usize,
+    /// Stale UDP conntrack entries are deleted through this after syncs (IPVS connections pass
+    /// conntrack with `net/ipv4/vs/conntrack=1`), as upstream's IPVS mode does.
+    conntrack: Option<Box<dyn kproxy_netlink::ConntrackOps>>,
 }
 
 fn fail(
@@ -214,6 +217,7 @@ impl IpvsProxier {
             detector: proxy_core::datapath::LocalTrafficDetector::None,
             phases: Vec::new(),
             real_servers: 0,
+            conntrack: None,
         }
     }
 
@@ -237,6 +241,12 @@ impl IpvsProxier {
             iptables,
             link,
         ))
+    }
+
+    /// Deletes stale UDP conntrack entries through `ct` after each sync.
+    pub fn with_conntrack(mut self, ct: Box<dyn kproxy_netlink::ConntrackOps>) -> Self {
+        self.conntrack = Some(ct);
+        self
     }
 
     /// Uses these node addresses instead of reading the interfaces.
@@ -905,10 +915,7 @@ impl IpvsProxier {
             let mut vs = listed.service;
             vs.flags &= !SVC_F_HASHED;
             let key = ServiceKey::of(&vs);
-            if !in_family(&key.address, kproxy_netlink::ipvs::af_of(&key.address))
-                || !self.family.contains(&key.address)
-                || self.excluded(&key.address)
-            {
+            if !self.family.contains(&key.address) || self.excluded(&key.address) {
                 continue;
             }
             in_kernel.insert(key);
@@ -1097,6 +1104,18 @@ impl Proxier for IpvsProxier {
             self.partial_sync(state, diff)?
         };
         self.needs_full = false;
+        // UDP clients must not keep sending to a server that left (or keep being answered with
+        // ICMP for a Service that had none) through a conntrack entry that outlives the change.
+        if let Some(ct) = self.conntrack.as_mut() {
+            if full || !diff.conntrack.is_empty() {
+                let policy = proxy_core::datapath::StaleFlows::new(state, &diff.conntrack, full);
+                if !policy.is_empty() {
+                    kproxy_netlink::conntrack::delete_stale_udp(&mut **ct, self.family, &|f| {
+                        policy.is_stale(f)
+                    });
+                }
+            }
+        }
         Ok(report)
     }
 

@@ -579,7 +579,9 @@ fn inside_uml_sync_one_change_and_graceful_termination() {
         waited.elapsed()
     );
 
-    // A restart adopts a weight-0 server left behind instead of deleting it or leaving it.
+    // A restart adopts a weight-0 server left behind instead of deleting it or leaving it
+    // (kubernetes/kubernetes#57841). The previous run had started draining pod4, which still
+    // carries a connection; a second leftover (pod3's port 9090) has none.
     drop(p);
     let mut c = IpvsClient::open().unwrap();
     let web = VirtualService {
@@ -590,7 +592,24 @@ fn inside_uml_sync_one_change_and_graceful_termination() {
         flags: 0,
         timeout: 0,
     };
-    c.apply(&[IpvsOp::AddServer(
+    c.apply(&[
+        IpvsOp::AddServer(web.clone(), server("10.244.1.4", 8080, 1)),
+        IpvsOp::AddServer(web.clone(), server("10.244.1.3", 9090, 0)),
+    ])
+    .unwrap();
+    let mut held = None;
+    for _ in 0..6 {
+        let s = TcpStream::connect("10.96.0.10:80").unwrap();
+        let mut buf = [0u8; 4];
+        (&s).read_exact(&mut buf).unwrap();
+        if &buf == b"pod4" {
+            held = Some(s);
+            break;
+        }
+        close_with_reset(s);
+    }
+    let held = held.expect("a connection reached pod4");
+    c.apply(&[IpvsOp::UpdateServer(
         web.clone(),
         server("10.244.1.4", 8080, 0),
     )])
@@ -598,10 +617,32 @@ fn inside_uml_sync_one_change_and_graceful_termination() {
     let mut p2 = proxier();
     let diff = cluster.state.resync_diff();
     p2.sync(&cluster.state, &diff).unwrap();
+    let after_restart = servers_of(&web_key());
+    let leftover = ServerKey {
+        address: "10.244.1.3".parse().unwrap(),
+        port: 9090,
+    };
     assert!(
-        !servers_of(&web_key()).contains_key(&pod4),
-        "an unwanted weight-0 server without connections is deleted at the first sync"
+        !after_restart.contains_key(&leftover),
+        "a leftover weight-0 server without connections goes at the first sync: {after_restart:?}"
     );
+    assert_eq!(
+        after_restart.get(&pod4),
+        Some(&0),
+        "a leftover with a connection stays, at weight 0"
+    );
+    assert!(p2.is_terminating(&web_key(), &pod4), "and is drained");
+    close_with_reset(held);
+    let mut gone = false;
+    for _ in 0..120 {
+        p2.housekeeping().unwrap();
+        if !servers_of(&web_key()).contains_key(&pod4) {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(gone, "the adopted server is deleted once drained");
     drop(pods);
     p2.cleanup().unwrap();
     assert!(IpvsClient::open()

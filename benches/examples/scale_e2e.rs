@@ -5,7 +5,9 @@
 //! `network_programming_duration_seconds` and from a real packet. Needs root.
 //!
 //! Run: `cargo build --release -p kproxy && cargo run --release -p kproxy-benches --example scale_e2e -- <mode> <variant> <N>... [--endpoints M] [--changes K]`
-//! e.g. `-- iptables legacy 5000 10000 20000`. Modes add their rows with the same command.
+//! e.g. `-- iptables legacy 5000 10000 20000`. Modes add their rows with the same command;
+//! `-- ipvs legacy …` runs the whole harness inside the user-mode-linux kernel (uml-testbed), as
+//! this machine's kernel has no IPVS.
 //!
 //! ```text
 //!  node ns: control plane (127.0.0.1), kproxy   10.99.0.1 ── veth ── 10.99.0.2, 10.99.0.3 pod ns
@@ -363,6 +365,21 @@ fn run(mode: &str, variant: &str, services: usize, endpoints: usize, changes: us
 }
 
 fn main() {
+    // IPVS mode needs a kernel with IPVS: the whole harness (control plane, daemon, pod) then runs
+    // inside the user-mode-linux kernel, with the rules through iptables-legacy.
+    let all: Vec<String> = std::env::args().skip(1).collect();
+    if all.first().map(String::as_str) == Some("ipvs") && !uml_testbed::inside() {
+        let kernel = uml_testbed::UmlKernel::find().unwrap_or_else(|why| {
+            eprintln!("scale_e2e ipvs needs the UML kernel: {why}");
+            std::process::exit(2)
+        });
+        let mut spec = uml_testbed::RunSpec::new(std::env::current_exe().expect("exe"), all);
+        spec.mem_mib = 4096;
+        spec.timeout = Duration::from_secs(3 * 3600);
+        let out = kernel.run(&spec).expect("UML run");
+        print!("{}", out.output);
+        std::process::exit(out.status);
+    }
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| "iptables".into());
     let variant = args.next().unwrap_or_else(|| "legacy".into());

@@ -84,6 +84,43 @@ pub trait ConntrackOps: Send + std::fmt::Debug {
     fn delete(&mut self, flow: &Flow) -> Result<bool, ConntrackError>;
 }
 
+/// Deletes the UDP entries of `family` that `is_stale` picks: the kernel sends only UDP entries,
+/// each is judged as it arrives and only the stale ones are kept, so a node's million TCP entries
+/// cost neither transfer nor memory. Every mode that NATs UDP calls this after a sync, with
+/// proxy-core's `StaleFlows` as the judge. Returns how many were deleted; failures are logged
+/// (a dump that fails deletes nothing).
+pub fn delete_stale_udp(
+    ct: &mut dyn ConntrackOps,
+    family: IpFamily,
+    is_stale: &dyn Fn(&Flow) -> bool,
+) -> usize {
+    let mut stale = Vec::new();
+    if let Err(e) = ct.for_each_flow(FlowFilter::udp(family), &mut |f| {
+        if is_stale(&f) {
+            stale.push(f);
+        }
+    }) {
+        tracing::warn!("cannot list conntrack entries: {e}");
+        return 0;
+    }
+    let mut deleted = 0;
+    for flow in &stale {
+        match ct.delete(flow) {
+            Ok(_) => {
+                deleted += 1;
+                tracing::debug!(
+                    "deleted stale conntrack entry {} -> {} (via {})",
+                    flow.orig_src,
+                    flow.orig_dst,
+                    flow.reply_src
+                )
+            }
+            Err(e) => tracing::warn!("cannot delete conntrack entry {flow:?}: {e}"),
+        }
+    }
+    deleted
+}
+
 /// ctnetlink over a `NETLINK_NETFILTER` socket of the current network namespace.
 #[derive(Debug)]
 pub struct NetlinkConntrack {

@@ -476,29 +476,7 @@ impl IptablesProxier {
         if policy.is_empty() {
             return;
         }
-        // The kernel sends only UDP entries; each is judged as it arrives and only the stale
-        // ones are kept, so a node's 1M TCP entries cost neither transfer nor memory here.
-        let mut stale = Vec::new();
-        let dumped = ct.for_each_flow(kproxy_netlink::FlowFilter::udp(family), &mut |f| {
-            if policy.is_stale(&f) {
-                stale.push(f);
-            }
-        });
-        if let Err(e) = dumped {
-            tracing::warn!("cannot list conntrack entries: {e}");
-            return;
-        }
-        for flow in &stale {
-            match ct.delete(flow) {
-                Ok(_) => tracing::debug!(
-                    "deleted stale conntrack entry {} -> {} (via {})",
-                    flow.orig_src,
-                    flow.orig_dst,
-                    flow.reply_src
-                ),
-                Err(e) => tracing::warn!("cannot delete conntrack entry {flow:?}: {e}"),
-            }
-        }
+        kproxy_netlink::conntrack::delete_stale_udp(&mut **ct, family, &|f| policy.is_stale(f));
     }
 
     /// Removes every chain and jump rule kproxy owns in the filter, nat and mangle tables, and
