@@ -105,3 +105,95 @@ pub fn jump_rules(with_localnet_guard: bool) -> Vec<JumpRule> {
     }
     rules
 }
+
+/// Splits a rule spec into arguments as a shell would for these specs: words separated by
+/// spaces, `"quoted words"` kept together without their quotes. For modes that run
+/// `iptables -C/-I/-D <chain> <spec>` with a spec written as iptables-save prints it.
+pub fn split_spec(spec: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = spec.trim();
+    while !rest.is_empty() {
+        if let Some(quoted) = rest.strip_prefix('"') {
+            let end = quoted.find('"').unwrap_or(quoted.len());
+            out.push(&quoted[..end]);
+            rest = quoted.get(end + 1..).unwrap_or("").trim_start();
+        } else {
+            let end = rest.find(' ').unwrap_or(rest.len());
+            out.push(&rest[..end]);
+            rest = rest[end..].trim_start();
+        }
+    }
+    out
+}
+
+/// A mode's jumps and chains, for [`remove_jumps_and_chains`].
+#[derive(Clone, Copy, Debug)]
+pub struct OwnedRules<'a> {
+    /// `(table, built-in chain, spec)` of each jump.
+    pub jumps: &'a [(&'a str, &'a str, &'a str)],
+    /// `(table, chain)` of each chain the mode owns.
+    pub chains: &'a [(&'a str, &'a str)],
+}
+
+/// Removes a mode's jumps from the built-in chains (every copy: two runs racing may have inserted
+/// one twice) and then its chains (flushed and deleted by one restore per table), whatever wrote
+/// them. Errors name the jump or the table; `mode` is whose rules they are.
+pub fn remove_jumps_and_chains(
+    iptables: &mut dyn crate::IptablesOps,
+    mode: proxy_core::ProxyMode,
+    owned: OwnedRules<'_>,
+) -> Result<(), proxy_core::ProxierError> {
+    use std::fmt::Write as _;
+    for &(table, from, spec) in owned.jumps {
+        let args = split_spec(spec);
+        for _ in 0..16 {
+            let mut delete = vec!["-t", table, "-D", from];
+            delete.extend(&args);
+            let deleted = iptables.run(&delete).map_err(|e| {
+                proxy_core::ProxierError::new(mode, format!("deleting the jump from {from}"), e)
+            })?;
+            if !deleted {
+                break;
+            }
+        }
+    }
+    let mut tables: Vec<&str> = Vec::new();
+    for (t, _) in owned.chains {
+        if !tables.contains(t) {
+            tables.push(t);
+        }
+    }
+    for table in tables {
+        let mut text = format!("*{table}\n");
+        for (_, chain) in owned.chains.iter().filter(|(t, _)| *t == table) {
+            let _ = writeln!(text, ":{chain} - [0:0]");
+        }
+        for (_, chain) in owned.chains.iter().filter(|(t, _)| *t == table) {
+            let _ = writeln!(text, "-X {chain}");
+        }
+        text.push_str("COMMIT\n");
+        iptables
+            .restore(&mut |w| w.write_all(text.as_bytes()))
+            .map_err(|e| {
+                proxy_core::ProxierError::new(
+                    mode,
+                    format!("deleting the {mode}-mode chains of {table}"),
+                    e,
+                )
+            })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::split_spec;
+
+    #[test]
+    fn specs_split_like_a_shell() {
+        assert_eq!(
+            split_spec("-m comment --comment \"a b; c\" -j X"),
+            ["-m", "comment", "--comment", "a b; c", "-j", "X"]
+        );
+    }
+}

@@ -47,6 +47,21 @@ pub fn protocol_name(protocol: u16) -> &'static str {
     }
 }
 
+impl ServiceKey {
+    /// The attributes that name the service in a request (family, protocol, address, port).
+    pub fn attributes(&self) -> Vec<kproxy_netlink::ipvs::ServiceAttribute> {
+        VirtualService {
+            address: self.address,
+            protocol: self.protocol,
+            port: self.port,
+            scheduler: String::new(),
+            flags: 0,
+            timeout: 0,
+        }
+        .key_attributes()
+    }
+}
+
 impl fmt::Display for ServiceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let p = protocol_name(self.protocol);
@@ -90,13 +105,13 @@ pub enum IpvsOp {
     /// Change a virtual service's scheduler, flags or timeout.
     UpdateService(VirtualService),
     /// Delete a virtual service with its servers.
-    DeleteService(VirtualService),
-    /// Add a real server.
-    AddServer(VirtualService, RealServer),
+    DeleteService(ServiceKey),
+    /// Add a real server to the service with this key.
+    AddServer(ServiceKey, RealServer),
     /// Change a real server's weight.
-    UpdateServer(VirtualService, RealServer),
+    UpdateServer(ServiceKey, RealServer),
     /// Delete a real server.
-    DeleteServer(VirtualService, RealServer),
+    DeleteServer(ServiceKey, RealServer),
 }
 
 impl fmt::Display for IpvsOp {
@@ -110,36 +125,29 @@ impl fmt::Display for IpvsOp {
             IpvsOp::UpdateService(s) => {
                 write!(f, "updating virtual service {}", ServiceKey::of(s))
             }
-            IpvsOp::DeleteService(s) => {
-                write!(f, "deleting virtual service {}", ServiceKey::of(s))
-            }
-            IpvsOp::AddServer(s, r) => write!(
+            IpvsOp::DeleteService(k) => write!(f, "deleting virtual service {k}"),
+            IpvsOp::AddServer(k, r) => write!(
                 f,
-                "adding real server {} (weight {}) to {}",
+                "adding real server {} (weight {}) to {k}",
                 server(r),
-                r.weight,
-                ServiceKey::of(s)
-            ),
-            IpvsOp::UpdateServer(s, r) => write!(
-                f,
-                "setting the weight of real server {} of {} to {}",
-                server(r),
-                ServiceKey::of(s),
                 r.weight
             ),
-            IpvsOp::DeleteServer(s, r) => write!(
+            IpvsOp::UpdateServer(k, r) => write!(
                 f,
-                "deleting real server {} from {}",
+                "setting the weight of real server {} of {k} to {}",
                 server(r),
-                ServiceKey::of(s)
+                r.weight
             ),
+            IpvsOp::DeleteServer(k, r) => {
+                write!(f, "deleting real server {} from {k}", server(r))
+            }
         }
     }
 }
 
 impl IpvsOp {
     fn message(&self) -> IpvsMessage {
-        let key = |s: &VirtualService| IpvsAttribute::Service(s.key_attributes());
+        let key = |k: &ServiceKey| IpvsAttribute::Service(k.attributes());
         let (command, attributes) = match self {
             IpvsOp::AddService(s) => (
                 IpvsCommand::NewService,
@@ -242,6 +250,17 @@ pub trait IpvsOps: Send + fmt::Debug {
     fn messages_sent(&self) -> u64;
 }
 
+/// `m` framed as a generic-netlink message of the family `family_id`.
+fn framed(family_id: u16, m: IpvsMessage, flags: u16) -> NetlinkMessage<GenlMessage<IpvsMessage>> {
+    let mut genl = GenlMessage::from_payload(m);
+    genl.set_resolved_family_id(family_id);
+    let mut header = NetlinkHeader::default();
+    header.flags = flags;
+    let mut nl = NetlinkMessage::new(header, genl.into());
+    nl.finalize();
+    nl
+}
+
 /// IPVS over generic netlink in the caller's network namespace.
 #[derive(Debug)]
 pub struct IpvsClient {
@@ -288,13 +307,7 @@ impl IpvsClient {
     }
 
     fn message(&self, m: IpvsMessage, flags: u16) -> NetlinkMessage<GenlMessage<IpvsMessage>> {
-        let mut genl = GenlMessage::from_payload(m);
-        genl.set_resolved_family_id(self.family_id);
-        let mut header = NetlinkHeader::default();
-        header.flags = flags;
-        let mut nl = NetlinkMessage::new(header, genl.into());
-        nl.finalize();
-        nl
+        framed(self.family_id, m, flags)
     }
 
     fn request(&mut self, m: IpvsMessage, operation: &str) -> Result<Vec<IpvsMessage>, IpvsError> {
@@ -315,11 +328,11 @@ impl IpvsClient {
 
 impl IpvsOps for IpvsClient {
     fn apply(&mut self, ops: &[IpvsOp]) -> Result<BatchOutcome, IpvsError> {
+        let family_id = self.family_id;
         let messages = ops
             .iter()
-            .map(|op| self.message(op.message(), NLM_F_REQUEST | NLM_F_ACK))
-            .collect::<Vec<_>>();
-        self.sent += messages.len() as u64;
+            .map(|op| framed(family_id, op.message(), NLM_F_REQUEST | NLM_F_ACK));
+        self.sent += ops.len() as u64;
         let results = self.socket.send_acked(messages, "IPVS batch")?;
         let mut outcome = BatchOutcome::default();
         for (op, result) in ops.iter().zip(results) {

@@ -160,66 +160,60 @@ impl DummyLink {
     /// Binds each address as a /32 (/128); an address already there is not an error. Returns the
     /// failures, each naming its address.
     pub fn bind(&self, index: u32, addresses: &[IpAddr]) -> Vec<LinkError> {
-        let handle = self.handle.clone();
-        let name = self.name.clone();
-        let addresses = addresses.to_vec();
-        self.runtime.block_on(async move {
-            futures::stream::iter(addresses.into_iter().map(|ip| {
-                let handle = handle.clone();
-                let name = name.clone();
-                async move {
-                    let prefix = if ip.is_ipv4() { 32 } else { 128 };
-                    match handle
-                        .address()
-                        .add(index, ip, prefix)
-                        .replace()
-                        .execute()
-                        .await
-                    {
-                        Ok(()) => None,
-                        Err(e) => Some(err(format!("binding {ip} to {name}"))(e)),
-                    }
-                }
-            }))
-            .buffer_unordered(IN_FLIGHT)
-            .filter_map(|r| async move { r })
-            .collect()
-            .await
+        self.each_address(addresses, move |handle, name, ip| async move {
+            let prefix = if ip.is_ipv4() { 32 } else { 128 };
+            match handle
+                .address()
+                .add(index, ip, prefix)
+                .replace()
+                .execute()
+                .await
+            {
+                Ok(()) => None,
+                Err(e) => Some(err(format!("binding {ip} to {name}"))(e)),
+            }
         })
     }
 
     /// Removes each address; one that is not there is not an error.
     pub fn unbind(&self, index: u32, addresses: &[IpAddr]) -> Vec<LinkError> {
-        let handle = self.handle.clone();
-        let name = self.name.clone();
-        let addresses = addresses.to_vec();
-        self.runtime.block_on(async move {
-            futures::stream::iter(addresses.into_iter().map(|ip| {
-                let handle = handle.clone();
-                let name = name.clone();
-                async move {
-                    let prefix = if ip.is_ipv4() { 32 } else { 128 };
-                    let mut msg = rtnetlink::packet_route::address::AddressMessage::default();
-                    msg.header.family = if ip.is_ipv4() {
-                        rtnetlink::packet_route::AddressFamily::Inet
-                    } else {
-                        rtnetlink::packet_route::AddressFamily::Inet6
-                    };
-                    msg.header.prefix_len = prefix;
-                    msg.header.index = index;
-                    msg.attributes.push(AddressAttribute::Local(ip));
-                    msg.attributes.push(AddressAttribute::Address(ip));
-                    match handle.address().del(msg).execute().await {
-                        Ok(()) => None,
-                        Err(rtnetlink::Error::NetlinkError(e))
-                            if e.raw_code().abs() == nix::libc::EADDRNOTAVAIL =>
-                        {
-                            None
-                        }
-                        Err(e) => Some(err(format!("removing {ip} from {name}"))(e)),
-                    }
+        self.each_address(addresses, move |handle, name, ip| async move {
+            let mut msg = rtnetlink::packet_route::address::AddressMessage::default();
+            msg.header.family = if ip.is_ipv4() {
+                rtnetlink::packet_route::AddressFamily::Inet
+            } else {
+                rtnetlink::packet_route::AddressFamily::Inet6
+            };
+            msg.header.prefix_len = if ip.is_ipv4() { 32 } else { 128 };
+            msg.header.index = index;
+            msg.attributes.push(AddressAttribute::Local(ip));
+            msg.attributes.push(AddressAttribute::Address(ip));
+            match handle.address().del(msg).execute().await {
+                Ok(()) => None,
+                Err(rtnetlink::Error::NetlinkError(e))
+                    if e.raw_code().abs() == nix::libc::EADDRNOTAVAIL =>
+                {
+                    None
                 }
-            }))
+                Err(e) => Some(err(format!("removing {ip} from {name}"))(e)),
+            }
+        })
+    }
+
+    /// Runs `op` for every address with [`IN_FLIGHT`] requests outstanding at once, and returns
+    /// the failures.
+    fn each_address<F, Fut>(&self, addresses: &[IpAddr], op: F) -> Vec<LinkError>
+    where
+        F: Fn(Handle, String, IpAddr) -> Fut,
+        Fut: std::future::Future<Output = Option<LinkError>>,
+    {
+        let addresses = addresses.to_vec();
+        self.runtime.block_on(async {
+            futures::stream::iter(
+                addresses
+                    .into_iter()
+                    .map(|ip| op(self.handle.clone(), self.name.clone(), ip)),
+            )
             .buffer_unordered(IN_FLIGHT)
             .filter_map(|r| async move { r })
             .collect()

@@ -87,6 +87,32 @@ struct ProgrammedService {
     servers: HashMap<ServerKey, u32>,
 }
 
+/// What the books keep of one Service port's last plan: enough to take it back (the virtual
+/// services' keys, whose servers live in [`ProgrammedService`], and what it counted), not the
+/// plan itself.
+#[derive(Clone, Debug)]
+struct PortBooks {
+    services: Vec<ServiceKey>,
+    entries: Vec<(IpvsSet, Entry)>,
+    bound: Vec<IpAddr>,
+    no_node_access: Vec<(IpAddr, Protocol, u16)>,
+}
+
+impl From<PortPlan> for PortBooks {
+    fn from(p: PortPlan) -> Self {
+        Self {
+            services: p
+                .services
+                .iter()
+                .map(|s| ServiceKey::of(&s.service))
+                .collect(),
+            entries: p.entries,
+            bound: p.bound,
+            no_node_access: p.no_node_access,
+        }
+    }
+}
+
 /// The local addresses of this node, read from its interfaces at each sync.
 fn node_addresses(family: IpFamily) -> Vec<IpAddr> {
     let mut out = Vec::new();
@@ -134,7 +160,7 @@ pub struct IpvsProxier {
     needs_full: bool,
     context: Option<PlanContext>,
     link_index: Option<u32>,
-    ports: HashMap<ServicePortName, PortPlan>,
+    ports: HashMap<ServicePortName, PortBooks>,
     services: HashMap<ServiceKey, ProgrammedService>,
     entries: HashMap<(IpvsSet, Entry), u32>,
     set_sizes: HashMap<IpvsSet, usize>,
@@ -413,9 +439,8 @@ impl IpvsProxier {
     }
 
     /// Removes one port's last plan from the books, noting what no longer anyone wants.
-    fn forget_port(&mut self, old: &PortPlan, new_keys: &HashSet<ServiceKey>, ch: &mut Changes) {
-        for ps in &old.services {
-            let key = ServiceKey::of(&ps.service);
+    fn forget_port(&mut self, old: &PortBooks, new_keys: &HashSet<ServiceKey>, ch: &mut Changes) {
+        for &key in &old.services {
             if new_keys.contains(&key) {
                 continue;
             }
@@ -423,9 +448,9 @@ impl IpvsProxier {
                 ch.touched_services.entry(key).or_insert(p.servers.len());
                 p.refs -= 1;
                 if p.refs == 0 {
-                    let p = self.services.remove(&key).expect("present");
+                    self.services.remove(&key);
                     self.terminating.remove(&key);
-                    ch.ops.push(IpvsOp::DeleteService(p.service));
+                    ch.ops.push(IpvsOp::DeleteService(key));
                 }
             }
         }
@@ -470,8 +495,7 @@ impl IpvsProxier {
                 None => {
                     ch.ops.push(IpvsOp::AddService(ps.service.clone()));
                     for r in &ps.servers {
-                        ch.ops
-                            .push(IpvsOp::AddServer(ps.service.clone(), r.clone()));
+                        ch.ops.push(IpvsOp::AddServer(key, r.clone()));
                     }
                     self.services.insert(
                         key,
@@ -494,14 +518,12 @@ impl IpvsProxier {
                     for (k, r) in &wanted {
                         match p.servers.get(k).copied() {
                             None => {
-                                ch.ops
-                                    .push(IpvsOp::AddServer(ps.service.clone(), (*r).clone()));
+                                ch.ops.push(IpvsOp::AddServer(key, (*r).clone()));
                                 p.servers.insert(*k, r.weight);
                             }
                             Some(w) if w != r.weight => {
                                 // A terminating server that is wanted again comes back.
-                                ch.ops
-                                    .push(IpvsOp::UpdateServer(ps.service.clone(), (*r).clone()));
+                                ch.ops.push(IpvsOp::UpdateServer(key, (*r).clone()));
                                 p.servers.insert(*k, r.weight);
                                 terminating.remove(k);
                             }
@@ -522,14 +544,12 @@ impl IpvsProxier {
                             forward: kproxy_netlink::ipvs::FWD_MASQ,
                         };
                         if is_graceful(key.protocol) {
-                            ch.ops
-                                .push(IpvsOp::UpdateServer(ps.service.clone(), server));
+                            ch.ops.push(IpvsOp::UpdateServer(key, server));
                             p.servers.insert(k, 0);
                             terminating.insert(k);
                             ch.draining.push((ps.service.clone(), k));
                         } else {
-                            ch.ops
-                                .push(IpvsOp::DeleteServer(ps.service.clone(), server));
+                            ch.ops.push(IpvsOp::DeleteServer(key, server));
                             p.servers.remove(&k);
                         }
                     }
@@ -559,7 +579,7 @@ impl IpvsProxier {
     }
 
     /// Renders the ruleset and restores it if it changed (or `force`). Returns the rules written.
-    fn apply_rules(&mut self, force: bool) -> Result<usize, ProxierError> {
+    fn apply_rules(&mut self, force: bool) -> Result<rules::RuleCount, ProxierError> {
         let non_empty = self.non_empty_sets();
         let no_node: BTreeSet<(IpAddr, Protocol, u16)> =
             self.no_node_access.keys().copied().collect();
@@ -585,7 +605,7 @@ impl IpvsProxier {
             Vec::new()
         };
         if !force && self.rules_text == self.applied_rules {
-            return Ok(0);
+            return Ok(rules::RuleCount::default());
         }
         let text = if missing.is_empty() {
             self.rules_text.clone()
@@ -596,10 +616,7 @@ impl IpvsProxier {
             .restore(&mut |w| w.write_all(text.as_bytes()))
             .map_err(|e| fail("iptables-restore of the IPVS-mode rules", e))?;
         self.applied_rules = self.rules_text.clone();
-        Ok(text
-            .lines()
-            .filter(|l| l.starts_with("-A ") || l.starts_with("-I "))
-            .count())
+        Ok(rules::count_rules(&text))
     }
 
     /// The jumps not present in the built-in chains, read with one `iptables-save` per table.
@@ -685,42 +702,40 @@ impl IpvsProxier {
         for (_, (vs, keys)) in by_service {
             self.drain(&vs, Some(&keys))?;
         }
-        let real_servers = self.real_servers;
-        Ok(SyncReport {
-            full: false,
+        Ok(self.report(false, ch.ops.len(), entries_written, rules_written, failed))
+    }
+
+    /// What a sync did (`written`) and what the mode owns after it (`owned`).
+    fn report(
+        &self,
+        full: bool,
+        operations: usize,
+        entries_written: usize,
+        rules_written: rules::RuleCount,
+        refused: usize,
+    ) -> SyncReport {
+        let owned_rules = rules::count_rules(&self.applied_rules);
+        let kind = |kind: &'static str, count: usize| ObjectCount { kind, count };
+        SyncReport {
+            full,
             written: vec![
-                ObjectCount {
-                    kind: "ipvs/operations",
-                    count: ch.ops.len(),
-                },
-                ObjectCount {
-                    kind: "ipset/entries",
-                    count: entries_written,
-                },
-                ObjectCount::iptables("nat", rules_written),
+                kind("ipvs/operations", operations),
+                kind("ipset/entries", entries_written),
+                ObjectCount::iptables("nat", rules_written.nat),
+                ObjectCount::iptables("filter", rules_written.filter),
             ],
             owned: vec![
-                ObjectCount {
-                    kind: "ipvs/virtual-servers",
-                    count: self.services.len(),
-                },
-                ObjectCount {
-                    kind: "ipvs/real-servers",
-                    count: real_servers,
-                },
-                ObjectCount {
-                    kind: "ipset/entries",
-                    count: self.entries.len(),
-                },
+                kind("ipvs/virtual-servers", self.services.len()),
+                kind("ipvs/real-servers", self.real_servers),
+                kind("ipset/entries", self.entries.len()),
                 // Operations the kernel refused at this sync (each logged; the next full sync,
                 // which reconciles against the kernel, tries them again).
-                ObjectCount {
-                    kind: "ipvs/refused",
-                    count: failed,
-                },
+                kind("ipvs/refused", refused),
+                ObjectCount::iptables("nat", owned_rules.nat),
+                ObjectCount::iptables("filter", owned_rules.filter),
             ],
             counters: Vec::new(),
-        })
+        }
     }
 
     /// Deletes the terminating servers of `vs` (only `only`, if given) that have no connections
@@ -757,7 +772,7 @@ impl IpvsProxier {
                 None => gone.push(*k),
                 Some((_, active, inactive)) if active + inactive == 0 => {
                     ops.push(IpvsOp::DeleteServer(
-                        vs.clone(),
+                        key,
                         RealServer {
                             address: k.address,
                             port: k.port,
@@ -821,14 +836,14 @@ impl IpvsProxier {
                 .collect();
             let old_keys: HashSet<ServiceKey> = old
                 .iter()
-                .flat_map(|p| p.services.iter().map(|s| ServiceKey::of(&s.service)))
+                .flat_map(|p| p.services.iter().copied())
                 .collect();
             if let Some(old) = &old {
                 self.forget_port(old, &new_keys, &mut ch);
             }
             if let Some(new) = new {
                 self.program_port(&new, &old_keys, &mut ch);
-                self.ports.insert(name.clone(), new);
+                self.ports.insert(name.clone(), new.into());
             }
         }
         self.settle(&mut ch);
@@ -863,7 +878,7 @@ impl IpvsProxier {
         for (name, entry) in state.service_ports() {
             let plan = port_plan(entry, &ctx);
             self.program_port(&plan, &HashSet::new(), &mut ch);
-            self.ports.insert(name.clone(), plan);
+            self.ports.insert(name.clone(), plan.into());
         }
         let _ = known;
         self.settle(&mut ch);
@@ -920,7 +935,7 @@ impl IpvsProxier {
             }
             in_kernel.insert(key);
             let Some(p) = self.services.get_mut(&key) else {
-                ops.push(IpvsOp::DeleteService(vs));
+                ops.push(IpvsOp::DeleteService(key));
                 continue;
             };
             if p.service != vs {
@@ -940,21 +955,21 @@ impl IpvsProxier {
                 match p.servers.get(&k) {
                     Some(w) if *w == l.server.weight => {}
                     Some(w) => ops.push(IpvsOp::UpdateServer(
-                        p.service.clone(),
+                        key,
                         RealServer {
                             weight: *w,
                             ..l.server.clone()
                         },
                     )),
                     None if !is_graceful(key.protocol) => {
-                        ops.push(IpvsOp::DeleteServer(p.service.clone(), l.server.clone()))
+                        ops.push(IpvsOp::DeleteServer(key, l.server.clone()))
                     }
                     None => {
                         // Not wanted: drain it (a weight-0 server left by an earlier run is
                         // adopted the same way).
                         if l.server.weight != 0 {
                             ops.push(IpvsOp::UpdateServer(
-                                p.service.clone(),
+                                key,
                                 RealServer {
                                     weight: 0,
                                     ..l.server.clone()
@@ -970,7 +985,7 @@ impl IpvsProxier {
             for (k, w) in &p.servers {
                 if !seen.contains(k) && *w > 0 {
                     ops.push(IpvsOp::AddServer(
-                        p.service.clone(),
+                        key,
                         RealServer {
                             address: k.address,
                             port: k.port,
@@ -989,7 +1004,7 @@ impl IpvsProxier {
             ops.push(IpvsOp::AddService(p.service.clone()));
             for (k, w) in &p.servers {
                 ops.push(IpvsOp::AddServer(
-                    p.service.clone(),
+                    *key,
                     RealServer {
                         address: k.address,
                         port: k.port,
@@ -1031,47 +1046,12 @@ impl IpvsProxier {
         phase(&mut self.phases, "drain");
         let failed = outcome.failed.len();
         self.real_servers = self.services.values().map(|p| p.servers.len()).sum();
-        let real_servers = self.real_servers;
         tracing::debug!(
             messages = self.ipvs.messages_sent() - sent_before,
             phases = ?self.phases,
             "IPVS full sync"
         );
-        Ok(SyncReport {
-            full: true,
-            written: vec![
-                ObjectCount {
-                    kind: "ipvs/operations",
-                    count: ops.len(),
-                },
-                ObjectCount {
-                    kind: "ipset/entries",
-                    count: entries_written,
-                },
-                ObjectCount::iptables("nat", rules_written),
-            ],
-            owned: vec![
-                ObjectCount {
-                    kind: "ipvs/virtual-servers",
-                    count: self.services.len(),
-                },
-                ObjectCount {
-                    kind: "ipvs/real-servers",
-                    count: real_servers,
-                },
-                ObjectCount {
-                    kind: "ipset/entries",
-                    count: self.entries.len(),
-                },
-                // Operations the kernel refused at this sync (each logged; the next full sync,
-                // which reconciles against the kernel, tries them again).
-                ObjectCount {
-                    kind: "ipvs/refused",
-                    count: failed,
-                },
-            ],
-            counters: Vec::new(),
-        })
+        Ok(self.report(true, ops.len(), entries_written, rules_written, failed))
     }
 }
 
@@ -1175,33 +1155,15 @@ pub fn cleanup_kernel(
 
 /// Removes the jumps and chains of IPVS mode through `iptables`.
 pub fn cleanup_rules(iptables: &mut dyn IptablesOps) -> Result<(), ProxierError> {
-    for jump in JUMPS {
-        let args = rules::split_spec(jump.spec);
-        for _ in 0..16 {
-            let mut delete = vec!["-t", jump.table, "-D", jump.from];
-            delete.extend(&args);
-            let deleted = iptables
-                .run(&delete)
-                .map_err(|e| fail(format!("deleting the jump from {}", jump.from), e))?;
-            if !deleted {
-                break;
-            }
-        }
-    }
-    for table in ["nat", "filter"] {
-        let mut text = format!("*{table}\n");
-        for (_, chain) in rules::CHAINS.iter().filter(|(t, _)| *t == table) {
-            text.push_str(&format!(":{chain} - [0:0]\n"));
-        }
-        for (_, chain) in rules::CHAINS.iter().filter(|(t, _)| *t == table) {
-            text.push_str(&format!("-X {chain}\n"));
-        }
-        text.push_str("COMMIT\n");
-        iptables
-            .restore(&mut |w| w.write_all(text.as_bytes()))
-            .map_err(|e| fail(format!("deleting the IPVS-mode chains of {table}"), e))?;
-    }
-    Ok(())
+    let jumps: Vec<(&str, &str, &str)> = JUMPS.iter().map(|j| (j.table, j.from, j.spec)).collect();
+    backend_iptables::jumps::remove_jumps_and_chains(
+        iptables,
+        MODE,
+        backend_iptables::jumps::OwnedRules {
+            jumps: &jumps,
+            chains: rules::CHAINS,
+        },
+    )
 }
 
 /// `kproxy --cleanup` for IPVS mode, without a running proxier: IPVS flushed where the kernel

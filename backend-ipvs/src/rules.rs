@@ -350,6 +350,33 @@ pub fn render(input: &RulesInput<'_>, out: &mut String) {
     );
 }
 
+/// Rules per table in restore text.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleCount {
+    /// In the nat table.
+    pub nat: usize,
+    /// In the filter table.
+    pub filter: usize,
+}
+
+/// Counts the `-A` and `-I` lines of each table in restore text.
+pub fn count_rules(text: &str) -> RuleCount {
+    let mut count = RuleCount::default();
+    let mut nat = false;
+    for line in text.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            nat = t == "nat";
+        } else if line.starts_with("-A ") || line.starts_with("-I ") {
+            if nat {
+                count.nat += 1;
+            } else {
+                count.filter += 1;
+            }
+        }
+    }
+    count
+}
+
 /// `rules` (the output of [`render`]) with `-I <from> 1 <spec>` for each of `jumps` added to
 /// its table, after that table's rules: restored together, the chains exist before the jumps
 /// into them.
@@ -367,24 +394,6 @@ pub fn with_jumps(rules: &str, jumps: &[&Jump]) -> String {
         }
         out.push_str(line);
         out.push('\n');
-    }
-    out
-}
-
-/// Splits a rule spec into arguments, keeping `"quoted words"` together (without the quotes).
-pub fn split_spec(spec: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut rest = spec.trim();
-    while !rest.is_empty() {
-        if let Some(r) = rest.strip_prefix('"') {
-            let end = r.find('"').unwrap_or(r.len());
-            out.push(&r[..end]);
-            rest = r.get(end + 1..).unwrap_or("").trim_start();
-        } else {
-            let end = rest.find(' ').unwrap_or(rest.len());
-            out.push(&rest[..end]);
-            rest = rest[end..].trim_start();
-        }
     }
     out
 }
@@ -411,21 +420,6 @@ mod tests {
                 "-I FORWARD 1 -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD"
             ),
             "{text}"
-        );
-    }
-
-    #[test]
-    fn split_keeps_quoted_words() {
-        assert_eq!(
-            split_spec("-m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"),
-            vec![
-                "-m",
-                "comment",
-                "--comment",
-                "kubernetes service portals",
-                "-j",
-                "KUBE-SERVICES"
-            ]
         );
     }
 

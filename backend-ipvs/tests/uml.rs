@@ -22,6 +22,7 @@ use proxy_core::{
     EndpointSliceHandler, IpFamily, NodeInfo, PendingChanges, Proxier, ProxyState, ServiceFilter,
     ServiceHandler,
 };
+use uml_testbed::sh;
 
 const NODE: &str = "node-a";
 
@@ -65,17 +66,6 @@ fn require_uml() {
         uml_testbed::inside(),
         "this test needs the IPVS kernel: it runs inside user-mode-linux from `ipvs_in_uml`"
     );
-}
-
-fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `ipvsadm` output with every run of blanks made one space, for matching.
@@ -164,10 +154,10 @@ fn inside_uml_client_matches_ipvsadm() {
         IpvsOp::AddService(tcp.clone()),
         IpvsOp::AddService(udp.clone()),
         IpvsOp::AddService(v6.clone()),
-        IpvsOp::AddServer(tcp.clone(), server("10.244.9.5", 8053, 1)),
-        IpvsOp::AddServer(tcp.clone(), server("10.244.9.6", 8053, 1)),
-        IpvsOp::AddServer(udp.clone(), server("10.244.9.5", 8053, 1)),
-        IpvsOp::AddServer(v6.clone(), server("fd00:9::5", 8080, 1)),
+        IpvsOp::AddServer(ServiceKey::of(&tcp), server("10.244.9.5", 8053, 1)),
+        IpvsOp::AddServer(ServiceKey::of(&tcp), server("10.244.9.6", 8053, 1)),
+        IpvsOp::AddServer(ServiceKey::of(&udp), server("10.244.9.5", 8053, 1)),
+        IpvsOp::AddServer(ServiceKey::of(&v6), server("fd00:9::5", 8080, 1)),
     ];
     let out = c.apply(&ops).unwrap();
     assert!(out.failed.is_empty(), "{:?}", out.failed);
@@ -202,7 +192,7 @@ fn inside_uml_client_matches_ipvsadm() {
     let out = c
         .apply(&[
             IpvsOp::AddService(tcp.clone()),
-            IpvsOp::UpdateServer(tcp.clone(), server("10.244.9.5", 8053, 0)),
+            IpvsOp::UpdateServer(ServiceKey::of(&tcp), server("10.244.9.5", 8053, 0)),
         ])
         .unwrap();
     assert_eq!(out.applied, 1);
@@ -214,8 +204,8 @@ fn inside_uml_client_matches_ipvsadm() {
     assert!(ipvsadm("-Ln -t 10.96.0.10:53").contains("-> 10.244.9.5:8053 Masq 0"));
 
     c.apply(&[
-        IpvsOp::DeleteServer(tcp.clone(), server("10.244.9.6", 8053, 0)),
-        IpvsOp::DeleteService(udp.clone()),
+        IpvsOp::DeleteServer(ServiceKey::of(&tcp), server("10.244.9.6", 8053, 0)),
+        IpvsOp::DeleteService(ServiceKey::of(&udp)),
     ])
     .unwrap();
     let listed = ipvsadm("-Ln");
@@ -420,6 +410,21 @@ fn ask(addr: &str) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&name).into_owned())
 }
 
+/// Connects to `addr` until a connection reaches `pod` (round robin gets there within a few),
+/// and returns it open; the others are closed with a reset.
+fn connection_to(addr: &str, pod: &str) -> TcpStream {
+    for _ in 0..8 {
+        let s = TcpStream::connect(addr).unwrap();
+        let mut buf = [0u8; 4];
+        (&s).read_exact(&mut buf).unwrap();
+        if buf == pod.as_bytes() {
+            return s;
+        }
+        close_with_reset(s);
+    }
+    panic!("no connection to {addr} reached {pod}");
+}
+
 fn close_with_reset(s: TcpStream) {
     nix::sys::socket::setsockopt(
         &s,
@@ -510,18 +515,7 @@ fn inside_uml_sync_one_change_and_graceful_termination() {
     assert_eq!(servers_of(&web_key()).len(), 3);
 
     // A long-lived connection to pod4 keeps it draining: weight 0, still there.
-    let mut held = None;
-    for _ in 0..6 {
-        let s = TcpStream::connect("10.96.0.10:80").unwrap();
-        let mut buf = [0u8; 4];
-        (&s).read_exact(&mut buf).unwrap();
-        if &buf == b"pod4" {
-            held = Some(s);
-            break;
-        }
-        close_with_reset(s);
-    }
-    let held = held.expect("a connection reached pod4");
+    let held = connection_to("10.96.0.10:80", "pod4");
     let before = p.ipvs_messages_sent();
     let diff = cluster.set_web_pods(
         &["10.244.1.2", "10.244.1.3", "10.244.1.4"],
@@ -593,24 +587,13 @@ fn inside_uml_sync_one_change_and_graceful_termination() {
         timeout: 0,
     };
     c.apply(&[
-        IpvsOp::AddServer(web.clone(), server("10.244.1.4", 8080, 1)),
-        IpvsOp::AddServer(web.clone(), server("10.244.1.3", 9090, 0)),
+        IpvsOp::AddServer(ServiceKey::of(&web), server("10.244.1.4", 8080, 1)),
+        IpvsOp::AddServer(ServiceKey::of(&web), server("10.244.1.3", 9090, 0)),
     ])
     .unwrap();
-    let mut held = None;
-    for _ in 0..6 {
-        let s = TcpStream::connect("10.96.0.10:80").unwrap();
-        let mut buf = [0u8; 4];
-        (&s).read_exact(&mut buf).unwrap();
-        if &buf == b"pod4" {
-            held = Some(s);
-            break;
-        }
-        close_with_reset(s);
-    }
-    let held = held.expect("a connection reached pod4");
+    let held = connection_to("10.96.0.10:80", "pod4");
     c.apply(&[IpvsOp::UpdateServer(
-        web.clone(),
+        ServiceKey::of(&web),
         server("10.244.1.4", 8080, 0),
     )])
     .unwrap();

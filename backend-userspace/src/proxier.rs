@@ -2,7 +2,6 @@
 //! Service ports, and the REDIRECT rules that steer their traffic to them.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fmt::Write as _;
 
 use backend_iptables::{IptablesCmd, IptablesOps, Variant};
 use kproxy_netlink::ConntrackOps;
@@ -178,7 +177,7 @@ impl UserspaceProxier {
 
     fn ensure_jumps(&mut self) -> Result<(), ProxierError> {
         for jump in JUMPS {
-            let args: Vec<&str> = split_spec(jump.spec);
+            let args: Vec<&str> = backend_iptables::jumps::split_spec(jump.spec);
             let mut check = vec!["-t", jump.table, "-C", jump.from];
             check.extend(&args);
             let present = self.iptables.run(&check).map_err(|e| {
@@ -207,24 +206,6 @@ impl UserspaceProxier {
         }
         Ok(())
     }
-}
-
-/// Splits a rule spec into arguments, keeping `"quoted words"` together (without the quotes).
-fn split_spec(spec: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut rest = spec.trim();
-    while !rest.is_empty() {
-        if let Some(quoted) = rest.strip_prefix('"') {
-            let end = quoted.find('"').unwrap_or(quoted.len());
-            out.push(&quoted[..end]);
-            rest = quoted.get(end + 1..).unwrap_or("").trim_start();
-        } else {
-            let end = rest.find(' ').unwrap_or(rest.len());
-            out.push(&rest[..end]);
-            rest = rest[end..].trim_start();
-        }
-    }
-    out
 }
 
 impl Proxier for UserspaceProxier {
@@ -335,36 +316,15 @@ impl Proxier for UserspaceProxier {
 
 /// Removes the userspace mode's jumps and chains through `iptables`, whatever wrote them.
 pub fn cleanup_tables(iptables: &mut dyn IptablesOps) -> Result<(), ProxierError> {
-    for jump in JUMPS {
-        let args = split_spec(jump.spec);
-        // A jump inserted twice (by two runs racing) goes too: delete until none is left.
-        for _ in 0..16 {
-            let mut delete = vec!["-t", jump.table, "-D", jump.from];
-            delete.extend(&args);
-            let deleted = iptables.run(&delete).map_err(|e| {
-                ProxierError::new(MODE, format!("deleting the jump from {}", jump.from), e)
-            })?;
-            if !deleted {
-                break;
-            }
-        }
-    }
-    for table in ["nat", "filter"] {
-        let mut text = format!("*{table}\n");
-        for (_, chain) in OWNED_CHAINS.iter().filter(|(t, _)| *t == table) {
-            let _ = writeln!(text, ":{chain} - [0:0]");
-        }
-        for (_, chain) in OWNED_CHAINS.iter().filter(|(t, _)| *t == table) {
-            let _ = writeln!(text, "-X {chain}");
-        }
-        text.push_str("COMMIT\n");
-        iptables
-            .restore(&mut |w| w.write_all(text.as_bytes()))
-            .map_err(|e| {
-                ProxierError::new(MODE, format!("deleting the userspace chains of {table}"), e)
-            })?;
-    }
-    Ok(())
+    let jumps: Vec<(&str, &str, &str)> = JUMPS.iter().map(|j| (j.table, j.from, j.spec)).collect();
+    backend_iptables::jumps::remove_jumps_and_chains(
+        iptables,
+        MODE,
+        backend_iptables::jumps::OwnedRules {
+            jumps: &jumps,
+            chains: &OWNED_CHAINS,
+        },
+    )
 }
 
 /// `kproxy --cleanup` for this mode: both families, both iptables variants; a variant or family
@@ -391,18 +351,5 @@ pub fn cleanup_node() -> Result<Vec<String>, ProxierError> {
         Ok(cleaned)
     } else {
         Err(ProxierError::new(MODE, "cleanup", failures.join("\n")))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn specs_split_like_a_shell() {
-        assert_eq!(
-            split_spec("-m comment --comment \"a b; c\" -j X"),
-            ["-m", "comment", "--comment", "a b; c", "-j", "X"]
-        );
     }
 }

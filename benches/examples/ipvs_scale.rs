@@ -109,6 +109,11 @@ fn main() {
         }
         add.sort();
         del.sort();
+        eprintln!(
+            "{n}: RSS {} MiB now, {} MiB peak",
+            rss_kib("VmRSS:") / 1024,
+            rss_kib("VmHWM:") / 1024
+        );
         println!(
             "| {n} | {servers} | {:.2} s | {load_msgs} | {:.2} s | {resync_msgs} | {:.2} ms | {add_msgs} | {:.2} ms | {del_msgs} |",
             load.as_secs_f64(),
@@ -127,4 +132,14 @@ fn cpu_times() -> (f64, f64) {
         nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).expect("rusage");
     let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
     (secs(u.user_time()), secs(u.system_time()))
+}
+
+/// A `/proc/self/status` field in KiB.
+fn rss_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }

@@ -12,6 +12,8 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
+use uml_testbed::sh;
+
 #[test]
 fn ipvs_commands_in_uml() {
     if uml_testbed::inside() {
@@ -37,17 +39,6 @@ fn ipvs_commands_in_uml() {
         out.output,
         out.console
     );
-}
-
-fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn kproxy(args: &[&str]) -> String {

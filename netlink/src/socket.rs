@@ -106,52 +106,73 @@ impl NetlinkSocket {
                 operation: format!("{operation}: send"),
                 source,
             })?;
+        let seq = self.seq;
         loop {
-            let n = self
-                .socket
-                .recv(&mut &mut self.buf[..], 0)
-                .map_err(|source| SocketError::Io {
-                    operation: format!("{operation}: recv"),
-                    source,
-                })?;
-            let mut offset = 0;
-            while offset < n {
-                let reply =
-                    NetlinkMessage::<I>::deserialize(&self.buf[offset..n]).map_err(|e| {
-                        SocketError::Malformed {
-                            operation: operation.to_owned(),
-                            reason: e.to_string(),
-                        }
-                    })?;
-                let len = reply.header.length as usize;
-                if len == 0 {
-                    return Err(SocketError::Malformed {
-                        operation: operation.to_owned(),
-                        reason: "zero-length message".into(),
-                    });
-                }
-                offset += (len + 3) & !3;
-                if reply.header.sequence_number != self.seq {
-                    continue; // a late answer to an earlier request
+            let finished = self.recv_datagram::<I>(operation, |reply| {
+                if reply.header.sequence_number != seq {
+                    return Ok(false); // a late answer to an earlier request
                 }
                 match reply.payload {
-                    NetlinkPayload::Done(_) => return Ok(()),
+                    NetlinkPayload::Done(_) => Ok(true),
                     NetlinkPayload::Error(e) => match e.code {
-                        None if !dump => return Ok(()),
-                        None => {}
-                        Some(_) => {
-                            return Err(SocketError::Io {
-                                operation: operation.to_owned(),
-                                source: e.to_io(),
-                            })
-                        }
+                        None if !dump => Ok(true),
+                        None => Ok(false),
+                        Some(_) => Err(SocketError::Io {
+                            operation: operation.to_owned(),
+                            source: e.to_io(),
+                        }),
                     },
-                    NetlinkPayload::InnerMessage(inner) => each(inner),
-                    NetlinkPayload::Noop | NetlinkPayload::Overrun(_) => {}
-                    _ => {}
+                    NetlinkPayload::InnerMessage(inner) => {
+                        each(inner);
+                        Ok(false)
+                    }
+                    _ => Ok(false),
                 }
+            })?;
+            if finished {
+                return Ok(());
             }
         }
+    }
+
+    /// Receives one datagram and hands each netlink message in it to `each`, which says whether
+    /// the exchange is finished; returns whether one did. Messages after a finishing one in the
+    /// same datagram are still handed over (they answer something else, or nothing).
+    fn recv_datagram<I>(
+        &mut self,
+        operation: &str,
+        mut each: impl FnMut(NetlinkMessage<I>) -> Result<bool, SocketError>,
+    ) -> Result<bool, SocketError>
+    where
+        I: NetlinkSerializable + NetlinkDeserializable + std::fmt::Debug,
+    {
+        let n = self
+            .socket
+            .recv(&mut &mut self.buf[..], 0)
+            .map_err(|source| SocketError::Io {
+                operation: format!("{operation}: recv"),
+                source,
+            })?;
+        let mut offset = 0;
+        let mut finished = false;
+        while offset < n {
+            let reply = NetlinkMessage::<I>::deserialize(&self.buf[offset..n]).map_err(|e| {
+                SocketError::Malformed {
+                    operation: operation.to_owned(),
+                    reason: e.to_string(),
+                }
+            })?;
+            let len = reply.header.length as usize;
+            if len == 0 {
+                return Err(SocketError::Malformed {
+                    operation: operation.to_owned(),
+                    reason: "zero-length message".into(),
+                });
+            }
+            offset += (len + 3) & !3;
+            finished |= each(reply)?;
+        }
+        Ok(finished)
     }
 
     /// Sends `messages` (each with `NLM_F_ACK`) pipelined: as many as fit in one datagram of about
@@ -162,19 +183,20 @@ impl NetlinkSocket {
     /// refused message does not stop the others).
     pub fn send_acked<I>(
         &mut self,
-        messages: Vec<NetlinkMessage<I>>,
+        messages: impl IntoIterator<Item = NetlinkMessage<I>>,
         operation: &str,
     ) -> Result<Vec<Option<io::Error>>, SocketError>
     where
         I: NetlinkSerializable + NetlinkDeserializable + std::fmt::Debug,
     {
         const DATAGRAM: usize = 32 * 1024;
-        let mut results: Vec<Option<io::Error>> = Vec::with_capacity(messages.len());
+        let mut results: Vec<Option<io::Error>> = Vec::new();
         let mut out: Vec<u8> = Vec::with_capacity(DATAGRAM + 1024);
         let mut pending = 0usize;
         let mut first_seq = self.seq.wrapping_add(1);
-        let total = messages.len();
-        for (i, mut message) in messages.into_iter().enumerate() {
+        // Messages are built by the iterator as they are needed and dropped once serialized:
+        // a batch of 200,000 requests holds one datagram, not 200,000 messages.
+        for mut message in messages {
             self.seq = self.seq.wrapping_add(1);
             message.header.sequence_number = self.seq;
             message.header.flags |= netlink_packet_core::NLM_F_ACK;
@@ -183,20 +205,38 @@ impl NetlinkSocket {
             out.resize(at + ((message.buffer_len() + 3) & !3), 0);
             message.serialize(&mut out[at..]);
             pending += 1;
-            if out.len() >= DATAGRAM || i + 1 == total {
-                self.socket
-                    .send(&out, 0)
-                    .map_err(|source| SocketError::Io {
-                        operation: format!("{operation}: send"),
-                        source,
-                    })?;
-                self.collect_acks::<I>(first_seq, pending, operation, &mut results)?;
+            if out.len() >= DATAGRAM {
+                self.flush_acked::<I>(&out, first_seq, pending, operation, &mut results)?;
                 out.clear();
                 pending = 0;
                 first_seq = self.seq.wrapping_add(1);
             }
         }
+        if pending > 0 {
+            self.flush_acked::<I>(&out, first_seq, pending, operation, &mut results)?;
+        }
         Ok(results)
+    }
+
+    /// Sends one datagram of `count` requests and reads their acknowledgements.
+    fn flush_acked<I>(
+        &mut self,
+        datagram: &[u8],
+        first_seq: u32,
+        count: usize,
+        operation: &str,
+        results: &mut Vec<Option<io::Error>>,
+    ) -> Result<(), SocketError>
+    where
+        I: NetlinkSerializable + NetlinkDeserializable + std::fmt::Debug,
+    {
+        self.socket
+            .send(datagram, 0)
+            .map_err(|source| SocketError::Io {
+                operation: format!("{operation}: send"),
+                source,
+            })?;
+        self.collect_acks::<I>(first_seq, count, operation, results)
     }
 
     /// Reads the acknowledgements of `count` messages numbered from `first_seq`, appending one
@@ -216,33 +256,10 @@ impl NetlinkSocket {
         let mut answered = vec![false; count];
         let mut remaining = count;
         while remaining > 0 {
-            let n = self
-                .socket
-                .recv(&mut &mut self.buf[..], 0)
-                .map_err(|source| SocketError::Io {
-                    operation: format!("{operation}: recv"),
-                    source,
-                })?;
-            let mut offset = 0;
-            while offset < n {
-                let reply =
-                    NetlinkMessage::<I>::deserialize(&self.buf[offset..n]).map_err(|e| {
-                        SocketError::Malformed {
-                            operation: operation.to_owned(),
-                            reason: e.to_string(),
-                        }
-                    })?;
-                let len = reply.header.length as usize;
-                if len == 0 {
-                    return Err(SocketError::Malformed {
-                        operation: operation.to_owned(),
-                        reason: "zero-length message".into(),
-                    });
-                }
-                offset += (len + 3) & !3;
+            self.recv_datagram::<I>(operation, |reply| {
                 let index = reply.header.sequence_number.wrapping_sub(first_seq) as usize;
                 if index >= count || answered[index] {
-                    continue; // an answer to something else
+                    return Ok(false); // an answer to something else
                 }
                 if let NetlinkPayload::Error(e) = reply.payload {
                     answered[index] = true;
@@ -251,7 +268,8 @@ impl NetlinkSocket {
                         results[base + index] = Some(e.to_io());
                     }
                 }
-            }
+                Ok(false)
+            })?;
         }
         Ok(())
     }

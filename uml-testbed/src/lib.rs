@@ -399,6 +399,24 @@ impl UmlKernel {
     }
 }
 
+/// Runs `cmd` with `sh -c` and returns its stdout; panics with the command and its output when
+/// it fails. For tests inside the kernel, which set up links and read `ipvsadm`, `ipset` and
+/// `iptables` output.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
