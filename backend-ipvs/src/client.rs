@@ -311,12 +311,28 @@ impl IpvsClient {
     }
 
     fn request(&mut self, m: IpvsMessage, operation: &str) -> Result<Vec<IpvsMessage>, IpvsError> {
+        let mut answers = Vec::new();
+        self.request_each(m, operation, |a| answers.push(a))?;
+        Ok(answers)
+    }
+
+    /// As [`request`](Self::request), handing each answer over as it is read: a dump of 20,000
+    /// services holds one receive buffer, not 20,000 parsed messages.
+    fn request_each(
+        &mut self,
+        m: IpvsMessage,
+        operation: &str,
+        mut each: impl FnMut(IpvsMessage),
+    ) -> Result<(), IpvsError> {
         let dump = m.command == IpvsCommand::GetService || m.command == IpvsCommand::GetDest;
         let flags = NLM_F_REQUEST | NLM_F_ACK | if dump { NLM_F_DUMP } else { 0 };
         let nl = self.message(m, flags);
         self.sent += 1;
-        match self.socket.request(nl, operation) {
-            Ok(answers) => Ok(answers.into_iter().map(|g| g.payload).collect()),
+        match self
+            .socket
+            .request_each(nl, operation, |g: GenlMessage<IpvsMessage>| each(g.payload))
+        {
+            Ok(()) => Ok(()),
             Err(SocketError::Io { source, .. }) => Err(IpvsError::Refused {
                 operation: operation.to_owned(),
                 source,
@@ -348,22 +364,24 @@ impl IpvsOps for IpvsClient {
     }
 
     fn list_services(&mut self) -> Result<Vec<ListedService>, IpvsError> {
-        let answers = self.request(
+        let mut out = Vec::new();
+        self.request_each(
             IpvsMessage {
                 command: IpvsCommand::GetService,
                 attributes: vec![],
             },
             "listing IPVS virtual services",
+            |m| {
+                out.extend(m.attributes.iter().filter_map(|a| {
+                    match a {
+                        IpvsAttribute::Service(attrs) => VirtualService::from_attributes(attrs)
+                            .map(|(service, _)| ListedService { service }),
+                        _ => None,
+                    }
+                }))
+            },
         )?;
-        Ok(answers
-            .iter()
-            .flat_map(|m| m.attributes.iter())
-            .filter_map(|a| match a {
-                IpvsAttribute::Service(attrs) => VirtualService::from_attributes(attrs),
-                _ => None,
-            })
-            .map(|(service, _)| ListedService { service })
-            .collect())
+        Ok(out)
     }
 
     fn list_servers(&mut self, service: &VirtualService) -> Result<Vec<ListedServer>, IpvsError> {

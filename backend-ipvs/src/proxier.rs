@@ -193,6 +193,9 @@ fn is_graceful(protocol: u16) -> bool {
 /// What one sync sends, collected before anything is applied.
 #[derive(Default)]
 struct Changes {
+    /// Whether IPVS operations are collected: a full sync books the state without them (it
+    /// reconciles against the kernel's listing instead), sparing a vector of every server.
+    skip_ops: bool,
     ops: Vec<IpvsOp>,
     /// Servers set to weight 0 by this sync: deleted at once if they have no connections.
     draining: Vec<(VirtualService, ServerKey)>,
@@ -206,6 +209,14 @@ struct Changes {
     set_del: BTreeMap<IpvsSet, Vec<Entry>>,
     bind: Vec<IpAddr>,
     unbind: Vec<IpAddr>,
+}
+
+impl Changes {
+    fn op(&mut self, op: IpvsOp) {
+        if !self.skip_ops {
+            self.ops.push(op);
+        }
+    }
 }
 
 impl IpvsProxier {
@@ -450,7 +461,7 @@ impl IpvsProxier {
                 if p.refs == 0 {
                     self.services.remove(&key);
                     self.terminating.remove(&key);
-                    ch.ops.push(IpvsOp::DeleteService(key));
+                    ch.op(IpvsOp::DeleteService(key));
                 }
             }
         }
@@ -493,9 +504,9 @@ impl IpvsProxier {
                 .or_insert_with(|| self.services.get(&key).map_or(0, |p| p.servers.len()));
             match self.services.get_mut(&key) {
                 None => {
-                    ch.ops.push(IpvsOp::AddService(ps.service.clone()));
+                    ch.op(IpvsOp::AddService(ps.service.clone()));
                     for r in &ps.servers {
-                        ch.ops.push(IpvsOp::AddServer(key, r.clone()));
+                        ch.op(IpvsOp::AddServer(key, r.clone()));
                     }
                     self.services.insert(
                         key,
@@ -511,19 +522,19 @@ impl IpvsProxier {
                         p.refs += 1;
                     }
                     if p.service != ps.service {
-                        ch.ops.push(IpvsOp::UpdateService(ps.service.clone()));
+                        ch.op(IpvsOp::UpdateService(ps.service.clone()));
                         p.service = ps.service.clone();
                     }
                     let terminating = self.terminating.entry(key).or_default();
                     for (k, r) in &wanted {
                         match p.servers.get(k).copied() {
                             None => {
-                                ch.ops.push(IpvsOp::AddServer(key, (*r).clone()));
+                                ch.op(IpvsOp::AddServer(key, (*r).clone()));
                                 p.servers.insert(*k, r.weight);
                             }
                             Some(w) if w != r.weight => {
                                 // A terminating server that is wanted again comes back.
-                                ch.ops.push(IpvsOp::UpdateServer(key, (*r).clone()));
+                                ch.op(IpvsOp::UpdateServer(key, (*r).clone()));
                                 p.servers.insert(*k, r.weight);
                                 terminating.remove(k);
                             }
@@ -544,12 +555,12 @@ impl IpvsProxier {
                             forward: kproxy_netlink::ipvs::FWD_MASQ,
                         };
                         if is_graceful(key.protocol) {
-                            ch.ops.push(IpvsOp::UpdateServer(key, server));
+                            ch.op(IpvsOp::UpdateServer(key, server));
                             p.servers.insert(k, 0);
                             terminating.insert(k);
                             ch.draining.push((ps.service.clone(), k));
                         } else {
-                            ch.ops.push(IpvsOp::DeleteServer(key, server));
+                            ch.op(IpvsOp::DeleteServer(key, server));
                             p.servers.remove(&k);
                         }
                     }
@@ -863,7 +874,7 @@ impl IpvsProxier {
         self.set_sizes.clear();
         self.bound.clear();
         self.no_node_access.clear();
-        let known = std::mem::take(&mut self.services);
+        self.services.clear();
         self.real_servers = 0;
         self.phases.clear();
         let mut phase_start = Instant::now();
@@ -872,15 +883,17 @@ impl IpvsProxier {
             phases.push((name, now - phase_start));
             phase_start = now;
         };
-        let mut ch = Changes::default();
-        // Book the whole state as if nothing were programmed; the operations this produces are
-        // thrown away and replaced by a reconciliation against the kernel.
+        let mut ch = Changes {
+            skip_ops: true,
+            ..Changes::default()
+        };
+        // Book the whole state as if nothing were programmed; no operations are collected: the
+        // kernel's listing decides them below.
         for (name, entry) in state.service_ports() {
             let plan = port_plan(entry, &ctx);
             self.program_port(&plan, &HashSet::new(), &mut ch);
             self.ports.insert(name.clone(), plan.into());
         }
-        let _ = known;
         self.settle(&mut ch);
 
         phase(&mut self.phases, "plan");

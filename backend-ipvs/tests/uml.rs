@@ -340,7 +340,10 @@ struct Pods {
 
 impl Pods {
     fn start(ns: &[u8]) -> Self {
-        sh("ip link add kbr0 type bridge 2>/dev/null; ip addr replace 10.244.1.1/24 dev kbr0; ip link set kbr0 up");
+        sh(
+            "ip link add kbr0 type bridge 2>/dev/null; ip addr replace 10.244.1.1/24 dev kbr0; \
+            ip -6 addr replace fd00:244:1::1/64 dev kbr0 nodad; ip link set kbr0 up",
+        );
         let mut names = Vec::new();
         for n in ns {
             let name = format!("pod{n}");
@@ -349,24 +352,29 @@ impl Pods {
                  ip link set v{name} master kbr0 up && \
                  ip link set v{name} type bridge_slave hairpin on && \
                  ip -n {name} addr add 10.244.1.{n}/24 dev eth0 && ip -n {name} link set eth0 up && \
-                 ip -n {name} link set lo up && ip -n {name} route add default via 10.244.1.1"
+                 ip -n {name} link set lo up && ip -n {name} route add default via 10.244.1.1 && \
+                 ip -n {name} -6 addr add fd00:244:1::{n}/64 dev eth0 nodad && \
+                 ip -n {name} -6 route add default via fd00:244:1::1"
             ));
-            let ip: IpAddr = format!("10.244.1.{n}").parse().unwrap();
-            let listener = in_netns(&name, move || {
-                TcpListener::bind(SocketAddr::new(ip, 8080)).unwrap()
-            });
-            let reply = name.clone();
-            // Each connection gets the pod's name, then stays open until the client closes it.
-            std::thread::spawn(move || {
-                for mut s in listener.incoming().flatten() {
-                    let reply = reply.clone();
-                    std::thread::spawn(move || {
-                        let _ = s.write_all(reply.as_bytes());
-                        let mut sink = [0u8; 64];
-                        while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
-                    });
-                }
-            });
+            for ip in [format!("10.244.1.{n}"), format!("fd00:244:1::{n}")] {
+                let ip: IpAddr = ip.parse().unwrap();
+                let listener = in_netns(&name, move || {
+                    TcpListener::bind(SocketAddr::new(ip, 8080)).unwrap()
+                });
+                let reply = name.clone();
+                // Each connection gets the pod's name, then stays open until the client closes
+                // it.
+                std::thread::spawn(move || {
+                    for mut s in listener.incoming().flatten() {
+                        let reply = reply.clone();
+                        std::thread::spawn(move || {
+                            let _ = s.write_all(reply.as_bytes());
+                            let mut sink = [0u8; 64];
+                            while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+                        });
+                    }
+                });
+            }
             names.push(name);
         }
         Self { names }
@@ -717,6 +725,59 @@ fn inside_uml_hairpin_and_host_ports_on_service_addresses() {
     assert_eq!(
         ask("10.96.0.10:80").map(|a| a.starts_with("pod")).ok(),
         Some(true)
+    );
+    p.cleanup().unwrap();
+}
+
+#[test]
+#[ignore = "runs inside the UML kernel (ipvs_in_uml)"]
+fn inside_uml_ipv6_cluster_ip_round_robin() {
+    require_uml();
+    clean();
+    let _pods = Pods::start(&[2, 3]);
+    let mut pending = PendingChanges::new(IpFamily::V6, NODE, ServiceFilter::default());
+    pending.on_service_add(
+        &ServiceBuilder::new("ns1", "web6", "fd00:96::10")
+            .port("http", 80, "TCP")
+            .build(),
+    );
+    pending.on_endpoint_slice_add(
+        &SliceBuilder::new("ns1", "web6-1", "web6")
+            .address_type("IPv6")
+            .port("http", 8080, "TCP")
+            .endpoint(EndpointBuilder::ready("fd00:244:1::2").node(NODE))
+            .endpoint(EndpointBuilder::ready("fd00:244:1::3").node(NODE))
+            .build(),
+    );
+    let mut state = ProxyState::new(IpFamily::V6, NodeInfo::named(NODE));
+    state.apply(&mut pending);
+    let mut settings = IpvsSettings::new(DetectLocalMode::ClusterCidr(vec!["fd00:244::/32"
+        .parse()
+        .unwrap()]));
+    settings.drain_check_interval = Duration::from_millis(200);
+    let mut p = IpvsProxier::open(
+        IpFamily::V6,
+        settings,
+        Box::new(IptablesCmd::new(Variant::Legacy, IpFamily::V6)),
+    )
+    .unwrap();
+    p.sync(&state, &state.resync_diff()).unwrap();
+    let listed = ipvsadm("-Ln");
+    assert!(listed.contains("TCP [fd00:96::10]:80 rr"), "{listed}");
+    assert!(sh("ip -6 addr show dev kube-ipvs0").contains("fd00:96::10/128"));
+    assert!(sh("ipset list KUBE-6-CLUSTER-IP").contains("fd00:96::10,tcp:80"));
+    assert!(sh("ip6tables-legacy -t nat -S KUBE-SERVICES").contains("KUBE-6-CLUSTER-IP"));
+    let mut seen = BTreeMap::new();
+    for _ in 0..6 {
+        let answer = ask("[fd00:96::10]:80");
+        if answer.is_err() {
+            println!("{}", debug_dump());
+        }
+        *seen.entry(answer.unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        seen,
+        BTreeMap::from([("pod2".into(), 3), ("pod3".into(), 3)])
     );
     p.cleanup().unwrap();
 }

@@ -56,8 +56,11 @@ fn main() {
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for n in sizes {
         ipvs_bed::prepare_node();
-        let manifests = kproxy_benches::cluster(n, endpoints);
-        let (mut pending, mut state) = kproxy_benches::build_state(&manifests);
+        // Streamed, so the typed objects never all exist at once: the process's memory is the
+        // state's and the proxier's, as in the daemon.
+        let (mut pending, mut state) = kproxy_benches::build_state_streaming(n, endpoints);
+        let config = fixtures::ScaleConfig::new(n, endpoints);
+        eprintln!("{n}: state built, RSS {} MiB", rss_kib("VmRSS:") / 1024);
         let mut p = ipvs_bed::proxier();
         let diff = state.resync_diff();
         let m0 = p.ipvs_messages_sent();
@@ -72,6 +75,11 @@ fn main() {
         );
         let load = t.elapsed();
         let load_msgs = p.ipvs_messages_sent() - m0;
+        eprintln!(
+            "{n}: after the first sync, RSS {} MiB, peak {} MiB",
+            rss_kib("VmRSS:") / 1024,
+            rss_kib("VmHWM:") / 1024
+        );
         eprintln!("{n}: from empty, phases {:?}", p.last_full_sync_phases());
         let servers = r
             .owned
@@ -92,7 +100,8 @@ fn main() {
         let (mut add_msgs, mut del_msgs) = (0, 0);
         for k in 0..9 {
             let i = (k * 997) % n;
-            let old = &manifests.endpoint_slices[i];
+            let (_, old) = fixtures::generate_one(&config, i);
+            let old = &old;
             let new = ipvs_bed::with_extra_endpoint(old, i);
             let diff = ipvs_bed::change(&mut pending, &mut state, old, &new);
             let m0 = p.ipvs_messages_sent();

@@ -1,6 +1,7 @@
 //! The whole path at scale: the control plane loaded with N Services × M endpoints over HTTP, the
 //! kproxy daemon (release build) started against it in a node network namespace, and what an
-//! operator would measure: time to the first complete sync, RSS after it and at peak, and how long
+//! operator would measure: time to the first complete sync (the probe answers and the daemon
+//! reports its first full sync done), RSS after it and at peak, and how long
 //! an endpoint change takes from the API write to a working rule — from the daemon's own
 //! `network_programming_duration_seconds` and from a real packet. Needs root.
 //!
@@ -145,6 +146,24 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// How many full syncs the daemon has finished (`sync_full_proxy_rules_duration_seconds_count`).
+/// The probe answering is not enough for IPVS mode: its first sync programs Services one message
+/// at a time, and the probe's may come early.
+fn full_syncs(metrics: SocketAddr) -> Option<u64> {
+    let mut s = TcpStream::connect(metrics).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.lines()
+        .find(|l| l.starts_with("kubeproxy_sync_full_proxy_rules_duration_seconds_count"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
 }
 
 /// `network_programming_duration_seconds` (sum, count) from the daemon's /metrics.
@@ -293,8 +312,11 @@ fn run(mode: &str, variant: &str, services: usize, endpoints: usize, changes: us
             let pid = daemon.0.id();
             let first_sync = tokio::task::spawn_blocking(move || {
                 let deadline = Instant::now() + Duration::from_secs(600);
+                let metrics: SocketAddr = "127.0.0.1:10249".parse().unwrap();
                 while Instant::now() < deadline {
-                    if probe().as_deref() == Some(POD_IPS[0]) {
+                    if probe().as_deref() == Some(POD_IPS[0])
+                        && full_syncs(metrics).is_some_and(|n| n >= 1)
+                    {
                         return started.elapsed();
                     }
                     std::thread::sleep(Duration::from_millis(20));
