@@ -185,6 +185,33 @@ pub fn remove_jumps_and_chains(
     Ok(())
 }
 
+/// Runs a mode's iptables cleanup `clean` for every family and iptables variant whose tools can
+/// list the nat table (a variant whose binaries are missing, or whose kernel backend is, holds
+/// nothing of ours). Returns what was cleaned (`<what>, iptables-<variant> (<family>)`) and the
+/// failures, for a mode's `cleanup_node`.
+pub fn clean_every_variant(
+    what: &str,
+    mut clean: impl FnMut(&mut crate::IptablesCmd) -> Result<(), proxy_core::ProxierError>,
+) -> (Vec<String>, Vec<String>) {
+    use crate::IptablesOps as _;
+    let (mut cleaned, mut failures) = (Vec::new(), Vec::new());
+    for family in [proxy_core::IpFamily::V4, proxy_core::IpFamily::V6] {
+        for variant in [crate::Variant::Nft, crate::Variant::Legacy] {
+            let mut cmd = crate::IptablesCmd::new(variant, family);
+            if cmd.save("nat").is_err() {
+                continue;
+            }
+            match clean(&mut cmd) {
+                Ok(()) => cleaned.push(format!("{what}, iptables-{variant} ({family})")),
+                Err(e) => {
+                    failures.push(format!("iptables-{variant} ({family}): {e}: {}", e.source))
+                }
+            }
+        }
+    }
+    (cleaned, failures)
+}
+
 #[cfg(test)]
 mod split_tests {
     use super::split_spec;

@@ -701,18 +701,7 @@ impl IpvsProxier {
             return Err(fail("unbinding service addresses", e));
         }
         // Servers that just left: delete those without connections at once.
-        let mut by_service: BTreeMap<ServiceKey, (VirtualService, Vec<ServerKey>)> =
-            BTreeMap::new();
-        for (vs, k) in ch.draining {
-            by_service
-                .entry(ServiceKey::of(&vs))
-                .or_insert_with(|| (vs, Vec::new()))
-                .1
-                .push(k);
-        }
-        for (_, (vs, keys)) in by_service {
-            self.drain(&vs, Some(&keys))?;
-        }
+        self.drain_leaving(ch.draining)?;
         Ok(self.report(false, ch.ops.len(), entries_written, rules_written, failed))
     }
 
@@ -747,6 +736,27 @@ impl IpvsProxier {
             ],
             counters: Vec::new(),
         }
+    }
+
+    /// Deletes, among servers this sync set to weight 0, those without connections: one dump of
+    /// each affected service.
+    fn drain_leaving(
+        &mut self,
+        leaving: Vec<(VirtualService, ServerKey)>,
+    ) -> Result<(), ProxierError> {
+        let mut by_service: BTreeMap<ServiceKey, (VirtualService, Vec<ServerKey>)> =
+            BTreeMap::new();
+        for (vs, k) in leaving {
+            by_service
+                .entry(ServiceKey::of(&vs))
+                .or_insert_with(|| (vs, Vec::new()))
+                .1
+                .push(k);
+        }
+        for (_, (vs, keys)) in by_service {
+            self.drain(&vs, Some(&keys))?;
+        }
+        Ok(())
     }
 
     /// Deletes the terminating servers of `vs` (only `only`, if given) that have no connections
@@ -1044,18 +1054,7 @@ impl IpvsProxier {
             return Err(fail("unbinding service addresses", e));
         }
         phase(&mut self.phases, "unbind");
-        let mut by_service: BTreeMap<ServiceKey, (VirtualService, Vec<ServerKey>)> =
-            BTreeMap::new();
-        for (vs, k) in draining {
-            by_service
-                .entry(ServiceKey::of(&vs))
-                .or_insert_with(|| (vs, Vec::new()))
-                .1
-                .push(k);
-        }
-        for (_, (vs, keys)) in by_service {
-            self.drain(&vs, Some(&keys))?;
-        }
+        self.drain_leaving(draining)?;
         phase(&mut self.phases, "drain");
         let failed = outcome.failed.len();
         self.real_servers = self.services.values().map(|p| p.servers.len()).sum();
@@ -1183,7 +1182,6 @@ pub fn cleanup_rules(iptables: &mut dyn IptablesOps) -> Result<(), ProxierError>
 /// has it, `kube-ipvs0` deleted, the chains and jumps removed from every iptables variant and
 /// family whose tools exist, then both families' sets destroyed. Returns what it cleaned.
 pub fn cleanup_node() -> Result<Vec<String>, ProxierError> {
-    use backend_iptables::{IptablesCmd, Variant};
     let mut cleaned = Vec::new();
     let mut failures = Vec::new();
     match crate::client::IpvsClient::open() {
@@ -1199,20 +1197,10 @@ pub fn cleanup_node() -> Result<Vec<String>, ProxierError> {
         Ok(false) => {}
         Err(e) => failures.push(e.to_string()),
     }
-    for family in [IpFamily::V4, IpFamily::V6] {
-        for variant in [Variant::Nft, Variant::Legacy] {
-            let mut cmd = IptablesCmd::new(variant, family);
-            if cmd.save("nat").is_err() {
-                continue;
-            }
-            match cleanup_rules(&mut cmd) {
-                Ok(()) => cleaned.push(format!("IPVS-mode chains, iptables-{variant} ({family})")),
-                Err(e) => {
-                    failures.push(format!("iptables-{variant} ({family}): {e}: {}", e.source))
-                }
-            }
-        }
-    }
+    let (rules_cleaned, rules_failed) =
+        backend_iptables::jumps::clean_every_variant("IPVS-mode chains", |cmd| cleanup_rules(cmd));
+    cleaned.extend(rules_cleaned);
+    failures.extend(rules_failed);
     match IpsetClient::open() {
         Ok(mut ipset) => {
             let existing: HashSet<String> = match ipset.list_names() {

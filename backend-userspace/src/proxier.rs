@@ -3,13 +3,13 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use backend_iptables::{IptablesCmd, IptablesOps, Variant};
+use backend_iptables::IptablesOps;
 use kproxy_netlink::ConntrackOps;
 use proxy_core::datapath::{NodePortAddressSpec, NodePortAddresses};
 use proxy_core::proxy_port_metrics::ProxyPortMetrics;
 use proxy_core::{
-    IpFamily, ObjectCount, Proxier, ProxierError, ProxyMode, ProxyState, ServicePortName,
-    StateDiff, SyncReport,
+    ObjectCount, Proxier, ProxierError, ProxyMode, ProxyState, ServicePortName, StateDiff,
+    SyncReport,
 };
 use tokio::runtime::Handle;
 
@@ -330,23 +330,8 @@ pub fn cleanup_tables(iptables: &mut dyn IptablesOps) -> Result<(), ProxierError
 /// `kproxy --cleanup` for this mode: both families, both iptables variants; a variant or family
 /// whose tools are missing is skipped.
 pub fn cleanup_node() -> Result<Vec<String>, ProxierError> {
-    let mut cleaned = Vec::new();
-    let mut failures = Vec::new();
-    for family in [IpFamily::V4, IpFamily::V6] {
-        for variant in [Variant::Nft, Variant::Legacy] {
-            let mut cmd = IptablesCmd::new(variant, family);
-            // Missing tools: `run` fails to spawn; nothing of ours can be there.
-            if cmd.save("nat").is_err() {
-                continue;
-            }
-            match cleanup_tables(&mut cmd) {
-                Ok(()) => cleaned.push(format!("userspace chains, iptables-{variant} ({family})")),
-                Err(e) => {
-                    failures.push(format!("iptables-{variant} ({family}): {e}: {}", e.source))
-                }
-            }
-        }
-    }
+    let (cleaned, failures) =
+        backend_iptables::jumps::clean_every_variant("userspace chains", |cmd| cleanup_tables(cmd));
     if failures.is_empty() {
         Ok(cleaned)
     } else {
