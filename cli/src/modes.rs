@@ -177,8 +177,8 @@ impl DatapathSettings {
     }
 }
 
-/// What a mode that serves sockets needs from the process (userspace's listeners, the IPVS
-/// drain timer); handed to every proxier the factory builds.
+/// What a mode that serves sockets needs from the process (userspace's listeners); handed to
+/// every proxier the factory builds.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct ProxierContext {
     /// The daemon's tokio runtime, when there is one (`kproxy sync` has none).
