@@ -28,21 +28,12 @@ const NODE: &str = "node-a";
 
 #[test]
 fn ipvs_in_uml() {
-    if uml_testbed::inside() {
-        return; // the outer test does not run inside
-    }
-    let kernel = match uml_testbed::UmlKernel::find() {
-        Ok(k) => k,
-        Err(why) => {
-            eprintln!("skipping the IPVS tests: {why}");
-            return;
-        }
+    let Some(kernel) = uml_testbed::kernel_or_skip("the IPVS tests") else {
+        return;
     };
     let exe = std::env::current_exe().unwrap();
-    // KPROXY_UML_FILTER narrows the tests run inside, for debugging.
-    let filter = std::env::var("KPROXY_UML_FILTER").unwrap_or_else(|_| "inside_uml_".into());
     let out = kernel
-        .run_test_binary(&exe, &filter, |spec| {
+        .run_test_binary(&exe, "inside_uml_", |spec| {
             spec.mem_mib = 512;
             spec.timeout = Duration::from_secs(900);
         })

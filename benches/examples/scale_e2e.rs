@@ -152,6 +152,16 @@ fn status_kib(pid: u32, field: &str) -> u64 {
 /// The probe answering is not enough for IPVS mode: its first sync programs Services one message
 /// at a time, and the probe's may come early.
 fn full_syncs(metrics: SocketAddr) -> Option<u64> {
+    metric(
+        &scrape(metrics)?,
+        "kubeproxy_sync_full_proxy_rules_duration_seconds_count",
+    )?
+    .parse()
+    .ok()
+}
+
+/// The daemon's /metrics text.
+fn scrape(metrics: SocketAddr) -> Option<String> {
     let mut s = TcpStream::connect(metrics).ok()?;
     write!(
         s,
@@ -160,35 +170,29 @@ fn full_syncs(metrics: SocketAddr) -> Option<u64> {
     .ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// The value of the sample `name` (no labels) in /metrics text.
+fn metric<'t>(text: &'t str, name: &str) -> Option<&'t str> {
     text.lines()
-        .find(|l| l.starts_with("kubeproxy_sync_full_proxy_rules_duration_seconds_count"))
+        .find(|l| l.starts_with(name))
         .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
 }
 
 /// `network_programming_duration_seconds` (sum, count) from the daemon's /metrics.
 fn programming(metrics: SocketAddr) -> Option<(f64, u64)> {
-    let mut s = TcpStream::connect(metrics).ok()?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let value = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .map(str::to_owned)
-    };
+    let text = scrape(metrics)?;
     Some((
-        value("kubeproxy_network_programming_duration_seconds_sum")?
+        metric(&text, "kubeproxy_network_programming_duration_seconds_sum")?
             .parse()
             .ok()?,
-        value("kubeproxy_network_programming_duration_seconds_count")?
-            .parse()
-            .ok()?,
+        metric(
+            &text,
+            "kubeproxy_network_programming_duration_seconds_count",
+        )?
+        .parse()
+        .ok()?,
     ))
 }
 

@@ -16,15 +16,8 @@ use uml_testbed::sh;
 
 #[test]
 fn ipvs_commands_in_uml() {
-    if uml_testbed::inside() {
+    let Some(kernel) = uml_testbed::kernel_or_skip("the IPVS command tests") else {
         return;
-    }
-    let kernel = match uml_testbed::UmlKernel::find() {
-        Ok(k) => k,
-        Err(why) => {
-            eprintln!("skipping the IPVS tests: {why}");
-            return;
-        }
     };
     let exe = std::env::current_exe().unwrap();
     let out = kernel

@@ -86,6 +86,22 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "nfnetlink_acct",
 ];
 
+/// The kernel for a host test that boots it: `None` inside the kernel already (the host test has
+/// nothing to do there) or where the harness cannot run, printing why (`what` names the tests
+/// skipped).
+pub fn kernel_or_skip(what: &str) -> Option<UmlKernel> {
+    if inside() {
+        return None;
+    }
+    match UmlKernel::find() {
+        Ok(k) => Some(k),
+        Err(why) => {
+            eprintln!("skipping {what}: {why}");
+            None
+        }
+    }
+}
+
 /// Whether this process runs inside a UML kernel started by [`UmlKernel::run`].
 pub fn inside() -> bool {
     std::env::var_os(INSIDE_ENV).is_some()
@@ -331,13 +347,16 @@ impl UmlKernel {
 
     /// Runs the test binary `exe` (usually `std::env::current_exe()`) inside the kernel with
     /// `--ignored --test-threads=1 --nocapture <filter>`: the ignored tests whose names contain
-    /// `filter`, one after another. Their output is passed through to this process's stdout.
+    /// `filter` (or `KPROXY_UML_FILTER`, when set, to narrow them while debugging), one after
+    /// another. Their output is passed through to this process's stdout.
     pub fn run_test_binary(
         &self,
         exe: &Path,
         filter: &str,
         mut spec_edit: impl FnMut(&mut RunSpec),
     ) -> Result<RunOutcome, HarnessError> {
+        let narrowed = std::env::var("KPROXY_UML_FILTER").ok();
+        let filter = narrowed.as_deref().unwrap_or(filter);
         let mut spec = RunSpec::new(
             exe,
             [
