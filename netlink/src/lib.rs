@@ -5,8 +5,8 @@
 //! cleans stale entries after a sync; which entries is decided by
 //! [`proxy_core::datapath::conntrack_policy`]). Message families no crate has join this crate as
 //! modules written on `netlink-packet-core`'s traits, with byte-exact tests in both directions:
-//! [`ipset`], [`nfacct`] and [`ipvs`] (generic netlink, framed by `netlink-packet-generic`);
-//! nf_tables is next. [`socket`] is the request/answer loop they share, with pipelined batches.
+//! [`ipset`], [`nfacct`], [`ipvs`] (generic netlink, framed by `netlink-packet-generic`) and
+//! [`nftables`] (atomic batches of tables, chains, rules, sets and elements). [`socket`] is the request/answer loop they share, with pipelined batches.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![deny(rustdoc::broken_intra_doc_links)]
 
@@ -14,6 +14,7 @@ pub mod conntrack;
 pub mod ipset;
 pub mod ipvs;
 pub mod nfacct;
+pub mod nftables;
 pub mod socket;
 
 pub use conntrack::{ConntrackError, ConntrackOps, FlowFilter, NetlinkConntrack};

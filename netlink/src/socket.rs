@@ -15,6 +15,12 @@ pub struct NetlinkSocket {
     socket: Socket,
     seq: u32,
     buf: Vec<u8>,
+    send_buffer: usize,
+}
+
+/// `MSG_DONTWAIT`.
+fn libc_dontwait() -> i32 {
+    nix::sys::socket::MsgFlags::MSG_DONTWAIT.bits()
 }
 
 /// What went wrong talking to the kernel.
@@ -62,6 +68,7 @@ impl NetlinkSocket {
             socket,
             seq: 0,
             buf: vec![0; 1 << 16],
+            send_buffer: 0,
         })
     }
 
@@ -135,12 +142,81 @@ impl NetlinkSocket {
         }
     }
 
+    /// Reserves `count` consecutive sequence numbers and returns the first: a caller that
+    /// writes a whole batch of messages itself numbers them with these.
+    pub fn reserve_sequence(&mut self, count: u32) -> u32 {
+        let first = self.seq.wrapping_add(1);
+        self.seq = self.seq.wrapping_add(count);
+        first
+    }
+
+    /// Sends one datagram as it is (a batch the caller serialized), making the socket's send
+    /// buffer large enough first (`SO_SNDBUFFORCE`, root): the kernel takes a datagram only
+    /// whole, and an nf_tables transaction must be one datagram.
+    pub fn send_datagram(&mut self, datagram: &[u8], operation: &str) -> Result<(), SocketError> {
+        use nix::sys::socket::{setsockopt, sockopt};
+        if datagram.len() + 4096 > self.send_buffer {
+            let size = (datagram.len() + 65536).next_power_of_two();
+            setsockopt(&self.socket, sockopt::SndBufForce, &size).map_err(|e| SocketError::Io {
+                operation: format!("{operation}: SO_SNDBUFFORCE {size}"),
+                source: io::Error::from(e),
+            })?;
+            self.send_buffer = size;
+        }
+        self.socket
+            .send(datagram, 0)
+            .map_err(|source| SocketError::Io {
+                operation: format!("{operation}: send"),
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// Reads what is already queued on the socket without waiting, handing each message to
+    /// `each`; returns when the queue is empty. The kernel handles a datagram sent to it before
+    /// `send` returns, so every answer to it is queued by then.
+    pub fn drain_queued<I>(
+        &mut self,
+        operation: &str,
+        mut each: impl FnMut(NetlinkMessage<I>) -> Result<(), SocketError>,
+    ) -> Result<(), SocketError>
+    where
+        I: NetlinkSerializable + NetlinkDeserializable + std::fmt::Debug,
+    {
+        loop {
+            match self.recv_datagram_flags::<I>(operation, libc_dontwait(), |m| {
+                each(m)?;
+                Ok(false)
+            }) {
+                Ok(_) => {}
+                Err(SocketError::Io { source, .. })
+                    if source.kind() == io::ErrorKind::WouldBlock =>
+                {
+                    return Ok(())
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Receives one datagram and hands each netlink message in it to `each`, which says whether
     /// the exchange is finished; returns whether one did. Messages after a finishing one in the
     /// same datagram are still handed over (they answer something else, or nothing).
     fn recv_datagram<I>(
         &mut self,
         operation: &str,
+        each: impl FnMut(NetlinkMessage<I>) -> Result<bool, SocketError>,
+    ) -> Result<bool, SocketError>
+    where
+        I: NetlinkSerializable + NetlinkDeserializable + std::fmt::Debug,
+    {
+        self.recv_datagram_flags(operation, 0, each)
+    }
+
+    fn recv_datagram_flags<I>(
+        &mut self,
+        operation: &str,
+        flags: i32,
         mut each: impl FnMut(NetlinkMessage<I>) -> Result<bool, SocketError>,
     ) -> Result<bool, SocketError>
     where
@@ -148,7 +224,7 @@ impl NetlinkSocket {
     {
         let n = self
             .socket
-            .recv(&mut &mut self.buf[..], 0)
+            .recv(&mut &mut self.buf[..], flags)
             .map_err(|source| SocketError::Io {
                 operation: format!("{operation}: recv"),
                 source,

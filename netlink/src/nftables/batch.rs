@@ -1,0 +1,268 @@
+//! One nf_tables transaction: commands serialized into one datagram between
+//! `NFNL_MSG_BATCH_BEGIN` and `NFNL_MSG_BATCH_END`, which the kernel applies atomically — all of
+//! it or, on any error, none of it.
+//!
+//! Commands are serialized as they are pushed, so a transaction of 600,000 commands holds one
+//! buffer, not 600,000 message trees. Only the last command asks for an acknowledgement: the
+//! kernel reports every failing command anyway, and it handles the datagram before `send`
+//! returns, so reading what is queued afterwards sees every answer.
+
+use std::fmt;
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_sys::protocols::NETLINK_NETFILTER;
+
+use super::objects::Command;
+use super::wire::{NftMessage, NftMessageType};
+use crate::socket::{NetlinkSocket, SocketError};
+
+/// Commands waiting to be committed as one batch.
+#[derive(Clone, Default)]
+pub struct Transaction {
+    buf: Vec<u8>,
+    /// Where each message (batch begin first) starts in `buf`.
+    offsets: Vec<u32>,
+}
+
+impl fmt::Debug for Transaction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transaction")
+            .field("commands", &self.len())
+            .field("bytes", &self.buf.len())
+            .finish()
+    }
+}
+
+impl Transaction {
+    /// An empty transaction.
+    pub fn new() -> Self {
+        let mut t = Self::default();
+        t.write(&NftMessage::batch_begin(), 0);
+        t
+    }
+
+    fn write(&mut self, message: &NftMessage, flags: u16) {
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | flags;
+        let mut m = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(message.clone()));
+        m.finalize();
+        let at = self.buf.len();
+        self.offsets.push(at as u32);
+        self.buf.resize(at + ((m.buffer_len() + 3) & !3), 0);
+        m.serialize(&mut self.buf[at..]);
+    }
+
+    /// Adds a command.
+    pub fn push(&mut self, command: Command) {
+        self.write(&command.message, command.flags);
+    }
+
+    /// The number of commands.
+    pub fn len(&self) -> usize {
+        self.offsets.len().saturating_sub(1)
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The serialized commands' size in bytes (without the batch delimiters).
+    pub fn byte_len(&self) -> usize {
+        self.buf.len().saturating_sub(20)
+    }
+
+    /// The commands as messages (parsed back from the buffer; for tests and error reports).
+    pub fn messages(&self) -> Vec<(u16, NftMessage)> {
+        (1..self.offsets.len())
+            .filter_map(|i| self.parse_at(i))
+            .collect()
+    }
+
+    fn parse_at(&self, index: usize) -> Option<(u16, NftMessage)> {
+        let at = *self.offsets.get(index)? as usize;
+        let m = NetlinkMessage::<NftMessage>::deserialize(&self.buf[at..]).ok()?;
+        match m.payload {
+            NetlinkPayload::InnerMessage(inner) => Some((m.header.flags, inner)),
+            _ => None,
+        }
+    }
+
+    /// Describes command `index` (1-based, as sequence offsets are) for an error message.
+    fn describe(&self, index: usize) -> String {
+        match self.parse_at(index) {
+            Some((_, m)) => describe(&m),
+            None => format!("command {index}"),
+        }
+    }
+
+    /// Numbers the messages from `first_seq`, asks for an ACK of the last command, and closes
+    /// the batch; returns the datagram.
+    fn finish(&mut self, first_seq: u32) -> &[u8] {
+        let last = self.offsets.len() - 1;
+        for (i, &at) in self.offsets.iter().enumerate() {
+            let at = at as usize;
+            let seq = first_seq.wrapping_add(i as u32);
+            self.buf[at + 8..at + 12].copy_from_slice(&seq.to_ne_bytes());
+            if i == last && i > 0 {
+                let flags = u16::from_ne_bytes([self.buf[at + 6], self.buf[at + 7]]) | NLM_F_ACK;
+                self.buf[at + 6..at + 8].copy_from_slice(&flags.to_ne_bytes());
+            }
+        }
+        let end_seq = first_seq.wrapping_add(self.offsets.len() as u32);
+        let mut end = NetlinkMessage::new(
+            {
+                let mut h = NetlinkHeader::default();
+                h.flags = NLM_F_REQUEST;
+                h.sequence_number = end_seq;
+                h
+            },
+            NetlinkPayload::InnerMessage(NftMessage::batch_end()),
+        );
+        end.finalize();
+        let at = self.buf.len();
+        self.buf.resize(at + end.buffer_len(), 0);
+        end.serialize(&mut self.buf[at..]);
+        &self.buf
+    }
+}
+
+/// A short description of a command: what it does to which object.
+pub fn describe(m: &NftMessage) -> String {
+    use super::wire::msg;
+    let verb = match m.message_type {
+        NftMessageType::Command(c) => match c {
+            msg::NEWTABLE => "add table",
+            msg::DELTABLE => "delete table",
+            msg::NEWCHAIN => "add chain",
+            msg::DELCHAIN => "delete chain",
+            msg::NEWRULE => "add rule to chain",
+            msg::DELRULE => "flush chain",
+            msg::NEWSET => "add set",
+            msg::DELSET => "delete set",
+            msg::NEWSETELEM => "add elements to",
+            msg::DELSETELEM => "delete elements from",
+            msg::NEWOBJ => "add counter",
+            msg::DELOBJ => "delete counter",
+            _ => "command",
+        },
+        NftMessageType::BatchBegin => "batch begin",
+        NftMessageType::BatchEnd => "batch end",
+    };
+    let name = match m.message_type {
+        NftMessageType::Command(msg::NEWTABLE | msg::DELTABLE) => m.attribute(1),
+        NftMessageType::Command(msg::NEWCHAIN | msg::DELCHAIN) => m.attribute(3),
+        _ => m.attribute(2),
+    }
+    .and_then(|a| a.as_string())
+    .unwrap_or_default();
+    format!("{verb} {name}")
+}
+
+/// Why a transaction was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The socket failed, or an answer did not parse.
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    /// The kernel refused commands; nothing of the transaction was applied.
+    #[error("nf_tables transaction of {commands} commands refused: {}", .refused.iter().map(|(what, e)| format!("{what}: {e}")).collect::<Vec<_>>().join("; "))]
+    Refused {
+        /// The size of the transaction.
+        commands: usize,
+        /// Each refused command (described) with the kernel's error.
+        refused: Vec<(String, std::io::Error)>,
+    },
+    /// The kernel did not acknowledge the transaction (its answer was lost).
+    #[error("nf_tables transaction of {commands} commands: no acknowledgement")]
+    Unacknowledged {
+        /// The size of the transaction.
+        commands: usize,
+    },
+}
+
+impl CommitError {
+    /// The first refused command's errno, if the kernel refused.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            CommitError::Socket(e) => e.errno(),
+            CommitError::Refused { refused, .. } => refused.first()?.1.raw_os_error(),
+            CommitError::Unacknowledged { .. } => None,
+        }
+    }
+}
+
+/// A netfilter netlink socket for nf_tables: commits transactions and dumps objects.
+#[derive(Debug)]
+pub struct NftSocket {
+    socket: NetlinkSocket,
+}
+
+impl NftSocket {
+    /// Opens one in the caller's network namespace.
+    pub fn open() -> Result<Self, SocketError> {
+        Ok(Self {
+            socket: NetlinkSocket::open(NETLINK_NETFILTER)?,
+        })
+    }
+
+    /// Sends the transaction as one batch and waits for the kernel's verdict. An empty
+    /// transaction is not sent.
+    pub fn commit(&mut self, mut tx: Transaction) -> Result<(), CommitError> {
+        if tx.is_empty() {
+            return Ok(());
+        }
+        let commands = tx.len();
+        let first = self.socket.reserve_sequence(tx.offsets.len() as u32 + 1);
+        let last = first.wrapping_add(commands as u32);
+        let datagram = tx.finish(first);
+        self.socket.send_datagram(datagram, "nf_tables batch")?;
+        let mut refused = Vec::new();
+        let mut acknowledged = false;
+        self.socket
+            .drain_queued::<NftMessage>("nf_tables batch", |reply| {
+                let index = reply.header.sequence_number.wrapping_sub(first) as usize;
+                if index > commands {
+                    return Ok(()); // not ours
+                }
+                if let NetlinkPayload::Error(e) = reply.payload {
+                    if e.code.is_some() {
+                        refused.push((index, e.to_io()));
+                    }
+                    if reply.header.sequence_number == last {
+                        acknowledged = true;
+                    }
+                }
+                Ok(())
+            })?;
+        if !refused.is_empty() {
+            return Err(CommitError::Refused {
+                commands,
+                refused: refused
+                    .into_iter()
+                    .map(|(i, e)| (tx.describe(i), e))
+                    .collect(),
+            });
+        }
+        if !acknowledged {
+            return Err(CommitError::Unacknowledged { commands });
+        }
+        Ok(())
+    }
+
+    /// Dumps objects (`request` is a GET command) and hands each answer to `each`. A missing
+    /// table answers `ENOENT`.
+    pub fn dump(
+        &mut self,
+        request: NftMessage,
+        operation: &str,
+        each: impl FnMut(NftMessage),
+    ) -> Result<(), SocketError> {
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        let message = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(request));
+        self.socket.request_each(message, operation, each)
+    }
+}
