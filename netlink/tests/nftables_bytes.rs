@@ -1,8 +1,10 @@
 //! nf_tables messages built by `kproxy_netlink::nftables` against what `nft` 1.0.6 sends for the
 //! same statements, byte for byte, in both directions: every message of the capture parses into
 //! the message built here, and the message built here serializes to the captured bytes (sequence
-//! numbers aside). The capture (`tests/captures/nft/sample.hex`) is `nft -f sample.nft` recorded
-//! with `tests/captures/nft/capture.py` (strace of the batch `sendmsg`).
+//! numbers aside). Each capture (`tests/captures/nft/<name>.hex`) is `nft -f <name>.nft` recorded
+//! with `tests/captures/nft/capture.py` (strace of the batch `sendmsg`, run in a scratch network
+//! namespace): `sample` (upstream's layout: verdict maps, base chains, every expression kproxy's
+//! rules use) and `dnat-map` (NAT targets looked up by `numgen` slot, the hairpin set).
 
 use kproxy_netlink::nftables::batch::Transaction;
 use kproxy_netlink::nftables::expr::{
@@ -21,8 +23,11 @@ const T: &str = "kube-proxy";
 const F: u8 = NFPROTO_IPV4;
 
 fn captured() -> Vec<Vec<u8>> {
-    include_str!("captures/nft/sample.hex")
-        .lines()
+    parse_hex(include_str!("captures/nft/sample.hex"))
+}
+
+fn parse_hex(text: &str) -> Vec<Vec<u8>> {
+    text.lines()
         .map(|l| {
             (0..l.len())
                 .step_by(2)
@@ -184,7 +189,6 @@ fn built() -> Vec<Command> {
             concat: &[],
             timeout_ms: None,
             user_data: SetUserData::ConcatVerdictMap {
-                last: datatype::INET_SERVICE,
                 comment: Some("ClusterIP, ExternalIP and LoadBalancer IP traffic"),
             },
             id: 2,
@@ -198,7 +202,6 @@ fn built() -> Vec<Command> {
             concat: &[],
             timeout_ms: None,
             user_data: SetUserData::ConcatVerdictMap {
-                last: datatype::INET_SERVICE,
                 comment: Some("NodePort traffic"),
             },
             id: 3,
@@ -368,6 +371,7 @@ fn built() -> Vec<Command> {
                     family: u32::from(F),
                     addr: REG_1,
                     port: REG_2,
+                    flags: Some(2),
                 },
             ],
         ]
@@ -456,6 +460,7 @@ fn built() -> Vec<Command> {
     let el = |key: Vec<u8>, chain: &str| Element {
         key,
         verdict: Some(Verdict::Goto(chain.into())),
+        data: None,
     };
     c.push(add_elements(
         F,
@@ -493,6 +498,7 @@ fn built() -> Vec<Command> {
     let ip = Element {
         key: vec![172, 30, 0, 41],
         verdict: None,
+        data: None,
     };
     c.push(add_elements(
         F,
@@ -530,10 +536,16 @@ fn without_sequence(mut bytes: Vec<u8>) -> Vec<u8> {
 
 #[test]
 fn every_command_is_what_nft_sends() {
-    let captured = captured();
+    check_bytes(&captured(), &built());
+    check_bytes(
+        &parse_hex(include_str!("captures/nft/dnat-map.hex")),
+        &built_dnat_map(),
+    );
+}
+
+fn check_bytes(captured: &[Vec<u8>], built: &[Command]) {
     // The capture holds one batch: begin, the commands, end.
-    assert_eq!(captured.len(), built().len() + 2, "message count");
-    let built = built();
+    assert_eq!(captured.len(), built.len() + 2, "message count");
     for (i, (command, bytes)) in built.iter().zip(&captured[1..]).enumerate() {
         let ours = without_sequence(serialize(command));
         let theirs = without_sequence(bytes.clone());
@@ -548,8 +560,14 @@ fn every_command_is_what_nft_sends() {
 
 #[test]
 fn every_captured_message_parses_into_the_built_one() {
-    let captured = captured();
-    let built = built();
+    check_parse(&captured(), &built());
+    check_parse(
+        &parse_hex(include_str!("captures/nft/dnat-map.hex")),
+        &built_dnat_map(),
+    );
+}
+
+fn check_parse(captured: &[Vec<u8>], built: &[Command]) {
     for (i, (command, bytes)) in built.iter().zip(&captured[1..]).enumerate() {
         let parsed = NetlinkMessage::<NftMessage>::deserialize(bytes).unwrap();
         assert_eq!(
@@ -570,6 +588,144 @@ fn every_captured_message_parses_into_the_built_one() {
         let parsed = NetlinkMessage::<NftMessage>::deserialize(bytes).unwrap();
         assert_eq!(parsed.payload, NetlinkPayload::InnerMessage(expected));
     }
+}
+
+/// The commands `dnat-map.nft` sends: NAT targets looked up by `numgen` slot, a concatenated
+/// set for hairpin traffic, and load balancing by a cascade of `numgen` matches.
+fn built_dnat_map() -> Vec<Command> {
+    const K: &str = "k";
+    let mut c = vec![new_table(F, K, None)];
+    for name in ["svc", "aff", "masq"] {
+        c.push(new_chain(F, K, name, None));
+    }
+    c.push(new_set(
+        F,
+        &SetSpec {
+            table: K,
+            name: "endpoints",
+            flags: set_flags::MAP,
+            key: (datatype::INTEGER, 4),
+            data: Some(datatype::concat(&[
+                (datatype::IPV4_ADDR, 4),
+                (datatype::INET_SERVICE, 2),
+            ])),
+            concat: &[],
+            timeout_ms: None,
+            user_data: SetUserData::NumgenAddressPortMap {
+                ipv6: false,
+                comment: Some("c"),
+            },
+            id: 1,
+        },
+    ));
+    c.push(new_set(
+        F,
+        &SetSpec {
+            table: K,
+            name: "hairpin",
+            flags: 0,
+            key: datatype::concat(&[(datatype::IPV4_ADDR, 4), (datatype::IPV4_ADDR, 4)]),
+            data: None,
+            concat: &[],
+            timeout_ms: None,
+            user_data: SetUserData::Concat { comment: None },
+            id: 2,
+        },
+    ));
+    let r = |chain: &str, exprs: Vec<Expr>| new_rule(F, K, chain, &exprs, None);
+    c.push(r(
+        "svc",
+        vec![
+            Expr::Meta {
+                key: meta::L4PROTO,
+                dreg: REG_1,
+            },
+            cmp(CmpOp::Eq, &[6]),
+            Expr::Numgen {
+                dreg: REG_1,
+                modulus: 3,
+                offset: 7,
+            },
+            Expr::Lookup {
+                set: "endpoints".into(),
+                set_id: 1,
+                sreg: REG_1,
+                dreg: Some(REG_1),
+                invert: false,
+            },
+            Expr::Dnat {
+                family: u32::from(F),
+                addr: REG_1,
+                port: reg32(1),
+                flags: None,
+            },
+        ],
+    ));
+    for modulus in [3, 2] {
+        c.push(r(
+            "aff",
+            vec![
+                Expr::Numgen {
+                    dreg: REG_1,
+                    modulus,
+                    offset: 0,
+                },
+                cmp(CmpOp::Eq, &0u32.to_ne_bytes()),
+                goto("svc"),
+            ],
+        ));
+    }
+    c.push(r(
+        "masq",
+        vec![
+            saddr(),
+            payload(PayloadBase::Network, 16, 4, reg32(1)),
+            Expr::Lookup {
+                set: "hairpin".into(),
+                set_id: 2,
+                sreg: REG_1,
+                dreg: None,
+                invert: false,
+            },
+            Expr::Masquerade { fully_random: true },
+        ],
+    ));
+    let target = |ip: [u8; 4], port: u16| {
+        let mut v = ip.to_vec();
+        v.extend_from_slice(&port.to_be_bytes());
+        v.extend_from_slice(&[0, 0]);
+        v
+    };
+    c.push(add_elements(
+        F,
+        K,
+        "endpoints",
+        1,
+        &[
+            Element {
+                key: 7u32.to_ne_bytes().to_vec(),
+                verdict: None,
+                data: Some(target([10, 0, 0, 1], 80)),
+            },
+            Element {
+                key: 8u32.to_ne_bytes().to_vec(),
+                verdict: None,
+                data: Some(target([10, 0, 0, 2], 8080)),
+            },
+        ],
+    ));
+    c.push(add_elements(
+        F,
+        K,
+        "hairpin",
+        2,
+        &[Element {
+            key: vec![10, 0, 0, 1, 10, 0, 0, 1],
+            verdict: None,
+            data: None,
+        }],
+    ));
+    c
 }
 
 fn hex(b: &[u8]) -> String {

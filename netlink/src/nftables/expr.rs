@@ -237,6 +237,9 @@ pub enum Expr {
         addr: Register,
         /// Register holding the port.
         port: Register,
+        /// `NFTA_NAT_FLAGS`, as `nft` sends it: `NF_NAT_RANGE_PROTO_SPECIFIED` (2) for a
+        /// constant target, none for a target looked up in a map.
+        flags: Option<u32>,
     },
     /// Masquerade (`fully-random` when `fully_random`).
     Masquerade {
@@ -388,13 +391,23 @@ impl Expr {
                 NftAttribute::u32(2, *result),
                 reg(1, *dreg),
             ],
-            Expr::Dnat { family, addr, port } => vec![
-                NftAttribute::u32(1, 1),
-                NftAttribute::u32(2, *family),
-                reg(3, *addr),
-                reg(5, *port),
-                NftAttribute::u32(7, 2),
-            ],
+            Expr::Dnat {
+                family,
+                addr,
+                port,
+                flags,
+            } => {
+                let mut v = vec![
+                    NftAttribute::u32(1, 1),
+                    NftAttribute::u32(2, *family),
+                    reg(3, *addr),
+                    reg(5, *port),
+                ];
+                if let Some(f) = flags {
+                    v.push(NftAttribute::u32(7, *f));
+                }
+                v
+            }
             Expr::Masquerade { fully_random } => {
                 if *fully_random {
                     vec![NftAttribute::u32(1, 0x10)]

@@ -69,7 +69,7 @@ pub fn delete_table(family: u8, name: &str) -> Command {
 }
 
 /// Where a base chain hooks in.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct BaseChain {
     /// `filter` or `nat`.
     pub chain_type: &'static str,
@@ -210,7 +210,7 @@ pub struct SetSpec<'a> {
 }
 
 /// The user data `nft` attaches to a set: opaque to the kernel, read back by `nft list` to print
-/// the set's type, byte order and comment. Reproduced for the three shapes kproxy creates.
+/// the set's type, byte order and comment. Reproduced for the shapes kproxy creates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SetUserData<'a> {
     /// A set of addresses (big-endian key).
@@ -218,10 +218,14 @@ pub enum SetUserData<'a> {
         /// A comment.
         comment: Option<&'a str>,
     },
-    /// A verdict map with a concatenated key whose last part has data type `last`.
+    /// A set with a concatenated key (`type ipv4_addr . ipv4_addr`).
+    Concat {
+        /// A comment.
+        comment: Option<&'a str>,
+    },
+    /// A verdict map with a concatenated key (`type ipv4_addr . inet_proto . inet_service :
+    /// verdict`).
     ConcatVerdictMap {
-        /// The last part's data type.
-        last: u32,
         /// A comment.
         comment: Option<&'a str>,
     },
@@ -230,53 +234,115 @@ pub enum SetUserData<'a> {
         /// A comment.
         comment: Option<&'a str>,
     },
+    /// `typeof numgen random mod 1 : ip daddr . tcp dport` (or `ip6 daddr`): a NAT target
+    /// (address and port) per slot.
+    NumgenAddressPortMap {
+        /// IPv6 addresses.
+        ipv6: bool,
+        /// A comment.
+        comment: Option<&'a str>,
+    },
+}
+
+/// libnftnl's user-data ids: a set's byte orders, typeof expressions, comment.
+mod udata_kind {
+    pub(super) const KEY_BYTEORDER: u8 = 0;
+    pub(super) const DATA_BYTEORDER: u8 = 1;
+    pub(super) const KEY_TYPEOF: u8 = 3;
+    pub(super) const DATA_TYPEOF: u8 = 4;
+    pub(super) const DATA_INTERVAL: u8 = 6;
+    pub(super) const COMMENT: u8 = 7;
+    /// Byte orders.
+    pub(super) const HOST: u32 = 1;
+    pub(super) const BIG: u32 = 2;
+    /// nft's expression ids in a typeof: payload, concatenation, numgen.
+    pub(super) const EXPR_PAYLOAD: u32 = 7;
+    pub(super) const EXPR_CONCAT: u32 = 13;
+    pub(super) const EXPR_NUMGEN: u32 = 23;
+    /// nft's protocol descriptions and their fields, for payload typeofs.
+    pub(super) const DESC_TCP: u32 = 8;
+    pub(super) const TCP_DPORT: u32 = 2;
+    pub(super) const DESC_IP: u32 = 12;
+    pub(super) const IP_DADDR: u32 = 12;
+    pub(super) const DESC_IP6: u32 = 13;
+    pub(super) const IP6_DADDR: u32 = 9;
+}
+
+/// A typeof expression: its id and its own user data.
+fn typeof_expr(id: u32, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    udata(0, &id.to_ne_bytes(), &mut out);
+    udata(1, data, &mut out);
+    out
+}
+
+fn typeof_payload(desc: u32, field: u32) -> Vec<u8> {
+    let mut d = Vec::new();
+    udata(0, &desc.to_ne_bytes(), &mut d);
+    udata(1, &field.to_ne_bytes(), &mut d);
+    typeof_expr(udata_kind::EXPR_PAYLOAD, &d)
+}
+
+fn typeof_numgen_random_mod_1() -> Vec<u8> {
+    // numgen's own data: type (random: 1), modulus 1, offset 0.
+    let mut d = Vec::new();
+    udata(0, &1u32.to_ne_bytes(), &mut d);
+    udata(1, &1u32.to_ne_bytes(), &mut d);
+    udata(2, &0u32.to_ne_bytes(), &mut d);
+    typeof_expr(udata_kind::EXPR_NUMGEN, &d)
 }
 
 impl SetUserData<'_> {
     fn encode(&self) -> Vec<u8> {
-        // NFTNL_UDATA_SET_*: KEYBYTEORDER 0, DATABYTEORDER 1, KEY_TYPEOF 3, DATA_TYPEOF 4,
-        // DATA_INTERVAL 6, COMMENT 7. Byte orders: host 1, big-endian 2.
+        use udata_kind::*;
         let mut out = Vec::new();
         let comment = match *self {
             SetUserData::Addresses { comment } => {
-                udata(0, &2u32.to_ne_bytes(), &mut out);
+                udata(KEY_BYTEORDER, &BIG.to_ne_bytes(), &mut out);
                 comment
             }
-            SetUserData::ConcatVerdictMap { last, comment } => {
-                udata(0, &0u32.to_ne_bytes(), &mut out);
-                udata(1, &0u32.to_ne_bytes(), &mut out);
-                let mut typeof_key = Vec::new();
-                udata(0, &last.to_ne_bytes(), &mut typeof_key);
-                udata(1, &[], &mut typeof_key);
-                udata(3, &typeof_key, &mut out);
-                udata(6, &0u32.to_ne_bytes(), &mut out);
+            SetUserData::Concat { comment } => {
+                udata(KEY_BYTEORDER, &0u32.to_ne_bytes(), &mut out);
+                udata(KEY_TYPEOF, &typeof_expr(EXPR_CONCAT, &[]), &mut out);
+                comment
+            }
+            SetUserData::ConcatVerdictMap { comment } => {
+                udata(KEY_BYTEORDER, &0u32.to_ne_bytes(), &mut out);
+                udata(DATA_BYTEORDER, &0u32.to_ne_bytes(), &mut out);
+                udata(KEY_TYPEOF, &typeof_expr(EXPR_CONCAT, &[]), &mut out);
+                udata(DATA_INTERVAL, &0u32.to_ne_bytes(), &mut out);
                 comment
             }
             SetUserData::NumgenVerdictMap { comment } => {
-                udata(0, &1u32.to_ne_bytes(), &mut out);
-                udata(1, &0u32.to_ne_bytes(), &mut out);
-                // typeof numgen random mod 1: expression 23 (numgen) with its type (random),
-                // modulus 1 and offset 0.
-                let mut numgen = Vec::new();
-                udata(0, &1u32.to_ne_bytes(), &mut numgen);
-                udata(1, &1u32.to_ne_bytes(), &mut numgen);
-                udata(2, &0u32.to_ne_bytes(), &mut numgen);
-                let mut typeof_key = Vec::new();
-                udata(0, &23u32.to_ne_bytes(), &mut typeof_key);
-                udata(1, &numgen, &mut typeof_key);
-                udata(3, &typeof_key, &mut out);
-                let mut typeof_data = Vec::new();
-                udata(0, &1u32.to_ne_bytes(), &mut typeof_data);
-                udata(1, &[], &mut typeof_data);
-                udata(4, &typeof_data, &mut out);
-                udata(6, &0u32.to_ne_bytes(), &mut out);
+                udata(KEY_BYTEORDER, &HOST.to_ne_bytes(), &mut out);
+                udata(DATA_BYTEORDER, &0u32.to_ne_bytes(), &mut out);
+                udata(KEY_TYPEOF, &typeof_numgen_random_mod_1(), &mut out);
+                // The verdict's typeof: a verdict expression (1) without data.
+                udata(DATA_TYPEOF, &typeof_expr(1, &[]), &mut out);
+                udata(DATA_INTERVAL, &0u32.to_ne_bytes(), &mut out);
+                comment
+            }
+            SetUserData::NumgenAddressPortMap { ipv6, comment } => {
+                udata(KEY_BYTEORDER, &HOST.to_ne_bytes(), &mut out);
+                udata(DATA_BYTEORDER, &0u32.to_ne_bytes(), &mut out);
+                udata(KEY_TYPEOF, &typeof_numgen_random_mod_1(), &mut out);
+                let address = if ipv6 {
+                    typeof_payload(DESC_IP6, IP6_DADDR)
+                } else {
+                    typeof_payload(DESC_IP, IP_DADDR)
+                };
+                let mut parts = Vec::new();
+                udata(0, &address, &mut parts);
+                udata(1, &typeof_payload(DESC_TCP, TCP_DPORT), &mut parts);
+                udata(DATA_TYPEOF, &typeof_expr(EXPR_CONCAT, &parts), &mut out);
+                udata(DATA_INTERVAL, &0u32.to_ne_bytes(), &mut out);
                 comment
             }
         };
         if let Some(c) = comment {
             let mut v = c.as_bytes().to_vec();
             v.push(0);
-            udata(7, &v, &mut out);
+            udata(COMMENT, &v, &mut out);
         }
         out
     }
@@ -332,13 +398,15 @@ pub fn delete_set(family: u8, table: &str, name: &str) -> Command {
     }
 }
 
-/// One element: its key bytes and, in a verdict map, its verdict.
+/// One element: its key bytes and, in a map, its verdict or its data.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Element {
     /// The key as the kernel compares it (concatenation parts padded to 4 bytes).
     pub key: Vec<u8>,
     /// The verdict, in a verdict map.
     pub verdict: Option<Verdict>,
+    /// The value, in a data map (concatenation parts padded to 4 bytes).
+    pub data: Option<Vec<u8>>,
 }
 
 impl Element {
@@ -347,6 +415,8 @@ impl Element {
         let mut v = vec![data_value(1, &self.key)];
         if let Some(verdict) = &self.verdict {
             v.push(NftAttribute::nested(2, vec![verdict.data_attribute()]));
+        } else if let Some(data) = &self.data {
+            v.push(data_value(2, data));
         }
         NftAttribute::nested(index as u16, v)
     }
@@ -363,12 +433,18 @@ impl Element {
             .find(|a| a.kind == 1)?
             .value_bytes()
             .to_vec();
-        let verdict = children.iter().find(|a| a.kind == 2).and_then(|d| {
-            let inner = d.children().ok()?;
+        let value = children
+            .iter()
+            .find(|a| a.kind == 2)
+            .and_then(|d| d.children().ok());
+        let verdict = value.as_ref().and_then(|inner| {
             let v = inner.iter().find(|a| a.kind == 2)?;
             Verdict::from_data(&v.children().ok()?)
         });
-        Some(Self { key, verdict })
+        let data = value
+            .as_ref()
+            .and_then(|inner| Some(inner.iter().find(|a| a.kind == 1)?.value_bytes().to_vec()));
+        Some(Self { key, verdict, data })
     }
 }
 

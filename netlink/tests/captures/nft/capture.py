@@ -1,4 +1,5 @@
 import re,sys,subprocess
+# usage: capture.py NETNS FILE.nft > FILE.hex  (root; needs nft and strace)
 # Prints, one per line in hex, each netlink message of the batches `nft -f FILE` sends (run in netns ARGV1).
 out = subprocess.run(["ip","netns","exec",sys.argv[1],"strace","-xx","-e","trace=sendmsg","-e","write=3","nft","-f",sys.argv[2]],capture_output=True,text=True)
 if out.returncode: sys.exit(out.stderr)
