@@ -65,6 +65,35 @@ pub fn iptables_config() -> backend_iptables::RenderConfig {
     c
 }
 
+/// The slice of generated Service `i` with one more endpoint (`10.255.255.x`), for a
+/// one-endpoint change.
+pub fn with_extra_endpoint(
+    slice: &k8s_openapi::api::discovery::v1::EndpointSlice,
+    i: usize,
+) -> k8s_openapi::api::discovery::v1::EndpointSlice {
+    let mut s = slice.clone();
+    let extra = fixtures::builder::EndpointBuilder::ready(&format!(
+        "10.255.{}.{}",
+        (i >> 8) & 0xff,
+        i & 0xff
+    ))
+    .node("node1")
+    .build();
+    s.endpoints.get_or_insert_with(Vec::new).push(extra);
+    s
+}
+
+/// Replaces slice `old` with `new` and applies the change: the diff of a one-endpoint change.
+pub fn change(
+    pending: &mut PendingChanges,
+    state: &mut ProxyState,
+    old: &k8s_openapi::api::discovery::v1::EndpointSlice,
+    new: &k8s_openapi::api::discovery::v1::EndpointSlice,
+) -> proxy_core::StateDiff {
+    pending.on_endpoint_slice_update(old, new);
+    state.apply(pending)
+}
+
 /// IPVS mode's benchmark bed, for code running inside the user-mode-linux kernel
 /// (`uml-testbed`): the node's routes, a proxier, and one endpoint to add and remove.
 pub mod ipvs_bed {
@@ -72,9 +101,9 @@ pub mod ipvs_bed {
     use std::time::Duration;
 
     use backend_ipvs::{IpvsProxier, IpvsSettings};
-    use k8s_openapi::api::discovery::v1::EndpointSlice;
     use proxy_core::datapath::DetectLocalMode;
-    use proxy_core::{EndpointSliceHandler, PendingChanges, ProxyState, StateDiff};
+
+    pub use crate::{change, with_extra_endpoint};
 
     /// Cleans what an earlier run left and gives the generated pods (10.0.0.0/8) a route, which
     /// IPVS needs before it takes them as real servers.
@@ -102,31 +131,5 @@ pub mod ipvs_bed {
             )),
         )
         .expect("IPVS proxier")
-    }
-
-    /// The slice of generated Service `i` with one more endpoint (`10.255.255.x`), for a
-    /// one-endpoint change.
-    pub fn with_extra_endpoint(slice: &EndpointSlice, i: usize) -> EndpointSlice {
-        let mut s = slice.clone();
-        let extra = fixtures::builder::EndpointBuilder::ready(&format!(
-            "10.255.{}.{}",
-            (i >> 8) & 0xff,
-            i & 0xff
-        ))
-        .node("node1")
-        .build();
-        s.endpoints.get_or_insert_with(Vec::new).push(extra);
-        s
-    }
-
-    /// Replaces slice `old` with `new` and applies the change: the diff of a one-endpoint change.
-    pub fn change(
-        pending: &mut PendingChanges,
-        state: &mut ProxyState,
-        old: &EndpointSlice,
-        new: &EndpointSlice,
-    ) -> StateDiff {
-        pending.on_endpoint_slice_update(old, new);
-        state.apply(pending)
     }
 }

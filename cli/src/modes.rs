@@ -16,8 +16,12 @@ use proxy_core::{IpFamily, Proxier, ProxyMode, ProxyState};
 use crate::args::IptablesVariant;
 
 /// The modes this build implements.
-pub(crate) const BUILT: &[ProxyMode] =
-    &[ProxyMode::Iptables, ProxyMode::Userspace, ProxyMode::Ipvs];
+pub(crate) const BUILT: &[ProxyMode] = &[
+    ProxyMode::Iptables,
+    ProxyMode::Userspace,
+    ProxyMode::Ipvs,
+    ProxyMode::Nftables,
+];
 
 /// A mode kproxy knows but this build does not implement yet (exit status 2).
 #[derive(Debug, thiserror::Error)]
@@ -313,9 +317,27 @@ pub(crate) fn build(
             Ok(Box::new(proxier))
         }
         ProxyMode::Nftables => {
-            unreachable!("check_built refused {mode}")
+            tracing::info!(
+                "{family}: nftables over netlink, table {}",
+                backend_nftables::names::TABLE
+            );
+            let mut proxier =
+                backend_nftables::NftablesProxier::open(family, nftables_settings(settings))
+                    .map_err(|e| anyhow::anyhow!("{e}: {}", e.source))?;
+            if !settings.on_this_node {
+                proxier = proxier.with_node_addresses(settings.node_ips.clone());
+            }
+            Ok(Box::new(proxier))
         }
     }
+}
+
+fn nftables_settings(settings: &DatapathSettings) -> backend_nftables::NftablesSettings {
+    let mut s = backend_nftables::NftablesSettings::new(settings.detect_local.clone());
+    s.masquerade_all = settings.masquerade_all;
+    s.masquerade_bit = settings.masquerade_bit;
+    s.node_port_addresses = settings.node_port_addresses.clone();
+    s
 }
 
 fn ipvs_settings(settings: &DatapathSettings) -> backend_ipvs::IpvsSettings {
@@ -376,7 +398,20 @@ pub(crate) fn render(
             Ok(())
         }
         ProxyMode::Nftables => {
-            unreachable!("check_built refused {mode}")
+            let mut addrs = settings.node_ips.clone();
+            if addrs.is_empty() {
+                addrs = state.node().addresses.clone();
+            }
+            let ctx = backend_nftables::proxier::plan_context(
+                state.family(),
+                &nftables_settings(settings),
+                state,
+                Some(&addrs),
+            );
+            let mut text = String::new();
+            backend_nftables::render::write_ruleset(state, &ctx, &mut text);
+            out.write_all(text.as_bytes())?;
+            Ok(())
         }
     }
 }
@@ -411,7 +446,7 @@ pub(crate) fn cleanup_all() -> anyhow::Result<()> {
             ProxyMode::Iptables => backend_iptables::cleanup_node(),
             ProxyMode::Userspace => backend_userspace::cleanup_node(),
             ProxyMode::Ipvs => backend_ipvs::cleanup_node(),
-            ProxyMode::Nftables => Ok(Vec::new()),
+            ProxyMode::Nftables => backend_nftables::cleanup_node(),
         };
         match result {
             Ok(cleaned) => {
@@ -434,11 +469,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unbuilt_modes_name_every_mode() {
-        assert!(check_built(ProxyMode::Iptables).is_ok());
-        assert!(check_built(ProxyMode::Ipvs).is_ok());
-        let err = check_built(ProxyMode::Nftables).unwrap_err().to_string();
-        assert!(err.contains("proxy mode nftables"), "{err}");
-        assert!(err.contains("iptables, ipvs, nftables, userspace"), "{err}");
+    fn every_mode_is_built() {
+        for mode in [
+            ProxyMode::Iptables,
+            ProxyMode::Ipvs,
+            ProxyMode::Nftables,
+            ProxyMode::Userspace,
+        ] {
+            assert!(check_built(mode).is_ok(), "{mode}");
+        }
     }
 }

@@ -1,0 +1,588 @@
+//! [`NftablesProxier`]: keeps the `kube-proxy` table of one family in step with the state.
+//!
+//! - The first sync, a sync after a failure, and a change of the table's constant part (the
+//!   node's addresses, the masquerade settings) replace the whole table in one transaction:
+//!   create-if-missing, delete, create, fill. The old rules serve until the commit, so there is
+//!   no moment without rules, and whatever the table held before (another kube-proxy's, a
+//!   half-applied state) is gone after it.
+//! - Other syncs diff each touched Service port's plan against the one last written and send
+//!   only the difference: new chains, replaced chains (flushed and refilled), deleted chains,
+//!   added and deleted elements. One endpoint change is a handful of messages. A periodic full
+//!   sync diffs every port (nothing is sent when nothing changed) after checking the table is
+//!   still there.
+//! - Elements shared by several ports (a Service's cluster IP in `cluster-ips`) are counted, so
+//!   the last port to leave removes them.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+
+use kproxy_netlink::nftables::batch::{CommitError, NftSocket, Transaction};
+use kproxy_netlink::nftables::objects;
+use kproxy_netlink::nftables::wire::msg;
+use kproxy_netlink::{ConntrackOps, NetlinkConntrack};
+use proxy_core::datapath::conntrack_policy::StaleFlows;
+use proxy_core::datapath::{
+    DetectLocalMode, MasqueradeDecision, NodePortAddressSpec, NodePortAddresses,
+};
+use proxy_core::model::ServicePortName;
+use proxy_core::{
+    ErrorKind, IpFamily, ObjectCount, Proxier, ProxierError, ProxyMode, ProxyState, StateDiff,
+    SyncReport,
+};
+
+use crate::names::TABLE;
+use crate::plan::{base_plan, port_plan, BasePlan, MapKey, PlanContext, PlannedElement, PortPlan};
+use crate::program::{Writer, Written};
+use crate::rule::nfproto;
+
+/// nftables mode's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NftablesSettings {
+    /// `masqueradeAll`.
+    pub masquerade_all: bool,
+    /// `iptables.masqueradeBit` (upstream's nftables mode uses the same bit).
+    pub masquerade_bit: u8,
+    /// How local traffic is recognised.
+    pub detect_local: DetectLocalMode,
+    /// `nodePortAddresses`; empty means the node's primary addresses, as upstream's nftables
+    /// mode defaults.
+    pub node_port_addresses: NodePortAddressSpec,
+    /// A named counter per Service port, exported as metrics.
+    pub counters: bool,
+}
+
+impl NftablesSettings {
+    /// Upstream's defaults with this local-traffic detection.
+    pub fn new(detect_local: DetectLocalMode) -> Self {
+        Self {
+            masquerade_all: false,
+            masquerade_bit: 14,
+            detect_local,
+            node_port_addresses: NodePortAddressSpec::default(),
+            counters: true,
+        }
+    }
+}
+
+/// The nftables proxier of one family.
+#[derive(Debug)]
+pub struct NftablesProxier {
+    family: IpFamily,
+    settings: NftablesSettings,
+    socket: NftSocket,
+    conntrack: Option<Box<dyn ConntrackOps>>,
+    books: HashMap<ServicePortName, PortPlan>,
+    element_refs: HashMap<(&'static str, MapKey), u32>,
+    base: Option<BasePlan>,
+    needs_rebuild: bool,
+    fixed_node_addresses: Option<Vec<IpAddr>>,
+    last_written: Written,
+    last_messages: usize,
+    last_bytes: usize,
+}
+
+fn error(operation: String, e: impl std::error::Error + Send + Sync + 'static) -> ProxierError {
+    ProxierError {
+        mode: ProxyMode::Nftables,
+        kind: ErrorKind::Retry,
+        operation,
+        source: Box::new(e),
+    }
+}
+
+impl NftablesProxier {
+    /// Opens the netlink sockets; touches nothing.
+    pub fn open(family: IpFamily, settings: NftablesSettings) -> Result<Self, ProxierError> {
+        let socket =
+            NftSocket::open().map_err(|e| error("open nf_tables netlink socket".into(), e))?;
+        let conntrack = match NetlinkConntrack::open() {
+            Ok(c) => Some(Box::new(c) as Box<dyn ConntrackOps>),
+            Err(e) => {
+                tracing::warn!("UDP conntrack cleanup disabled: {e}");
+                None
+            }
+        };
+        Ok(Self {
+            family,
+            settings,
+            socket,
+            conntrack,
+            books: HashMap::new(),
+            element_refs: HashMap::new(),
+            base: None,
+            needs_rebuild: true,
+            fixed_node_addresses: None,
+            last_written: Written::default(),
+            last_messages: 0,
+            last_bytes: 0,
+        })
+    }
+
+    /// Uses these node addresses instead of listing the interfaces (tests, benches).
+    pub fn with_node_addresses(mut self, addresses: Vec<IpAddr>) -> Self {
+        self.fixed_node_addresses = Some(addresses);
+        self
+    }
+
+    /// Without conntrack cleanup (benches).
+    pub fn without_conntrack(mut self) -> Self {
+        self.conntrack = None;
+        self
+    }
+
+    /// What the last sync wrote, the number of messages and their bytes.
+    pub fn last_sync(&self) -> (Written, usize, usize) {
+        (self.last_written, self.last_messages, self.last_bytes)
+    }
+
+    /// The plan context for `state` on this node.
+    pub fn plan_context(&self, state: &ProxyState) -> PlanContext {
+        plan_context(
+            self.family,
+            &self.settings,
+            state,
+            self.fixed_node_addresses.as_deref(),
+        )
+    }
+
+    fn add_refs<'e>(
+        &mut self,
+        elements: impl Iterator<Item = &'e PlannedElement>,
+        out: &mut Vec<PlannedElement>,
+    ) {
+        for e in elements {
+            let n = self.element_refs.entry((e.set, e.key.clone())).or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                out.push(e.clone());
+            }
+        }
+    }
+
+    fn drop_refs<'e>(
+        &mut self,
+        elements: impl Iterator<Item = &'e PlannedElement>,
+        out: &mut Vec<PlannedElement>,
+    ) {
+        for e in elements {
+            let key = (e.set, e.key.clone());
+            if let Some(n) = self.element_refs.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    self.element_refs.remove(&key);
+                    out.push(e.clone());
+                }
+            }
+        }
+    }
+
+    fn rebuild(
+        &mut self,
+        state: &ProxyState,
+        ctx: &PlanContext,
+        base: BasePlan,
+    ) -> Result<(), ProxierError> {
+        self.element_refs.clear();
+        let mut books = HashMap::with_capacity(state.len());
+        let mut order = Vec::with_capacity(state.len());
+        for (name, entry) in state.service_ports() {
+            let plan = port_plan(name, entry, ctx);
+            order.push(name.clone());
+            books.insert(name.clone(), plan);
+        }
+        // Elements shared by several ports go in once.
+        let mut elements = Vec::new();
+        for name in &order {
+            let plan = &books[name];
+            for e in &plan.elements {
+                let n = self.element_refs.entry((e.set, e.key.clone())).or_insert(0);
+                *n += 1;
+                if *n == 1 {
+                    elements.push(e.clone());
+                }
+            }
+        }
+        let mut tx = Transaction::new();
+        let mut w = Writer::new(self.family, &mut tx);
+        let ports: Vec<&PortPlan> = order.iter().map(|n| &books[n]).collect();
+        let stripped: Vec<PortPlan> = ports
+            .iter()
+            .map(|p| PortPlan {
+                elements: Vec::new(),
+                ..(*p).clone()
+            })
+            .collect();
+        w.full_load(&base, stripped.iter(), true);
+        w.add_elements(elements.iter());
+        let written = w.written;
+        self.commit(tx, written, "replace table")?;
+        self.books = books;
+        self.base = Some(base);
+        self.needs_rebuild = false;
+        Ok(())
+    }
+
+    fn commit(
+        &mut self,
+        tx: Transaction,
+        written: Written,
+        what: &str,
+    ) -> Result<(), ProxierError> {
+        self.last_messages = tx.len();
+        self.last_bytes = tx.byte_len();
+        self.last_written = written;
+        if let Err(e) = self.socket.commit(tx) {
+            self.needs_rebuild = true;
+            return Err(error(
+                format!("{}: nf_tables transaction ({what})", self.family),
+                e,
+            ));
+        }
+        Ok(())
+    }
+
+    fn table_exists(&mut self) -> bool {
+        let mut found = false;
+        let request = objects::dump_request(msg::GETTABLE, nfproto(self.family), TABLE);
+        let _ = self.socket.dump(request, "list tables", |m| {
+            if m.attribute(1).and_then(|a| a.as_string()).as_deref() == Some(TABLE) {
+                found = true;
+            }
+        });
+        found
+    }
+
+    fn incremental(
+        &mut self,
+        state: &ProxyState,
+        ctx: &PlanContext,
+        names: Vec<ServicePortName>,
+    ) -> Result<(), ProxierError> {
+        let mut changes: Vec<(ServicePortName, Option<PortPlan>)> = Vec::new();
+        for name in names {
+            let new = state.get(&name).map(|entry| port_plan(&name, entry, ctx));
+            let old = self.books.get(&name);
+            if old == new.as_ref() {
+                continue;
+            }
+            changes.push((name, new));
+        }
+        if changes.is_empty() {
+            self.last_written = Written::default();
+            self.last_messages = 0;
+            self.last_bytes = 0;
+            return Ok(());
+        }
+        let empty = PortPlan::default();
+        let mut tx = Transaction::new();
+        let mut w = Writer::new(self.family, &mut tx);
+        // Phase 1: new sets and counters, new chains.
+        for (name, new) in &changes {
+            let old = self.books.get(name).unwrap_or(&empty);
+            let new = new.as_ref().unwrap_or(&empty);
+            let old_sets: HashSet<&str> = old.sets.iter().map(|s| s.name.as_str()).collect();
+            for s in new
+                .sets
+                .iter()
+                .filter(|s| !old_sets.contains(s.name.as_str()))
+            {
+                w.set(s);
+            }
+            if new.counter.is_some() && new.counter != old.counter {
+                w.counter(new.counter.as_deref().unwrap_or_default());
+            }
+            let old_chains: HashSet<&str> = old.chains.iter().map(|c| c.name.as_str()).collect();
+            for c in new
+                .chains
+                .iter()
+                .filter(|c| !old_chains.contains(c.name.as_str()))
+            {
+                w.chain(c);
+            }
+        }
+        // Phase 2: rules of new chains, and of changed chains after a flush.
+        for (name, new) in &changes {
+            let old = self.books.get(name).unwrap_or(&empty);
+            let new = new.as_ref().unwrap_or(&empty);
+            let old_chains: HashMap<&str, &crate::plan::PlannedChain> =
+                old.chains.iter().map(|c| (c.name.as_str(), c)).collect();
+            for c in &new.chains {
+                match old_chains.get(c.name.as_str()) {
+                    None => w.rules(c),
+                    Some(o) if o.rules != c.rules => {
+                        w.flush_chain(&c.name);
+                        w.rules(c);
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        // Phase 3: elements, deletions first (a key whose verdict changed goes out and back).
+        let mut deleted = Vec::new();
+        let mut added = Vec::new();
+        for (name, new) in &changes {
+            let old = self.books.get(name).cloned().unwrap_or_default();
+            let new = new.as_ref().unwrap_or(&empty);
+            let new_set: HashSet<&PlannedElement> = new.elements.iter().collect();
+            let gone: Vec<PlannedElement> = old
+                .elements
+                .iter()
+                .filter(|e| !new_set.contains(e))
+                .cloned()
+                .collect();
+            self.drop_refs(gone.iter(), &mut deleted);
+        }
+        for (name, new) in &changes {
+            let old = self.books.get(name).cloned().unwrap_or_default();
+            let new = new.as_ref().unwrap_or(&empty);
+            let old_set: HashSet<&PlannedElement> = old.elements.iter().collect();
+            let fresh: Vec<PlannedElement> = new
+                .elements
+                .iter()
+                .filter(|e| !old_set.contains(e))
+                .cloned()
+                .collect();
+            self.add_refs(fresh.iter(), &mut added);
+        }
+        w.delete_elements(deleted.iter());
+        w.add_elements(added.iter());
+        // Phase 4: chains, sets and counters that went away (flushed first, then deleted, as
+        // they may refer to one another).
+        let mut gone_chains = Vec::new();
+        let mut gone_sets = Vec::new();
+        let mut gone_counters = Vec::new();
+        for (name, new) in &changes {
+            let old = self.books.get(name).unwrap_or(&empty);
+            let new = new.as_ref().unwrap_or(&empty);
+            let new_chains: HashSet<&str> = new.chains.iter().map(|c| c.name.as_str()).collect();
+            for c in old
+                .chains
+                .iter()
+                .filter(|c| !new_chains.contains(c.name.as_str()))
+            {
+                gone_chains.push(c.name.clone());
+            }
+            let new_sets: HashSet<&str> = new.sets.iter().map(|s| s.name.as_str()).collect();
+            for s in old
+                .sets
+                .iter()
+                .filter(|s| !new_sets.contains(s.name.as_str()))
+            {
+                gone_sets.push(s.name.clone());
+            }
+            if old.counter.is_some() && old.counter != new.counter {
+                gone_counters.push(old.counter.clone().unwrap_or_default());
+            }
+        }
+        for c in &gone_chains {
+            w.flush_chain(c);
+        }
+        for c in &gone_chains {
+            w.delete_chain(c);
+        }
+        for s in &gone_sets {
+            w.delete_set(s);
+        }
+        for c in &gone_counters {
+            w.delete_counter(c);
+        }
+        let written = w.written;
+        self.commit(tx, written, "update")?;
+        // Book the new plans.
+        for (name, new) in changes {
+            match new {
+                Some(p) => self.books.insert(name, p),
+                None => self.books.remove(&name),
+            };
+        }
+        Ok(())
+    }
+
+    fn owned(&self) -> Vec<ObjectCount> {
+        let chains: usize = self.books.values().map(|p| p.chains.len()).sum();
+        vec![
+            ObjectCount {
+                kind: "nftables/chains",
+                count: chains + self.base.as_ref().map_or(0, |b| b.chains.len()),
+            },
+            ObjectCount {
+                kind: "nftables/elements",
+                count: self.element_refs.len(),
+            },
+        ]
+    }
+
+    /// Reads the per-Service-port counters: `(service port, packets, bytes)` of new
+    /// connections. Ports without a counter (no endpoints) are absent.
+    pub fn counters(&mut self) -> Vec<(ServicePortName, u64, u64)> {
+        let mut by_name: HashMap<String, (u64, u64)> = HashMap::new();
+        let request = objects::dump_request(msg::GETOBJ, nfproto(self.family), TABLE);
+        let _ = self.socket.dump(request, "list counters", |m| {
+            if let Some((name, packets, bytes)) = objects::dumped_counter(&m) {
+                by_name.insert(name, (packets, bytes));
+            }
+        });
+        let mut out = Vec::new();
+        for (name, plan) in &self.books {
+            if let Some((p, b)) = plan.counter.as_ref().and_then(|c| by_name.get(c)) {
+                out.push((name.clone(), *p, *b));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
+/// The plan context for `state`: node-port addresses from `addresses` (else this machine's
+/// interfaces), `primary` when `nodePortAddresses` is empty.
+pub fn plan_context(
+    family: IpFamily,
+    settings: &NftablesSettings,
+    state: &ProxyState,
+    addresses: Option<&[IpAddr]>,
+) -> PlanContext {
+    let node = state.node();
+    let detector = settings.detect_local.detector(family, node);
+    let mut spec = settings.node_port_addresses.clone();
+    if spec.cidrs.is_empty() && !spec.primary {
+        spec.primary = true;
+    }
+    let listed;
+    let addrs: &[IpAddr] = match addresses {
+        Some(a) => a,
+        None => {
+            listed = node_addresses();
+            &listed
+        }
+    };
+    let node_port_ips = match spec.select(family, addrs, node) {
+        NodePortAddresses::All => None,
+        NodePortAddresses::Only(list) => Some(
+            list.into_iter()
+                .filter(|ip| family.contains(ip) && !ip.is_loopback())
+                .collect(),
+        ),
+    };
+    PlanContext {
+        family,
+        node_name: node.name.clone(),
+        masquerade: MasqueradeDecision::new(settings.masquerade_all, &detector),
+        detector,
+        masquerade_bit: settings.masquerade_bit,
+        node_port_ips,
+        primary_ip: node.primary_address(family),
+        counters: settings.counters,
+    }
+}
+
+fn node_addresses() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for a in addrs {
+            if let Some(sa) = a.address {
+                if let Some(v4) = sa.as_sockaddr_in() {
+                    out.push(IpAddr::V4(v4.ip()));
+                } else if let Some(v6) = sa.as_sockaddr_in6() {
+                    out.push(IpAddr::V6(v6.ip()));
+                }
+            }
+        }
+    }
+    out
+}
+
+impl Proxier for NftablesProxier {
+    fn mode(&self) -> ProxyMode {
+        ProxyMode::Nftables
+    }
+
+    fn sync(&mut self, state: &ProxyState, diff: &StateDiff) -> Result<SyncReport, ProxierError> {
+        let ctx = self.plan_context(state);
+        let base = base_plan(&ctx);
+        let full = diff.full || diff.node_changed;
+        let mut rebuilt = false;
+        if self.needs_rebuild || self.base.as_ref() != Some(&base) || (full && !self.table_exists())
+        {
+            self.rebuild(state, &ctx, base)?;
+            rebuilt = true;
+        } else {
+            let names: Vec<ServicePortName> = if full {
+                let mut all: HashSet<ServicePortName> = self.books.keys().cloned().collect();
+                all.extend(state.service_ports().map(|(n, _)| n.clone()));
+                all.into_iter().collect()
+            } else {
+                diff.added
+                    .iter()
+                    .cloned()
+                    .chain(diff.changed.iter().map(|c| c.name.clone()))
+                    .chain(diff.removed.iter().map(|c| c.name.clone()))
+                    .collect()
+            };
+            self.incremental(state, &ctx, names)?;
+        }
+        if let Some(ct) = self.conntrack.as_deref_mut() {
+            let stale = StaleFlows::new(state, &diff.conntrack, full || rebuilt);
+            if !stale.is_empty() {
+                kproxy_netlink::conntrack::delete_stale_udp(ct, self.family, &|f| {
+                    stale.is_stale(f)
+                });
+            }
+        }
+        let w = self.last_written;
+        Ok(SyncReport {
+            full: full || rebuilt,
+            written: vec![
+                ObjectCount {
+                    kind: "nftables/chains",
+                    count: w.chains,
+                },
+                ObjectCount {
+                    kind: "nftables/rules",
+                    count: w.rules,
+                },
+                ObjectCount {
+                    kind: "nftables/elements",
+                    count: w.elements,
+                },
+            ],
+            owned: self.owned(),
+            counters: Vec::new(),
+        })
+    }
+
+    fn cleanup(&mut self) -> Result<(), ProxierError> {
+        delete_table(&mut self.socket, self.family)
+            .map_err(|e| error(format!("{}: delete table {TABLE}", self.family), e))?;
+        self.books.clear();
+        self.needs_rebuild = true;
+        Ok(())
+    }
+}
+
+fn delete_table(socket: &mut NftSocket, family: IpFamily) -> Result<bool, CommitError> {
+    let mut tx = Transaction::new();
+    tx.push(objects::delete_table(nfproto(family), TABLE));
+    match socket.commit(tx) {
+        Ok(()) => Ok(true),
+        Err(e) if e.errno() == Some(nix::libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes both families' `kube-proxy` tables (`kproxy --cleanup`), and nothing else.
+pub fn cleanup_node() -> Result<Vec<String>, ProxierError> {
+    let mut socket =
+        NftSocket::open().map_err(|e| error("open nf_tables netlink socket".into(), e))?;
+    let mut cleaned = Vec::new();
+    for family in [IpFamily::V4, IpFamily::V6] {
+        if delete_table(&mut socket, family)
+            .map_err(|e| error(format!("{family}: delete table {TABLE}"), e))?
+        {
+            cleaned.push(format!(
+                "nftables table {} {TABLE}",
+                crate::rule::family_keyword(family)
+            ));
+        }
+    }
+    Ok(cleaned)
+}
