@@ -49,6 +49,9 @@ pub struct NftablesSettings {
     pub node_port_addresses: NodePortAddressSpec,
     /// A named counter per Service port, exported as metrics.
     pub counters: bool,
+    /// The node's addresses given on the command line (`--node-ip`): the primary address when
+    /// the Node object lists none.
+    pub node_ips: Vec<IpAddr>,
 }
 
 impl NftablesSettings {
@@ -60,6 +63,7 @@ impl NftablesSettings {
             detect_local,
             node_port_addresses: NodePortAddressSpec::default(),
             counters: true,
+            node_ips: Vec::new(),
         }
     }
 }
@@ -433,8 +437,10 @@ impl NftablesProxier {
     }
 }
 
-/// The plan context for `state`: node-port addresses from `addresses` (else this machine's
-/// interfaces), `primary` when `nodePortAddresses` is empty.
+/// The plan context for `state`. NodePorts answer, as in upstream's nftables mode, on the node's
+/// primary address when `nodePortAddresses` is empty (the Node's first address of the family,
+/// else the first `--node-ip`; on every local address when neither is known), else on the
+/// addresses it selects among `addresses` (this machine's interfaces when `None`).
 pub fn plan_context(
     family: IpFamily,
     settings: &NftablesSettings,
@@ -443,25 +449,38 @@ pub fn plan_context(
 ) -> PlanContext {
     let node = state.node();
     let detector = settings.detect_local.detector(family, node);
-    let mut spec = settings.node_port_addresses.clone();
-    if spec.cidrs.is_empty() && !spec.primary {
-        spec.primary = true;
-    }
-    let listed;
-    let addrs: &[IpAddr] = match addresses {
-        Some(a) => a,
-        None => {
-            listed = node_addresses();
-            &listed
+    let primary_ip = node.primary_address(family).or_else(|| {
+        settings
+            .node_ips
+            .iter()
+            .copied()
+            .find(|ip| family.contains(ip))
+    });
+    let spec = &settings.node_port_addresses;
+    let node_port_ips = if spec.cidrs.is_empty() && !spec.primary {
+        primary_ip.map(|ip| vec![ip])
+    } else {
+        let listed;
+        let addrs: &[IpAddr] = match addresses {
+            Some(a) => a,
+            None => {
+                listed = node_addresses();
+                &listed
+            }
+        };
+        match spec.select(family, addrs, node) {
+            NodePortAddresses::All => None,
+            NodePortAddresses::Only(mut list) => {
+                if spec.primary && list.is_empty() {
+                    list.extend(primary_ip);
+                }
+                Some(
+                    list.into_iter()
+                        .filter(|ip| family.contains(ip) && !ip.is_loopback())
+                        .collect(),
+                )
+            }
         }
-    };
-    let node_port_ips = match spec.select(family, addrs, node) {
-        NodePortAddresses::All => None,
-        NodePortAddresses::Only(list) => Some(
-            list.into_iter()
-                .filter(|ip| family.contains(ip) && !ip.is_loopback())
-                .collect(),
-        ),
     };
     PlanContext {
         family,
@@ -470,7 +489,7 @@ pub fn plan_context(
         detector,
         masquerade_bit: settings.masquerade_bit,
         node_port_ips,
-        primary_ip: node.primary_address(family),
+        primary_ip,
         counters: settings.counters,
     }
 }

@@ -321,12 +321,9 @@ pub(crate) fn build(
                 "{family}: nftables over netlink, table {}",
                 backend_nftables::names::TABLE
             );
-            let mut proxier =
+            let proxier =
                 backend_nftables::NftablesProxier::open(family, nftables_settings(settings))
                     .map_err(|e| anyhow::anyhow!("{e}: {}", e.source))?;
-            if !settings.on_this_node {
-                proxier = proxier.with_node_addresses(settings.node_ips.clone());
-            }
             Ok(Box::new(proxier))
         }
     }
@@ -337,6 +334,7 @@ fn nftables_settings(settings: &DatapathSettings) -> backend_nftables::NftablesS
     s.masquerade_all = settings.masquerade_all;
     s.masquerade_bit = settings.masquerade_bit;
     s.node_port_addresses = settings.node_port_addresses.clone();
+    s.node_ips = settings.node_ips.clone();
     s
 }
 

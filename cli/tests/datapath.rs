@@ -69,6 +69,35 @@ both_variants!(
     full_sync_leaves_other_owners_counters,
 );
 
+/// The same scenarios in kproxy's nftables mode (no iptables rule at all; `cli/tests/nftables.rs`
+/// has the scenarios of its own: IPv6, cleanup, the daemon's incremental syncs, `nft list`
+/// against the rendering).
+mod nftables_mode {
+    use super::testbed::NFTABLES;
+
+    macro_rules! nftables_scenarios {
+        ($($name:ident),* $(,)?) => {
+            $(#[test] fn $name() { super::$name(NFTABLES) })*
+        };
+    }
+
+    nftables_scenarios!(
+        cluster_ip_tcp_and_udp_from_pod_and_node,
+        spreads_over_all_endpoints,
+        node_port_from_outside,
+        external_ip_from_outside,
+        load_balancer_source_ranges,
+        external_traffic_policy_local,
+        client_ip_affinity_sticks,
+        no_endpoints_is_refused_at_once,
+        hairpin_to_own_service,
+        removed_endpoint_gets_no_new_connections,
+        udp_endpoint_replaced_moves_the_same_socket,
+        restart_drops_no_connection,
+        one_broken_service_does_not_block_the_others,
+    );
+}
+
 fn cluster_ip_tcp_and_udp_from_pod_and_node(variant: &str) {
     let Some(bed) = bed("cluster_ip") else { return };
     bed.sync(&cluster_ip(&all_ready()), variant).unwrap();

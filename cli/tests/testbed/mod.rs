@@ -475,9 +475,13 @@ impl Bed {
             cluster_cidr,
             "--node-ip",
             node_ip,
-            "--iptables-variant",
-            variant,
         ]);
+        // "nftables" is kproxy's nftables mode; anything else an iptables variant.
+        if variant == NFTABLES {
+            args.extend(["--proxy-mode", "nftables"]);
+        } else {
+            args.extend(["--iptables-variant", variant]);
+        }
         self.kproxy(&args)
     }
 
@@ -546,8 +550,15 @@ impl Bed {
         UdpClient::new(self.ns(who).name.clone())
     }
 
-    /// Lines of `iptables-<variant>-save` in the node namespace.
+    /// Lines of `iptables-<variant>-save` in the node namespace (`nft list ruleset` for
+    /// nftables mode).
     pub fn saved(&self, variant: &str) -> String {
+        if variant == NFTABLES {
+            return self
+                .node
+                .output(&["nft", "list", "ruleset"])
+                .expect("nft list ruleset");
+        }
         self.node
             .output(&[&format!("iptables-{variant}-save")])
             .expect("iptables-save")
@@ -942,6 +953,9 @@ pub fn counts(replies: &[Reply]) -> std::collections::BTreeMap<String, usize> {
 /// Declares each named scenario `fn name(variant: &str)` as two tests, `nft::name` and
 /// `legacy::name`, one per iptables variant.
 #[allow(unused_macros)]
+/// The `variant` that means kproxy's nftables mode in [`Bed::sync`] and [`Bed::saved`].
+pub const NFTABLES: &str = "nftables";
+
 macro_rules! both_variants {
     ($($name:ident),* $(,)?) => {
         mod nft {
