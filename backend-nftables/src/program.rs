@@ -248,10 +248,13 @@ impl<'a> Writer<'a> {
                 self.rules(c);
             }
         }
+        // An element several ports want goes in once; the first in order wins.
+        let mut seen = std::collections::HashSet::new();
         self.add_elements(
             base.elements
                 .iter()
-                .chain(ports.flat_map(|p| p.elements.iter())),
+                .chain(ports.flat_map(|p| p.elements.iter()))
+                .filter(|e| seen.insert((e.set, &e.key))),
         );
     }
 }

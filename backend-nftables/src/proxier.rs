@@ -17,6 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use kproxy_netlink::nftables::batch::{CommitError, NftSocket, Transaction};
+use kproxy_netlink::nftables::expr::Verdict;
 use kproxy_netlink::nftables::objects;
 use kproxy_netlink::nftables::wire::msg;
 use kproxy_netlink::{ConntrackOps, NetlinkConntrack};
@@ -25,6 +26,7 @@ use proxy_core::datapath::{
     DetectLocalMode, MasqueradeDecision, NodePortAddressSpec, NodePortAddresses,
 };
 use proxy_core::model::ServicePortName;
+use proxy_core::service_traffic_metrics::ServiceTrafficMetrics;
 use proxy_core::{
     ErrorKind, IpFamily, ObjectCount, Proxier, ProxierError, ProxyMode, ProxyState, StateDiff,
     SyncReport,
@@ -68,6 +70,9 @@ impl NftablesSettings {
     }
 }
 
+/// One port holding an element: its name's hash and the verdict it wants there.
+type Holder = (u64, Option<Verdict>);
+
 /// The nftables proxier of one family.
 #[derive(Debug)]
 pub struct NftablesProxier {
@@ -76,13 +81,16 @@ pub struct NftablesProxier {
     socket: NftSocket,
     conntrack: Option<Box<dyn ConntrackOps>>,
     books: HashMap<ServicePortName, PortPlan>,
-    element_refs: HashMap<(&'static str, MapKey), u32>,
+    /// Who wants each element: the holders' port-name hashes with the verdict each wants, in
+    /// arrival order (the kernel has the first one's).
+    element_refs: HashMap<(&'static str, MapKey), Vec<Holder>>,
     base: Option<BasePlan>,
     needs_rebuild: bool,
     fixed_node_addresses: Option<Vec<IpAddr>>,
     last_written: Written,
     last_messages: usize,
     last_bytes: usize,
+    traffic: Option<ServiceTrafficMetrics>,
 }
 
 fn error(operation: String, e: impl std::error::Error + Send + Sync + 'static) -> ProxierError {
@@ -119,12 +127,19 @@ impl NftablesProxier {
             last_written: Written::default(),
             last_messages: 0,
             last_bytes: 0,
+            traffic: None,
         })
     }
 
     /// Uses these node addresses instead of listing the interfaces (tests, benches).
     pub fn with_node_addresses(mut self, addresses: Vec<IpAddr>) -> Self {
         self.fixed_node_addresses = Some(addresses);
+        self
+    }
+
+    /// Exports the per-Service-port counters into these families at each housekeeping.
+    pub fn with_traffic_metrics(mut self, metrics: ServiceTrafficMetrics) -> Self {
+        self.traffic = Some(metrics);
         self
     }
 
@@ -149,33 +164,54 @@ impl NftablesProxier {
         )
     }
 
+    /// Records that port `holder` wants these elements; those no port held before go to `out`
+    /// (to be added).
     fn add_refs<'e>(
         &mut self,
+        holder: u64,
         elements: impl Iterator<Item = &'e PlannedElement>,
         out: &mut Vec<PlannedElement>,
     ) {
         for e in elements {
-            let n = self.element_refs.entry((e.set, e.key.clone())).or_insert(0);
-            *n += 1;
-            if *n == 1 {
+            let holders = self.element_refs.entry((e.set, e.key.clone())).or_default();
+            holders.push((holder, e.verdict.clone()));
+            if holders.len() == 1 {
                 out.push(e.clone());
             }
         }
     }
 
+    /// Records that port `holder` no longer wants these elements. An element nobody holds any
+    /// more goes to `deleted`; one whose first holder (whose verdict the kernel has) left while
+    /// others remain is rewritten with the next holder's verdict (deleted and added).
     fn drop_refs<'e>(
         &mut self,
+        holder: u64,
         elements: impl Iterator<Item = &'e PlannedElement>,
-        out: &mut Vec<PlannedElement>,
+        deleted: &mut Vec<PlannedElement>,
+        added: &mut Vec<PlannedElement>,
     ) {
         for e in elements {
             let key = (e.set, e.key.clone());
-            if let Some(n) = self.element_refs.get_mut(&key) {
-                *n -= 1;
-                if *n == 0 {
-                    self.element_refs.remove(&key);
-                    out.push(e.clone());
-                }
+            let Some(holders) = self.element_refs.get_mut(&key) else {
+                continue;
+            };
+            let Some(at) = holders
+                .iter()
+                .position(|(h, v)| *h == holder && *v == e.verdict)
+            else {
+                continue;
+            };
+            holders.remove(at);
+            if holders.is_empty() {
+                self.element_refs.remove(&key);
+                deleted.push(e.clone());
+            } else if at == 0 && holders[0].1 != e.verdict {
+                deleted.push(e.clone());
+                added.push(PlannedElement {
+                    verdict: holders[0].1.clone(),
+                    ..e.clone()
+                });
             }
         }
     }
@@ -194,30 +230,18 @@ impl NftablesProxier {
             order.push(name.clone());
             books.insert(name.clone(), plan);
         }
-        // Elements shared by several ports go in once.
-        let mut elements = Vec::new();
         for name in &order {
-            let plan = &books[name];
-            for e in &plan.elements {
-                let n = self.element_refs.entry((e.set, e.key.clone())).or_insert(0);
-                *n += 1;
-                if *n == 1 {
-                    elements.push(e.clone());
-                }
+            let holder = holder_id(name);
+            for e in &books[name].elements {
+                self.element_refs
+                    .entry((e.set, e.key.clone()))
+                    .or_default()
+                    .push((holder, e.verdict.clone()));
             }
         }
         let mut tx = Transaction::new();
         let mut w = Writer::new(self.family, &mut tx);
-        let ports: Vec<&PortPlan> = order.iter().map(|n| &books[n]).collect();
-        let stripped: Vec<PortPlan> = ports
-            .iter()
-            .map(|p| PortPlan {
-                elements: Vec::new(),
-                ..(*p).clone()
-            })
-            .collect();
-        w.full_load(&base, stripped.iter(), true);
-        w.add_elements(elements.iter());
+        w.full_load(&base, order.iter().map(|n| &books[n]), true);
         let written = w.written;
         self.commit(tx, written, "replace table")?;
         self.books = books;
@@ -334,7 +358,7 @@ impl NftablesProxier {
                 .filter(|e| !new_set.contains(e))
                 .cloned()
                 .collect();
-            self.drop_refs(gone.iter(), &mut deleted);
+            self.drop_refs(holder_id(name), gone.iter(), &mut deleted, &mut added);
         }
         for (name, new) in &changes {
             let old = self.books.get(name).cloned().unwrap_or_default();
@@ -346,7 +370,7 @@ impl NftablesProxier {
                 .filter(|e| !old_set.contains(e))
                 .cloned()
                 .collect();
-            self.add_refs(fresh.iter(), &mut added);
+            self.add_refs(holder_id(name), fresh.iter(), &mut added);
         }
         w.delete_elements(deleted.iter());
         w.add_elements(added.iter());
@@ -494,6 +518,14 @@ pub fn plan_context(
     }
 }
 
+/// A port's identity among an element's holders.
+fn holder_id(name: &ServicePortName) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    h.finish()
+}
+
 fn node_addresses() -> Vec<IpAddr> {
     let mut out = Vec::new();
     if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
@@ -567,6 +599,23 @@ impl Proxier for NftablesProxier {
             owned: self.owned(),
             counters: Vec::new(),
         })
+    }
+
+    fn housekeeping_interval(&self) -> Option<std::time::Duration> {
+        (self.settings.counters && self.traffic.is_some())
+            .then_some(std::time::Duration::from_secs(10))
+    }
+
+    /// Reads the per-Service-port counters (one dump of the table's counter objects) into the
+    /// metric families.
+    fn housekeeping(&mut self) -> Result<(), ProxierError> {
+        if self.traffic.is_some() && !self.books.is_empty() {
+            let totals = self.counters();
+            if let Some(m) = &self.traffic {
+                m.update(&totals);
+            }
+        }
+        Ok(())
     }
 
     fn cleanup(&mut self) -> Result<(), ProxierError> {

@@ -55,13 +55,18 @@ pub fn write_plans(family: IpFamily, base: &BasePlan, ports: &[PortPlan], out: &
         write_chain(family, c, out);
     }
     out.push_str("}\n");
+    // An element several ports want (a cluster IP in `cluster-ips`; a frontend two Services
+    // claim) goes in once; the first in state order wins, as in the proxier.
     let mut by_set: BTreeMap<&str, Vec<&PlannedElement>> = BTreeMap::new();
+    let mut seen = std::collections::HashSet::new();
     for e in base
         .elements
         .iter()
         .chain(ports.iter().flat_map(|p| p.elements.iter()))
     {
-        by_set.entry(e.set).or_default().push(e);
+        if seen.insert((e.set, &e.key)) {
+            by_set.entry(e.set).or_default().push(e);
+        }
     }
     for (set, elements) in by_set {
         let _ = write!(out, "add element {ip} {TABLE} {set} {{ ");

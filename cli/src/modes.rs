@@ -190,6 +190,8 @@ pub(crate) struct ProxierContext {
     /// The per-Service-port proxy metric families (userspace), registered with the daemon's
     /// other metrics.
     pub(crate) port_proxy_metrics: proxy_core::proxy_port_metrics::ProxyPortMetrics,
+    /// The per-Service-port traffic families (nftables mode's counters).
+    pub(crate) service_traffic_metrics: proxy_core::service_traffic_metrics::ServiceTrafficMetrics,
 }
 
 fn iptables_render_config(
@@ -323,7 +325,8 @@ pub(crate) fn build(
             );
             let proxier =
                 backend_nftables::NftablesProxier::open(family, nftables_settings(settings))
-                    .map_err(|e| anyhow::anyhow!("{e}: {}", e.source))?;
+                    .map_err(|e| anyhow::anyhow!("{e}: {}", e.source))?
+                    .with_traffic_metrics(context.service_traffic_metrics.clone());
             Ok(Box::new(proxier))
         }
     }

@@ -52,6 +52,7 @@ pub mod rfc3339;
 pub mod schedule;
 pub mod selection;
 pub mod service_health;
+pub mod service_traffic_metrics;
 pub mod state;
 
 pub use addresses::{AddressDiff, AddressTracker, Frontend, FrontendAddress};

@@ -42,6 +42,7 @@ pub struct ProxyMetrics {
     kernel_counters: std::sync::Mutex<std::collections::HashMap<&'static str, u64>>,
     network_programming: Histogram,
     port_proxy: ProxyPortMetrics,
+    service_traffic: crate::service_traffic_metrics::ServiceTrafficMetrics,
     seen: ChangeCounters,
 }
 
@@ -80,6 +81,7 @@ impl ProxyMetrics {
             kernel_counters: Default::default(),
             network_programming: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
             port_proxy: ProxyPortMetrics::default(),
+            service_traffic: Default::default(),
             seen: ChangeCounters::default(),
             registry: Registry::default(),
         };
@@ -169,6 +171,7 @@ impl ProxyMetrics {
             m.network_programming.clone(),
         );
         m.port_proxy.register(&mut registry);
+        m.service_traffic.register(&mut registry);
         Self { registry, ..m }
     }
 
@@ -303,6 +306,12 @@ impl ProxyMetrics {
     /// shared with the mode: its connection tasks count into them directly.
     pub fn port_proxy(&self) -> ProxyPortMetrics {
         self.port_proxy.clone()
+    }
+
+    /// The per-Service-port traffic families a datapath fills from its own counters (nftables
+    /// mode), shared with the scrape.
+    pub fn service_traffic(&self) -> crate::service_traffic_metrics::ServiceTrafficMetrics {
+        self.service_traffic.clone()
     }
 
     /// The Prometheus text exposition.

@@ -170,9 +170,14 @@ pub(crate) fn run(args: &DaemonArgs) -> anyhow::Result<()> {
     conntrack_settings::apply(&settings.config);
     conntrack_settings::apply_oom_score_adj(&settings.config);
     process_limits::raise_open_files_limit();
+    let (port_proxy_metrics, service_traffic_metrics) = {
+        let metrics = shared.metrics.lock().expect("metrics lock");
+        (metrics.port_proxy(), metrics.service_traffic())
+    };
     let context = crate::modes::ProxierContext {
         runtime: Some(runtime.handle().clone()),
-        port_proxy_metrics: shared.metrics.lock().expect("metrics lock").port_proxy(),
+        port_proxy_metrics,
+        service_traffic_metrics,
     };
     let sync = sync_thread::start(settings.clone(), Arc::clone(&shared), context)?;
     let health_ports = runtime.spawn(service_health::serve(Arc::clone(&shared)));

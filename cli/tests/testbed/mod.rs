@@ -950,12 +950,13 @@ pub fn counts(replies: &[Reply]) -> std::collections::BTreeMap<String, usize> {
     m
 }
 
+/// The `variant` that means kproxy's nftables mode in [`Bed::sync`] and [`Bed::saved`].
+#[allow(dead_code)]
+pub const NFTABLES: &str = "nftables";
+
 /// Declares each named scenario `fn name(variant: &str)` as two tests, `nft::name` and
 /// `legacy::name`, one per iptables variant.
 #[allow(unused_macros)]
-/// The `variant` that means kproxy's nftables mode in [`Bed::sync`] and [`Bed::saved`].
-pub const NFTABLES: &str = "nftables";
-
 macro_rules! both_variants {
     ($($name:ident),* $(,)?) => {
         mod nft {
