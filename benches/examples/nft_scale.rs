@@ -18,12 +18,14 @@ fn main() {
     let mut endpoints = 10;
     let mut with_nft = true;
     let mut counters = true;
+    let mut floor = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--endpoints" => endpoints = args.next().expect("M").parse().expect("M"),
             "--no-nft" => with_nft = false,
             "--no-counters" => counters = false,
+            "--floor" => floor = true,
             n => sizes.push(n.parse::<usize>().expect("a Service count")),
         }
     }
@@ -110,6 +112,9 @@ fn main() {
         add.sort();
         del.sort();
 
+        if floor {
+            floors(n);
+        }
         let nft = if with_nft {
             nft_load(&p, &state)
         } else {
@@ -130,6 +135,172 @@ fn main() {
         );
         let _ = backend_nftables::cleanup_node();
     }
+}
+
+/// The kernel's cost of one-command transactions into the loaded table, each committed and then
+/// undone 9 times (median): an element of a plain set, a rule that holds nothing the kernel
+/// validates (a counter), and a rule that does (a DNAT, which makes the kernel re-validate every
+/// chain reachable from the base chains).
+fn floors(n: usize) {
+    use kproxy_netlink::nftables::batch::{NftSocket, Transaction};
+    use kproxy_netlink::nftables::expr::{Expr, REG_1, REG_2};
+    use kproxy_netlink::nftables::objects::{self, Element, NFPROTO_IPV4};
+    let mut socket = NftSocket::open().expect("socket");
+    let f = NFPROTO_IPV4;
+    let t = "kube-proxy";
+    let time = |socket: &mut NftSocket,
+                make: &dyn Fn() -> Vec<objects::Command>,
+                undo: &dyn Fn() -> Vec<objects::Command>| {
+        let mut runs = Vec::new();
+        for _ in 0..9 {
+            let mut tx = Transaction::new();
+            make().into_iter().for_each(|c| tx.push(c));
+            let start = Instant::now();
+            socket.commit(tx).expect("commit");
+            runs.push(start.elapsed());
+            let mut tx = Transaction::new();
+            undo().into_iter().for_each(|c| tx.push(c));
+            socket.commit(tx).expect("undo");
+        }
+        runs.sort();
+        ms(runs[runs.len() / 2])
+    };
+    let element = || Element {
+        key: vec![172, 31, 255, 254],
+        verdict: None,
+        data: None,
+        interval_end: false,
+    };
+    let set_element = time(
+        &mut socket,
+        &|| vec![objects::add_elements(f, t, "cluster-ips", 0, &[element()])],
+        &|| vec![objects::delete_elements(f, t, "cluster-ips", &[element()])],
+    );
+    let chain = || objects::new_chain(f, t, "floor-probe", None);
+    let empty_chain = time(&mut socket, &|| vec![chain()], &|| {
+        vec![objects::delete_chain(f, t, "floor-probe")]
+    });
+    let counter_rule = time(
+        &mut socket,
+        &|| {
+            vec![
+                chain(),
+                objects::new_rule(
+                    f,
+                    t,
+                    "floor-probe",
+                    &[Expr::Payload {
+                        dreg: REG_1,
+                        base: kproxy_netlink::nftables::expr::PayloadBase::Network,
+                        offset: 12,
+                        len: 4,
+                    }],
+                    None,
+                ),
+            ]
+        },
+        &|| {
+            vec![
+                objects::flush_chain(f, t, "floor-probe"),
+                objects::delete_chain(f, t, "floor-probe"),
+            ]
+        },
+    );
+    let dnat = [
+        Expr::Meta {
+            key: 16,
+            dreg: REG_1,
+        },
+        Expr::Immediate {
+            dreg: REG_1,
+            data: kproxy_netlink::nftables::expr::ImmediateData::Value(vec![10, 0, 0, 1]),
+        },
+        Expr::Immediate {
+            dreg: REG_2,
+            data: kproxy_netlink::nftables::expr::ImmediateData::Value(vec![0, 80]),
+        },
+        Expr::Dnat {
+            family: 2,
+            addr: REG_1,
+            port: REG_2,
+            flags: Some(2),
+        },
+    ];
+    let dnat_rule = time(
+        &mut socket,
+        &|| vec![chain(), objects::new_rule(f, t, "floor-probe", &dnat, None)],
+        &|| {
+            vec![
+                objects::flush_chain(f, t, "floor-probe"),
+                objects::delete_chain(f, t, "floor-probe"),
+            ]
+        },
+    );
+    // A data map of NAT targets looked up by `n` rules (as one shared map of every Service's
+    // endpoints would be): the cost of one element.
+    {
+        use kproxy_netlink::nftables::objects::{datatype, set_flags, SetSpec, SetUserData};
+        let mut tx = Transaction::new();
+        tx.push(objects::new_chain(f, t, "floor-bindings", None));
+        tx.push(objects::new_set(
+            f,
+            &SetSpec {
+                table: t,
+                name: "floor-targets",
+                flags: set_flags::MAP,
+                key: (datatype::INTEGER, 4),
+                data: Some(datatype::concat(&[
+                    (datatype::IPV4_ADDR, 4),
+                    (datatype::INET_SERVICE, 2),
+                ])),
+                concat: &[],
+                timeout_ms: None,
+                user_data: SetUserData::NumgenAddressPortMap {
+                    ipv6: false,
+                    comment: None,
+                },
+                id: 1,
+            },
+        ));
+        for i in 0..n as u32 {
+            tx.push(objects::new_rule(
+                f,
+                t,
+                "floor-bindings",
+                &[
+                    Expr::Numgen {
+                        dreg: REG_1,
+                        modulus: 2,
+                        offset: i * 2,
+                    },
+                    Expr::Lookup {
+                        set: "floor-targets".into(),
+                        set_id: 1,
+                        sreg: REG_1,
+                        dreg: Some(REG_1),
+                        invert: false,
+                    },
+                ],
+                None,
+            ));
+        }
+        socket.commit(tx).expect("bindings");
+    }
+    let target = || Element {
+        key: 7u32.to_ne_bytes().to_vec(),
+        verdict: None,
+        data: Some(vec![10, 0, 0, 1, 0, 80, 0, 0]),
+        interval_end: false,
+    };
+    let bound_element = time(
+        &mut socket,
+        &|| vec![objects::add_elements(f, t, "floor-targets", 0, &[target()])],
+        &|| vec![objects::delete_elements(f, t, "floor-targets", &[target()])],
+    );
+    eprintln!("{n}: one element of a data map {n} rules look up: {bound_element} ms");
+    eprintln!(
+        "{n}: one-command transactions: set element {set_element} ms, empty chain {empty_chain} ms, chain + rule the kernel does not validate (payload load) {counter_rule} ms, chain + DNAT rule (table re-validated) {dnat_rule} ms"
+    );
 }
 
 /// `nft -f` of the rendered ruleset into an empty namespace.

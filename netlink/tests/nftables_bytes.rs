@@ -4,7 +4,8 @@
 //! numbers aside). Each capture (`tests/captures/nft/<name>.hex`) is `nft -f <name>.nft` recorded
 //! with `tests/captures/nft/capture.py` (strace of the batch `sendmsg`, run in a scratch network
 //! namespace): `sample` (upstream's layout: verdict maps, base chains, every expression kproxy's
-//! rules use) and `dnat-map` (NAT targets looked up by `numgen` slot, the hairpin set).
+//! rules use), `dnat-map` (NAT targets looked up by `numgen` slot, the hairpin set) and
+//! `interval-map` (NAT targets by range of `meta random`, nftables mode's load balancing).
 
 use kproxy_netlink::nftables::batch::Transaction;
 use kproxy_netlink::nftables::expr::{
@@ -461,6 +462,7 @@ fn built() -> Vec<Command> {
         key,
         verdict: Some(Verdict::Goto(chain.into())),
         data: None,
+        interval_end: false,
     };
     c.push(add_elements(
         F,
@@ -499,6 +501,7 @@ fn built() -> Vec<Command> {
         key: vec![172, 30, 0, 41],
         verdict: None,
         data: None,
+        interval_end: false,
     };
     c.push(add_elements(
         F,
@@ -541,6 +544,10 @@ fn every_command_is_what_nft_sends() {
         &parse_hex(include_str!("captures/nft/dnat-map.hex")),
         &built_dnat_map(),
     );
+    check_bytes(
+        &parse_hex(include_str!("captures/nft/interval-map.hex")),
+        &built_interval_map(),
+    );
 }
 
 fn check_bytes(captured: &[Vec<u8>], built: &[Command]) {
@@ -564,6 +571,10 @@ fn every_captured_message_parses_into_the_built_one() {
     check_parse(
         &parse_hex(include_str!("captures/nft/dnat-map.hex")),
         &built_dnat_map(),
+    );
+    check_parse(
+        &parse_hex(include_str!("captures/nft/interval-map.hex")),
+        &built_interval_map(),
     );
 }
 
@@ -706,11 +717,13 @@ fn built_dnat_map() -> Vec<Command> {
                 key: 7u32.to_ne_bytes().to_vec(),
                 verdict: None,
                 data: Some(target([10, 0, 0, 1], 80)),
+                interval_end: false,
             },
             Element {
                 key: 8u32.to_ne_bytes().to_vec(),
                 verdict: None,
                 data: Some(target([10, 0, 0, 2], 8080)),
+                interval_end: false,
             },
         ],
     ));
@@ -723,7 +736,103 @@ fn built_dnat_map() -> Vec<Command> {
             key: vec![10, 0, 0, 1, 10, 0, 0, 1],
             verdict: None,
             data: None,
+            interval_end: false,
         }],
+    ));
+    c
+}
+
+/// The commands `interval-map.nft` sends: NAT targets by range of `meta random`, the ranges'
+/// ends as interval-end elements (nft adds one at 0 for the gap before the first range).
+fn built_interval_map() -> Vec<Command> {
+    const K: &str = "k";
+    let mut c = vec![new_table(F, K, None), new_chain(F, K, "svc", None)];
+    c.push(new_set(
+        F,
+        &SetSpec {
+            table: K,
+            name: "se3",
+            flags: set_flags::MAP | set_flags::INTERVAL,
+            key: (datatype::INTEGER, 4),
+            data: Some(datatype::concat(&[
+                (datatype::IPV4_ADDR, 4),
+                (datatype::INET_SERVICE, 2),
+            ])),
+            concat: &[],
+            timeout_ms: None,
+            user_data: SetUserData::RandomRangeAddressPortMap {
+                ipv6: false,
+                comment: None,
+            },
+            id: 1,
+        },
+    ));
+    let start = |key: u32, ip: [u8; 4], port: u16| {
+        let mut data = ip.to_vec();
+        data.extend_from_slice(&port.to_be_bytes());
+        data.extend_from_slice(&[0, 0]);
+        Element {
+            key: key.to_be_bytes().to_vec(),
+            verdict: None,
+            data: Some(data),
+            interval_end: false,
+        }
+    };
+    let end = |key: u32| Element {
+        key: key.to_be_bytes().to_vec(),
+        verdict: None,
+        data: None,
+        interval_end: true,
+    };
+    c.push(add_elements(
+        F,
+        K,
+        "se3",
+        1,
+        &[
+            end(0),
+            start(0x8000, [10, 0, 0, 1], 80),
+            end(0xc000),
+            start(0xc000, [10, 0, 0, 2], 8080),
+            end(0x10000),
+        ],
+    ));
+    c.push(new_rule(
+        F,
+        K,
+        "svc",
+        &[
+            Expr::Meta {
+                key: meta::L4PROTO,
+                dreg: REG_1,
+            },
+            cmp(CmpOp::Eq, &[6]),
+            Expr::Meta {
+                key: meta::PRANDOM,
+                dreg: REG_1,
+            },
+            Expr::Bitwise {
+                sreg: REG_1,
+                dreg: REG_1,
+                mask: 0x7fffu32.to_be_bytes().to_vec(),
+                xor: 0x8000u32.to_be_bytes().to_vec(),
+                explicit_op: true,
+            },
+            Expr::Lookup {
+                set: "se3".into(),
+                set_id: 1,
+                sreg: REG_1,
+                dreg: Some(REG_1),
+                invert: false,
+            },
+            Expr::Dnat {
+                family: u32::from(F),
+                addr: REG_1,
+                port: reg32(1),
+                flags: None,
+            },
+        ],
+        None,
     ));
     c
 }

@@ -107,6 +107,8 @@ pub mod meta {
     pub const IIFNAME: u32 = 6;
     /// The layer-4 protocol number.
     pub const L4PROTO: u32 = 16;
+    /// A pseudo-random 32-bit number (`meta random`).
+    pub const PRANDOM: u32 = 24;
 }
 
 /// `NFT_CT_*` keys.

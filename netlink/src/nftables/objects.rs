@@ -184,6 +184,8 @@ pub mod set_flags {
     pub const EVAL: u32 = 0x20;
     /// A concatenated key.
     pub const CONCAT: u32 = 0x80;
+    /// Keys are ranges (`flags interval`).
+    pub const INTERVAL: u32 = 0x4;
 }
 
 /// A named set or map.
@@ -234,6 +236,14 @@ pub enum SetUserData<'a> {
         /// A comment.
         comment: Option<&'a str>,
     },
+    /// `typeof meta random : ip daddr . tcp dport` (or `ip6 daddr`), `flags interval`: NAT
+    /// targets by range of a random number.
+    RandomRangeAddressPortMap {
+        /// IPv6 addresses.
+        ipv6: bool,
+        /// A comment.
+        comment: Option<&'a str>,
+    },
     /// `typeof numgen random mod 1 : ip daddr . tcp dport` (or `ip6 daddr`): a NAT target
     /// (address and port) per slot.
     NumgenAddressPortMap {
@@ -259,6 +269,8 @@ mod udata_kind {
     pub(super) const EXPR_PAYLOAD: u32 = 7;
     pub(super) const EXPR_CONCAT: u32 = 13;
     pub(super) const EXPR_NUMGEN: u32 = 23;
+    pub(super) const EXPR_META: u32 = 9;
+    pub(super) const META_PRANDOM: u32 = 24;
     /// nft's protocol descriptions and their fields, for payload typeofs.
     pub(super) const DESC_TCP: u32 = 8;
     pub(super) const TCP_DPORT: u32 = 2;
@@ -322,10 +334,20 @@ impl SetUserData<'_> {
                 udata(DATA_INTERVAL, &0u32.to_ne_bytes(), &mut out);
                 comment
             }
-            SetUserData::NumgenAddressPortMap { ipv6, comment } => {
-                udata(KEY_BYTEORDER, &HOST.to_ne_bytes(), &mut out);
-                udata(DATA_BYTEORDER, &0u32.to_ne_bytes(), &mut out);
-                udata(KEY_TYPEOF, &typeof_numgen_random_mod_1(), &mut out);
+            SetUserData::NumgenAddressPortMap { ipv6, comment }
+            | SetUserData::RandomRangeAddressPortMap { ipv6, comment } => {
+                let random = matches!(self, SetUserData::RandomRangeAddressPortMap { .. });
+                if random {
+                    udata(KEY_BYTEORDER, &BIG.to_ne_bytes(), &mut out);
+                    udata(DATA_BYTEORDER, &0u32.to_ne_bytes(), &mut out);
+                    let mut key = Vec::new();
+                    udata(0, &META_PRANDOM.to_ne_bytes(), &mut key);
+                    udata(KEY_TYPEOF, &typeof_expr(EXPR_META, &key), &mut out);
+                } else {
+                    udata(KEY_BYTEORDER, &HOST.to_ne_bytes(), &mut out);
+                    udata(DATA_BYTEORDER, &0u32.to_ne_bytes(), &mut out);
+                    udata(KEY_TYPEOF, &typeof_numgen_random_mod_1(), &mut out);
+                }
                 let address = if ipv6 {
                     typeof_payload(DESC_IP6, IP6_DADDR)
                 } else {
@@ -407,12 +429,20 @@ pub struct Element {
     pub verdict: Option<Verdict>,
     /// The value, in a data map (concatenation parts padded to 4 bytes).
     pub data: Option<Vec<u8>>,
+    /// `NFT_SET_ELEM_INTERVAL_END`: in an interval set, the key where the range before ends
+    /// (exclusive); such an element has no value.
+    pub interval_end: bool,
 }
 
 impl Element {
     /// The element as item `index` (1-based, as `nft` numbers them) of an element list.
     fn to_attribute(&self, index: usize) -> NftAttribute {
-        let mut v = vec![data_value(1, &self.key)];
+        let mut v = Vec::with_capacity(3);
+        if self.interval_end {
+            // NFTA_SET_ELEM_FLAGS, before the key as nft sends it.
+            v.push(NftAttribute::u32(3, 1));
+        }
+        v.push(data_value(1, &self.key));
         if let Some(verdict) = &self.verdict {
             v.push(NftAttribute::nested(2, vec![verdict.data_attribute()]));
         } else if let Some(data) = &self.data {
@@ -444,7 +474,17 @@ impl Element {
         let data = value
             .as_ref()
             .and_then(|inner| Some(inner.iter().find(|a| a.kind == 1)?.value_bytes().to_vec()));
-        Some(Self { key, verdict, data })
+        let interval_end = children
+            .iter()
+            .find(|a| a.kind == 3)
+            .and_then(NftAttribute::as_u32)
+            .is_some_and(|f| f & 1 != 0);
+        Some(Self {
+            key,
+            verdict,
+            data,
+            interval_end,
+        })
     }
 }
 
