@@ -36,6 +36,42 @@ pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
 pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
 /// Load-balancer addresses subject to source ranges.
 pub const FIREWALL_IPS: &str = "firewall-ips";
+/// The most endpoint maps a table has (`service-endpoints-0` …).
+pub const MAX_ENDPOINT_MAPS: u32 = 1024;
+
+/// The name of endpoint map `k`: `service-endpoints-<k>`. Each Service port's policy chain looks
+/// its endpoints up in one of them (by a hash of the chain's name); several maps keep the
+/// number of rules bound to each map small, which the kernel's cost of an element change
+/// grows with.
+pub fn endpoint_map(k: u32) -> &'static str {
+    static NAMES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| {
+        (0..MAX_ENDPOINT_MAPS)
+            .map(|k| &*Box::leak(format!("service-endpoints-{k}").into_boxed_str()))
+            .collect()
+    })[k as usize]
+}
+
+/// How many endpoint maps a table of `policy_chains` policy chains gets: one per 32 chains, a
+/// power of two, at most [`MAX_ENDPOINT_MAPS`].
+pub fn endpoint_maps_for(policy_chains: usize) -> u32 {
+    (policy_chains.div_ceil(32) as u32)
+        .next_power_of_two()
+        .clamp(1, MAX_ENDPOINT_MAPS)
+}
+
+/// Which endpoint map a policy chain uses among `maps`: a hash of its name, so the choice needs
+/// no state and a render makes the same.
+pub fn endpoint_map_of(chain: &str, maps: u32) -> u32 {
+    // FNV-1a: stable across builds and platforms.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in chain.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h % maps
+}
+
 /// `endpoint . endpoint` for every endpoint: a pod reaching itself through its Service is
 /// masqueraded (upstream: a rule in every endpoint chain).
 pub const HAIRPIN: &str = "hairpin-endpoints";

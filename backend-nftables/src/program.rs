@@ -9,7 +9,7 @@ use kproxy_netlink::nftables::objects::{self, datatype, set_flags, Element, SetS
 use proxy_core::IpFamily;
 
 use crate::names::TABLE;
-use crate::plan::{BasePlan, PlannedChain, PlannedElement, PlannedSet, PortPlan, SetKind};
+use crate::plan::{BasePlan, MapKey, PlannedChain, PlannedElement, PlannedSet, PortPlan, SetKind};
 use crate::rule::nfproto;
 
 /// Elements per message: an attribute's length is 16 bits, so a list must stay under 64 KiB
@@ -102,6 +102,16 @@ impl<'a> Writer<'a> {
                 verdict,
                 None,
                 SetUserData::ConcatVerdictMap { comment },
+            ),
+            SetKind::EndpointRanges => (
+                set_flags::MAP | set_flags::INTERVAL,
+                (datatype::INTEGER, 4),
+                Some(datatype::concat(&[addr, (datatype::INET_SERVICE, 2)])),
+                None,
+                SetUserData::RandomRangeAddressPortMap {
+                    ipv6: self.family == IpFamily::V6,
+                    comment,
+                },
             ),
             SetKind::AddressPairs => (
                 0,
@@ -259,17 +269,52 @@ impl<'a> Writer<'a> {
     }
 }
 
-/// Elements grouped by set (sets in name order, elements in the order given).
+/// Elements grouped by set (sets in name order, elements in the order given), ranges as the
+/// kernel holds them: the start with the target, and an interval-end element; a set with
+/// ranges is sorted by key, an end before a start at the same key, as `nft` sends them.
 fn group<'e>(
     elements: impl IntoIterator<Item = &'e PlannedElement>,
 ) -> BTreeMap<&'static str, Vec<Element>> {
     let mut out: BTreeMap<&'static str, Vec<Element>> = BTreeMap::new();
+    let mut ranged = std::collections::BTreeSet::new();
     for e in elements {
-        out.entry(e.set).or_default().push(Element {
-            key: e.key.bytes(),
-            verdict: e.verdict.clone(),
-            data: None,
-        });
+        let list = out.entry(e.set).or_default();
+        match e.key {
+            MapKey::Range(start, end) => {
+                ranged.insert(e.set);
+                list.push(Element {
+                    key: start.to_be_bytes().to_vec(),
+                    verdict: None,
+                    data: e.target.map(|(ip, port)| target_bytes(&ip, port)),
+                    interval_end: false,
+                });
+                list.push(Element {
+                    key: end.to_be_bytes().to_vec(),
+                    verdict: None,
+                    data: None,
+                    interval_end: true,
+                });
+            }
+            _ => list.push(Element {
+                key: e.key.bytes(),
+                verdict: e.verdict.clone(),
+                data: None,
+                interval_end: false,
+            }),
+        }
+    }
+    for set in ranged {
+        if let Some(list) = out.get_mut(set) {
+            list.sort_by(|a, b| (&a.key, !a.interval_end).cmp(&(&b.key, !b.interval_end)));
+        }
     }
     out
+}
+
+/// A DNAT target's bytes: the address, then the port padded to 4 bytes.
+fn target_bytes(ip: &std::net::IpAddr, port: u16) -> Vec<u8> {
+    let mut v = crate::rule::ip_bytes(ip);
+    v.extend_from_slice(&port.to_be_bytes());
+    v.extend_from_slice(&[0, 0]);
+    v
 }

@@ -33,7 +33,9 @@ use proxy_core::{
 };
 
 use crate::names::TABLE;
-use crate::plan::{base_plan, port_plan, BasePlan, MapKey, PlanContext, PlannedElement, PortPlan};
+use crate::plan::{
+    base_plan, port_plan, BasePlan, MapKey, PlanContext, PlannedElement, PortPlan, RegionSource,
+};
 use crate::program::{Writer, Written};
 use crate::rule::nfproto;
 
@@ -70,6 +72,43 @@ impl NftablesSettings {
     }
 }
 
+/// Regions of the endpoint maps: each policy chain owns one region of its map for as long as
+/// it lives; freed regions are reused lowest first (so a full load numbers them as a render
+/// does).
+#[derive(Debug, Default)]
+struct RegionAllocator {
+    owned: HashMap<String, (u32, u32)>,
+    free: HashMap<u32, std::collections::BTreeSet<u32>>,
+    next: HashMap<u32, u32>,
+}
+
+impl RegionAllocator {
+    fn release(&mut self, chain: &str) {
+        if let Some((map, region)) = self.owned.remove(chain) {
+            self.free.entry(map).or_default().insert(region);
+        }
+    }
+}
+
+impl RegionSource for RegionAllocator {
+    fn region(&mut self, map: u32, chain: &str) -> u32 {
+        if let Some(&(m, r)) = self.owned.get(chain) {
+            if m == map {
+                return r;
+            }
+            self.release(chain);
+        }
+        let reused = self.free.get_mut(&map).and_then(|f| f.pop_first());
+        let region = reused.unwrap_or_else(|| {
+            let next = self.next.entry(map).or_insert(0);
+            *next += 1;
+            *next - 1
+        });
+        self.owned.insert(chain.to_owned(), (map, region));
+        region
+    }
+}
+
 /// One port holding an element: its name's hash and the verdict it wants there.
 type Holder = (u64, Option<Verdict>);
 
@@ -84,6 +123,10 @@ pub struct NftablesProxier {
     /// Who wants each element: the holders' port-name hashes with the verdict each wants, in
     /// arrival order (the kernel has the first one's).
     element_refs: HashMap<(&'static str, MapKey), Vec<Holder>>,
+    regions: RegionAllocator,
+    /// How many endpoint maps the table has: chosen at each full load for the state's size, and
+    /// kept until the next one (so incremental syncs never change the table's layout).
+    endpoint_maps: u32,
     base: Option<BasePlan>,
     needs_rebuild: bool,
     fixed_node_addresses: Option<Vec<IpAddr>>,
@@ -121,6 +164,8 @@ impl NftablesProxier {
             conntrack,
             books: HashMap::new(),
             element_refs: HashMap::new(),
+            regions: RegionAllocator::default(),
+            endpoint_maps: 0,
             base: None,
             needs_rebuild: true,
             fixed_node_addresses: None,
@@ -223,10 +268,12 @@ impl NftablesProxier {
         base: BasePlan,
     ) -> Result<(), ProxierError> {
         self.element_refs.clear();
+        self.regions = RegionAllocator::default();
+        self.endpoint_maps = ctx.endpoint_maps;
         let mut books = HashMap::with_capacity(state.len());
         let mut order = Vec::with_capacity(state.len());
         for (name, entry) in state.service_ports() {
-            let plan = port_plan(name, entry, ctx);
+            let plan = port_plan(name, entry, ctx, &mut self.regions);
             order.push(name.clone());
             books.insert(name.clone(), plan);
         }
@@ -288,7 +335,9 @@ impl NftablesProxier {
     ) -> Result<(), ProxierError> {
         let mut changes: Vec<(ServicePortName, Option<PortPlan>)> = Vec::new();
         for name in names {
-            let new = state.get(&name).map(|entry| port_plan(&name, entry, ctx));
+            let new = state
+                .get(&name)
+                .map(|entry| port_plan(&name, entry, ctx, &mut self.regions));
             let old = self.books.get(&name);
             if old == new.as_ref() {
                 continue;
@@ -416,12 +465,22 @@ impl NftablesProxier {
         }
         let written = w.written;
         self.commit(tx, written, "update")?;
-        // Book the new plans.
+        // Book the new plans; free the regions of policy chains that went away.
         for (name, new) in changes {
-            match new {
-                Some(p) => self.books.insert(name, p),
+            let old = match &new {
+                Some(p) => self.books.insert(name, p.clone()),
                 None => self.books.remove(&name),
             };
+            if let Some(old) = old {
+                for (chain, _, _) in &old.regions {
+                    let kept = new
+                        .as_ref()
+                        .is_some_and(|p| p.regions.iter().any(|(c, _, _)| c == chain));
+                    if !kept {
+                        self.regions.release(chain);
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -515,6 +574,7 @@ pub fn plan_context(
         node_port_ips,
         primary_ip,
         counters: settings.counters,
+        endpoint_maps: crate::names::endpoint_maps_for(state.len()),
     }
 }
 
@@ -548,7 +608,10 @@ impl Proxier for NftablesProxier {
     }
 
     fn sync(&mut self, state: &ProxyState, diff: &StateDiff) -> Result<SyncReport, ProxierError> {
-        let ctx = self.plan_context(state);
+        let mut ctx = self.plan_context(state);
+        if !self.needs_rebuild {
+            ctx.endpoint_maps = self.endpoint_maps;
+        }
         let base = base_plan(&ctx);
         let full = diff.full || diff.node_changed;
         let mut rebuilt = false;

@@ -10,16 +10,18 @@ use proxy_core::{IpFamily, ProxyState};
 use crate::names::TABLE;
 use crate::plan::{
     base_plan, port_plan, BasePlan, PlanContext, PlannedChain, PlannedElement, PlannedSet,
-    PortPlan, SetKind,
+    PortPlan, SequentialRegions, SetKind,
 };
 use crate::program::TABLE_COMMENT;
 use crate::rule::family_keyword;
 
-/// Every port's plan for `state`, in state order.
+/// Every port's plan for `state`, in state order (regions of the endpoint maps handed out in
+/// that order, as a proxier's full load does).
 pub fn plans(state: &ProxyState, ctx: &PlanContext) -> Vec<PortPlan> {
+    let mut regions = SequentialRegions::default();
     state
         .service_ports()
-        .map(|(name, entry)| port_plan(name, entry, ctx))
+        .map(|(name, entry)| port_plan(name, entry, ctx, &mut regions))
         .collect()
 }
 
@@ -33,6 +35,19 @@ pub fn write_ruleset(state: &ProxyState, ctx: &PlanContext, out: &mut String) {
 /// Writes a table from its plans.
 pub fn write_plans(family: IpFamily, base: &BasePlan, ports: &[PortPlan], out: &mut String) {
     let ip = family_keyword(family);
+    // An element several ports want (a cluster IP in `cluster-ips`; a frontend two Services
+    // claim) goes in once; the first in state order wins, as in the proxier.
+    let mut by_set: BTreeMap<&str, Vec<&PlannedElement>> = BTreeMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for e in base
+        .elements
+        .iter()
+        .chain(ports.iter().flat_map(|p| p.elements.iter()))
+    {
+        if seen.insert((e.set, &e.key)) {
+            by_set.entry(e.set).or_default().push(e);
+        }
+    }
     let _ = writeln!(out, "table {ip} {TABLE} {{");
     let _ = writeln!(out, "\tcomment \"{TABLE_COMMENT}\"");
     for s in base
@@ -40,7 +55,7 @@ pub fn write_plans(family: IpFamily, base: &BasePlan, ports: &[PortPlan], out: &
         .iter()
         .chain(ports.iter().flat_map(|p| p.sets.iter()))
     {
-        write_set(family, s, out);
+        write_set(family, s, by_set.get(s.name.as_str()), out);
     }
     for p in ports {
         if let Some(c) = &p.counter {
@@ -55,33 +70,13 @@ pub fn write_plans(family: IpFamily, base: &BasePlan, ports: &[PortPlan], out: &
         write_chain(family, c, out);
     }
     out.push_str("}\n");
-    // An element several ports want (a cluster IP in `cluster-ips`; a frontend two Services
-    // claim) goes in once; the first in state order wins, as in the proxier.
-    let mut by_set: BTreeMap<&str, Vec<&PlannedElement>> = BTreeMap::new();
-    let mut seen = std::collections::HashSet::new();
-    for e in base
-        .elements
-        .iter()
-        .chain(ports.iter().flat_map(|p| p.elements.iter()))
-    {
-        if seen.insert((e.set, &e.key)) {
-            by_set.entry(e.set).or_default().push(e);
-        }
-    }
-    for (set, elements) in by_set {
-        let _ = write!(out, "add element {ip} {TABLE} {set} {{ ");
-        for (i, e) in elements.iter().enumerate() {
-            if i > 0 {
-                out.push_str(", ");
-            }
-            write_element(e, out);
-        }
-        out.push_str(" }\n");
-    }
 }
 
 fn write_element(e: &PlannedElement, out: &mut String) {
     e.key.render(out);
+    if let Some((ip, port)) = e.target {
+        let _ = write!(out, " : {ip} . {port}");
+    }
     if let Some(v) = &e.verdict {
         out.push_str(" : ");
         write_verdict(v, out);
@@ -99,7 +94,12 @@ fn write_verdict(v: &kproxy_netlink::nftables::expr::Verdict, out: &mut String) 
     };
 }
 
-fn write_set(family: IpFamily, s: &PlannedSet, out: &mut String) {
+fn write_set(
+    family: IpFamily,
+    s: &PlannedSet,
+    elements: Option<&Vec<&PlannedElement>>,
+    out: &mut String,
+) {
     let addr = match family {
         IpFamily::V4 => "ipv4_addr",
         IpFamily::V6 => "ipv6_addr",
@@ -112,6 +112,13 @@ fn write_set(family: IpFamily, s: &PlannedSet, out: &mut String) {
         ),
         SetKind::PortMap => ("map", "type inet_proto . inet_service : verdict".into()),
         SetKind::AddressPairs => ("set", format!("type {addr} . {addr}")),
+        SetKind::EndpointRanges => (
+            "map",
+            format!(
+                "typeof meta random : {} daddr . th dport",
+                family_keyword(family)
+            ),
+        ),
     };
     let _ = writeln!(out, "\t{keyword} {} {{", s.name);
     let _ = writeln!(out, "\t\t{ty}");
@@ -119,8 +126,21 @@ fn write_set(family: IpFamily, s: &PlannedSet, out: &mut String) {
         let _ = writeln!(out, "\t\tflags dynamic,timeout");
         let _ = writeln!(out, "\t\ttimeout {seconds}s");
     }
+    if s.kind == SetKind::EndpointRanges {
+        let _ = writeln!(out, "\t\tflags interval");
+    }
     if let Some(c) = s.comment {
         let _ = writeln!(out, "\t\tcomment \"{c}\"");
+    }
+    if let Some(elements) = elements.filter(|e| !e.is_empty()) {
+        out.push_str("\t\telements = { ");
+        for (i, e) in elements.iter().enumerate() {
+            if i > 0 {
+                out.push_str(",\n\t\t\t     ");
+            }
+            write_element(e, out);
+        }
+        out.push_str(" }\n");
     }
     out.push_str("\t}\n");
 }

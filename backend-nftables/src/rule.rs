@@ -16,7 +16,13 @@ use kproxy_netlink::nftables::expr::{
 use proxy_core::model::Protocol;
 use proxy_core::IpFamily;
 
-use crate::names::{protocol_name, protocol_number, HAIRPIN};
+use crate::names::{endpoint_map, protocol_name, protocol_number, HAIRPIN};
+
+/// Bits of `meta random` a region spreads over its endpoints: a range per endpoint, cut at
+/// `⌊32768·i/N⌋`, so endpoints' shares differ by at most N/32768.
+pub const RANDOM_BITS: u32 = 15;
+/// The mask of those bits.
+pub const RANDOM_MASK: u32 = (1 << RANDOM_BITS) - 1;
 
 /// A condition of a rule.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -100,6 +106,14 @@ pub enum Action {
     VmapPort(&'static str),
     /// `dnat to <ip>:<port>`.
     Dnat(IpAddr, u16),
+    /// `dnat ip to meta random & 0x7fff | <region << 15> map @service-endpoints-<map>`: to the
+    /// endpoint whose range of the region holds a random number.
+    DnatRandom {
+        /// The endpoint map.
+        map: u32,
+        /// The port's region of it.
+        region: u32,
+    },
     /// `update @<set> { ip saddr }`: remember the client for session affinity.
     AffinityUpdate(String),
     /// `counter name "<name>"`.
@@ -220,6 +234,14 @@ impl Rule {
             }
             Action::VmapPort(m) => {
                 let _ = write!(out, "meta l4proto . th dport vmap @{m}");
+            }
+            Action::DnatRandom { map, region } => {
+                let _ = write!(
+                    out,
+                    "dnat {ip} to meta random & {RANDOM_MASK:#010x} | {:#010x} map @{}",
+                    region << RANDOM_BITS,
+                    endpoint_map(*map)
+                );
             }
             Action::Dnat(a, port) => match a {
                 IpAddr::V4(a) => {
@@ -427,6 +449,33 @@ impl Rule {
                     len: 2,
                 });
                 out.push(vmap(map, set_id(map)));
+            }
+            Action::DnatRandom { map, region } => {
+                let name = endpoint_map(*map);
+                out.push(Expr::Meta {
+                    key: meta::PRANDOM,
+                    dreg: REG_1,
+                });
+                out.push(Expr::Bitwise {
+                    sreg: REG_1,
+                    dreg: REG_1,
+                    mask: RANDOM_MASK.to_be_bytes().to_vec(),
+                    xor: (region << RANDOM_BITS).to_be_bytes().to_vec(),
+                    explicit_op: true,
+                });
+                out.push(Expr::Lookup {
+                    set: name.to_owned(),
+                    set_id: set_id(name),
+                    sreg: REG_1,
+                    dreg: Some(REG_1),
+                    invert: false,
+                });
+                out.push(Expr::Dnat {
+                    family: u32::from(nfproto(family)),
+                    addr: REG_1,
+                    port: word_register(address_words(family)),
+                    flags: None,
+                });
             }
             Action::Dnat(a, port) => {
                 out.push(Expr::Immediate {

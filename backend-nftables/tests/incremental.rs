@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kproxy_netlink::nftables::batch::NftSocket;
 use kproxy_netlink::nftables::objects::{self, NFPROTO_IPV4};
-use kproxy_netlink::nftables::wire::{emit_attributes, msg, NftMessage};
+use kproxy_netlink::nftables::wire::{emit_attributes, msg, NftAttribute, NftMessage};
 use proxy_core::datapath::DetectLocalMode;
 use proxy_core::{
     EndpointSliceHandler, IpFamily, NodeInfo, PendingChanges, Proxier, ProxyState, ServiceFilter,
@@ -41,15 +41,60 @@ fn root() -> bool {
 struct Held {
     chains: BTreeSet<String>,
     rules: BTreeMap<String, Vec<String>>,
-    elements: BTreeMap<String, BTreeSet<String>>,
+    elements: BTreeMap<String, BTreeMap<String, usize>>,
 }
 
 fn hex(m: &NftMessage, kind: u16) -> String {
     let mut b = Vec::new();
     if let Some(a) = m.attribute(kind) {
-        emit_attributes(std::slice::from_ref(a), &mut b);
+        emit_attributes(&[without_regions(a)], &mut b);
     }
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A rule's expressions with the region a DNAT rule ORs into `meta random` zeroed: which
+/// region of its endpoint map a Service port got depends on the order ports came and went, so a
+/// table updated incrementally and one loaded at once number them differently.
+fn without_regions(exprs: &NftAttribute) -> NftAttribute {
+    let Ok(list) = exprs.children() else {
+        return exprs.clone();
+    };
+    let list = list
+        .into_iter()
+        .map(|e| {
+            let Ok(parts) = e.children() else { return e };
+            if parts
+                .iter()
+                .any(|p| p.kind == 1 && p.as_string().as_deref() == Some("bitwise"))
+            {
+                let parts = parts
+                    .into_iter()
+                    .map(|p| {
+                        if p.kind != 2 {
+                            return p;
+                        }
+                        let data = p
+                            .children()
+                            .unwrap()
+                            .into_iter()
+                            .map(|d| {
+                                if d.kind == 5 {
+                                    // NFTA_BITWISE_XOR: the region.
+                                    NftAttribute::bytes(5, vec![0; d.value_bytes().len()])
+                                } else {
+                                    d
+                                }
+                            })
+                            .collect();
+                        NftAttribute::nested(2, data)
+                    })
+                    .collect();
+                return NftAttribute::nested(e.kind, parts);
+            }
+            e
+        })
+        .collect();
+    NftAttribute::nested(exprs.kind, list)
 }
 
 fn held(socket: &mut NftSocket) -> Held {
@@ -87,14 +132,21 @@ fn held(socket: &mut NftSocket) -> Held {
         )
         .unwrap();
     for set in sets {
-        let mut elements = BTreeSet::new();
+        let mut elements = BTreeMap::new();
         socket
             .dump(
                 objects::dump_elements_request(NFPROTO_IPV4, table, &set),
                 "elements",
                 |m| {
-                    for e in objects::dumped_elements(&m) {
-                        elements.insert(format!("{:?}", (e.key, e.verdict, e.data)));
+                    for mut e in objects::dumped_elements(&m) {
+                        if set.starts_with("service-endpoints-") {
+                            // The range within the port's region (see `without_regions`).
+                            let k = u32::from_be_bytes(e.key[..4].try_into().unwrap());
+                            e.key = (k & 0x7fff).to_be_bytes().to_vec();
+                        }
+                        *elements
+                            .entry(format!("{:?}", (e.key, e.verdict, e.data, e.interval_end)))
+                            .or_insert(0) += 1;
                     }
                 },
             )

@@ -236,7 +236,7 @@ pub enum SetUserData<'a> {
         /// A comment.
         comment: Option<&'a str>,
     },
-    /// `typeof meta random : ip daddr . tcp dport` (or `ip6 daddr`), `flags interval`: NAT
+    /// `typeof meta random : ip daddr . th dport` (or `ip6 daddr`), `flags interval`: NAT
     /// targets by range of a random number.
     RandomRangeAddressPortMap {
         /// IPv6 addresses.
@@ -273,6 +273,8 @@ mod udata_kind {
     pub(super) const META_PRANDOM: u32 = 24;
     /// nft's protocol descriptions and their fields, for payload typeofs.
     pub(super) const DESC_TCP: u32 = 8;
+    /// The transport header whatever the protocol (`th`).
+    pub(super) const DESC_TH: u32 = 11;
     pub(super) const TCP_DPORT: u32 = 2;
     pub(super) const DESC_IP: u32 = 12;
     pub(super) const IP_DADDR: u32 = 12;
@@ -353,9 +355,12 @@ impl SetUserData<'_> {
                 } else {
                     typeof_payload(DESC_IP, IP_DADDR)
                 };
+                // `tcp dport` for the slot map; `th dport` for the range map, which TCP, UDP
+                // and SCTP Services share (nft refuses `tcp dport` next to a UDP rule).
+                let port_desc = if random { DESC_TH } else { DESC_TCP };
                 let mut parts = Vec::new();
                 udata(0, &address, &mut parts);
-                udata(1, &typeof_payload(DESC_TCP, TCP_DPORT), &mut parts);
+                udata(1, &typeof_payload(port_desc, TCP_DPORT), &mut parts);
                 udata(DATA_TYPEOF, &typeof_expr(EXPR_CONCAT, &parts), &mut out);
                 udata(DATA_INTERVAL, &0u32.to_ne_bytes(), &mut out);
                 comment
