@@ -369,7 +369,6 @@ pub fn base_plan(ctx: &PlanContext) -> BasePlan {
             target: None,
         })
         .collect();
-    let mut sets = sets;
     sets.extend((0..ctx.endpoint_maps).map(|k| PlannedSet {
         name: crate::names::endpoint_map(k).to_owned(),
         kind: SetKind::EndpointRanges,
