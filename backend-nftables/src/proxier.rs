@@ -608,6 +608,7 @@ impl Proxier for NftablesProxier {
     }
 
     fn sync(&mut self, state: &ProxyState, diff: &StateDiff) -> Result<SyncReport, ProxierError> {
+        let started = std::time::Instant::now();
         let mut ctx = self.plan_context(state);
         if !self.needs_rebuild {
             ctx.endpoint_maps = self.endpoint_maps;
@@ -634,6 +635,7 @@ impl Proxier for NftablesProxier {
             };
             self.incremental(state, &ctx, names)?;
         }
+        let programmed = started.elapsed();
         if let Some(ct) = self.conntrack.as_deref_mut() {
             let stale = StaleFlows::new(state, &diff.conntrack, full || rebuilt);
             if !stale.is_empty() {
@@ -643,6 +645,15 @@ impl Proxier for NftablesProxier {
             }
         }
         let w = self.last_written;
+        tracing::debug!(
+            family = %self.family,
+            rebuilt,
+            messages = self.last_messages,
+            bytes = self.last_bytes,
+            ?programmed,
+            total = ?started.elapsed(),
+            "nftables sync"
+        );
         Ok(SyncReport {
             full: full || rebuilt,
             written: vec![

@@ -7,6 +7,7 @@
 //!
 //! Run: `cargo build --release -p kproxy && cargo run --release -p kproxy-benches --example scale_e2e -- <mode> <variant> <N>... [--endpoints M] [--changes K]`
 //! e.g. `-- iptables legacy 5000 10000 20000`. Modes add their rows with the same command;
+//! `-- nftables netlink …` runs nftables mode (the variant is only a label there);
 //! `-- ipvs legacy …` runs the whole harness inside the user-mode-linux kernel (uml-testbed), as
 //! this machine's kernel has no IPVS.
 //!
@@ -301,15 +302,25 @@ fn run(mode: &str, variant: &str, services: usize, endpoints: usize, changes: us
                 concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/kproxy").to_owned()
             });
             let started = Instant::now();
+            // nftables mode speaks netlink: no iptables variant to choose.
+            let mut mode_args = vec!["--proxy-mode", mode.as_str()];
+            if mode != "nftables" {
+                mode_args.extend(["--iptables-variant", variant.as_str()]);
+            }
             let daemon = Daemon(
                 Command::new(bin)
                     .args(["--kubeconfig", kubeconfig.to_str().unwrap()])
                     .args(["--hostname-override", NODE, "--cluster-cidr", "10.0.0.0/8"])
-                    .args(["--proxy-mode", &mode, "--iptables-variant", &variant])
+                    .args(&mode_args)
                     .args(["--metrics-bind-address", "127.0.0.1:10249"])
                     .args(["--healthz-bind-address", "127.0.0.1:10256"])
                     .stdout(Stdio::null())
-                    .stderr(Stdio::null())
+                    // SCALE_E2E_DAEMON_LOG=<file>: the daemon's log (with RUST_LOG) for a look
+                    // at where a slow change spends its time.
+                    .stderr(match std::env::var_os("SCALE_E2E_DAEMON_LOG") {
+                        Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+                        None => Stdio::null(),
+                    })
                     .spawn()
                     .expect("start kproxy (cargo build --release -p kproxy)"),
             );

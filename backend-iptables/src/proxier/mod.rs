@@ -456,8 +456,10 @@ impl IptablesProxier {
                     service_ports = state.len(),
                     "iptables-nft (picked by --iptables-variant auto) takes tens of seconds per \
                      full sync at this many Service ports; --iptables-variant legacy loads them \
-                     about 4x faster, if nothing else on this node uses iptables-nft \
-                     (see docs/iptables.md)"
+                     about 4x faster, if nothing else on this node uses iptables-nft, and \
+                     --proxy-mode nftables loads 20,000 Services in about 3 s and applies an \
+                     endpoint change in under a millisecond (see docs/iptables.md, \
+                     docs/nftables.md)"
                 );
             }
             _ => {}
