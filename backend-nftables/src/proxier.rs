@@ -120,10 +120,13 @@ pub struct NftablesProxier {
     socket: NftSocket,
     conntrack: Option<Box<dyn ConntrackOps>>,
     books: HashMap<ServicePortName, PortPlan>,
-    /// Who wants each element: the holders' port-name hashes with the verdict each wants, in
-    /// arrival order (the kernel has the first one's).
+    /// Who wants each element several ports could want: the holders' port-name hashes with
+    /// the verdict each wants, in arrival order (the kernel has the first one's). Endpoint
+    /// ranges are not here: each lies in one port's own region.
     element_refs: HashMap<(&'static str, MapKey), Vec<Holder>>,
     regions: RegionAllocator,
+    /// How many endpoint ranges the books hold (they are not in `element_refs`).
+    range_elements: usize,
     /// How many endpoint maps the table has: chosen at each full load for the state's size, and
     /// kept until the next one (so incremental syncs never change the table's layout).
     endpoint_maps: u32,
@@ -165,6 +168,7 @@ impl NftablesProxier {
             books: HashMap::new(),
             element_refs: HashMap::new(),
             regions: RegionAllocator::default(),
+            range_elements: 0,
             endpoint_maps: 0,
             base: None,
             needs_rebuild: true,
@@ -218,6 +222,11 @@ impl NftablesProxier {
         out: &mut Vec<PlannedElement>,
     ) {
         for e in elements {
+            if let MapKey::Range(..) = e.key {
+                // A range lies in its port's own region: only that port ever holds it.
+                out.push(e.clone());
+                continue;
+            }
             let holders = self.element_refs.entry((e.set, e.key.clone())).or_default();
             holders.push((holder, e.verdict.clone()));
             if holders.len() == 1 {
@@ -237,6 +246,10 @@ impl NftablesProxier {
         added: &mut Vec<PlannedElement>,
     ) {
         for e in elements {
+            if let MapKey::Range(..) = e.key {
+                deleted.push(e.clone());
+                continue;
+            }
             let key = (e.set, e.key.clone());
             let Some(holders) = self.element_refs.get_mut(&key) else {
                 continue;
@@ -279,7 +292,11 @@ impl NftablesProxier {
         }
         for name in &order {
             let holder = holder_id(name);
-            for e in &books[name].elements {
+            for e in books[name]
+                .elements
+                .iter()
+                .filter(|e| !matches!(e.key, MapKey::Range(..)))
+            {
                 self.element_refs
                     .entry((e.set, e.key.clone()))
                     .or_default()
@@ -291,6 +308,7 @@ impl NftablesProxier {
         w.full_load(&base, order.iter().map(|n| &books[n]), true);
         let written = w.written;
         self.commit(tx, written, "replace table")?;
+        self.range_elements = books.values().map(ranges_of).sum();
         self.books = books;
         self.base = Some(base);
         self.needs_rebuild = false;
@@ -467,10 +485,12 @@ impl NftablesProxier {
         self.commit(tx, written, "update")?;
         // Book the new plans; free the regions of policy chains that went away.
         for (name, new) in changes {
+            self.range_elements += new.as_ref().map_or(0, ranges_of);
             let old = match &new {
                 Some(p) => self.books.insert(name, p.clone()),
                 None => self.books.remove(&name),
             };
+            self.range_elements -= old.as_ref().map_or(0, ranges_of);
             if let Some(old) = old {
                 for (chain, _, _) in &old.regions {
                     let kept = new
@@ -494,7 +514,7 @@ impl NftablesProxier {
             },
             ObjectCount {
                 kind: "nftables/elements",
-                count: self.element_refs.len(),
+                count: self.element_refs.len() + self.range_elements,
             },
         ]
     }
@@ -576,6 +596,14 @@ pub fn plan_context(
         counters: settings.counters,
         endpoint_maps: crate::names::endpoint_maps_for(state.len()),
     }
+}
+
+/// How many endpoint ranges a port's plan holds.
+fn ranges_of(plan: &PortPlan) -> usize {
+    plan.elements
+        .iter()
+        .filter(|e| matches!(e.key, MapKey::Range(..)))
+        .count()
 }
 
 /// A port's identity among an element's holders.
@@ -706,15 +734,30 @@ fn delete_table(socket: &mut NftSocket, family: IpFamily) -> Result<bool, Commit
     tx.push(objects::delete_table(nfproto(family), TABLE));
     match socket.commit(tx) {
         Ok(()) => Ok(true),
-        Err(e) if e.errno() == Some(nix::libc::ENOENT) => Ok(false),
+        // No such table; or a kernel without nf_tables for this family (the user-mode-linux
+        // kernel the IPVS tests boot has none for IPv4): nothing of ours can be there.
+        Err(e)
+            if matches!(
+                e.errno(),
+                Some(nix::libc::ENOENT | nix::libc::EOPNOTSUPP | nix::libc::EAFNOSUPPORT)
+            ) =>
+        {
+            Ok(false)
+        }
         Err(e) => Err(e),
     }
 }
 
 /// Removes both families' `kube-proxy` tables (`kproxy --cleanup`), and nothing else.
 pub fn cleanup_node() -> Result<Vec<String>, ProxierError> {
-    let mut socket =
-        NftSocket::open().map_err(|e| error("open nf_tables netlink socket".into(), e))?;
+    let mut socket = match NftSocket::open() {
+        Ok(s) => s,
+        Err(e) => {
+            // No netfilter netlink at all: no table of ours either.
+            tracing::debug!("nftables cleanup skipped: {e}");
+            return Ok(Vec::new());
+        }
+    };
     let mut cleaned = Vec::new();
     for family in [IpFamily::V4, IpFamily::V6] {
         if delete_table(&mut socket, family)

@@ -5,6 +5,7 @@
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::ServiceCIDR;
 
 /// Receives Service events (upstream's `ServiceHandler`).
 pub trait ServiceHandler {
@@ -39,4 +40,14 @@ pub trait NodeHandler {
     fn on_node_delete(&mut self, node: &Node);
     /// The initial Node list has been delivered.
     fn on_node_synced(&mut self);
+}
+
+/// Receives ServiceCIDR events (`networking.k8s.io/v1`, KEP-1880): the ranges cluster IPs are
+/// allocated from. A datapath drops traffic to an address of those ranges that no Service holds
+/// (nftables mode, as upstream's).
+pub trait ServiceCidrHandler {
+    /// A ServiceCIDR was created or changed; `cidr` is its current state.
+    fn on_service_cidr_change(&mut self, cidr: &ServiceCIDR);
+    /// A ServiceCIDR was deleted.
+    fn on_service_cidr_delete(&mut self, cidr: &ServiceCIDR);
 }

@@ -60,7 +60,7 @@ pub use change_tracker::{Change, ChangeTracker};
 pub use convert::{ConversionWarning, ServiceFilter};
 pub use describe::describe;
 pub use diff::{ConntrackCleanup, ConntrackTarget, PortChange, StateDiff};
-pub use handler::{EndpointSliceHandler, NodeHandler, ServiceHandler};
+pub use handler::{EndpointSliceHandler, NodeHandler, ServiceCidrHandler, ServiceHandler};
 pub use mode::{ProxyMode, UnknownMode};
 pub use model::{
     Endpoint, IpFamily, NamespacedName, NodeInfo, Protocol, ServicePort, ServicePortName,

@@ -46,6 +46,10 @@ pub struct PendingChanges {
     /// What each EndpointSlice converted to when last recorded.
     last_slices: HashMap<SliceKey, Arc<SliceInfo>>,
     pub(crate) node: Option<NodeInfo>,
+    /// Every ServiceCIDR's ranges of this family, by object name.
+    service_cidr_objects: std::collections::BTreeMap<String, Vec<ipnetwork::IpNetwork>>,
+    /// The union of those ranges, when it changed since the last batch.
+    service_cidrs: Option<Vec<ipnetwork::IpNetwork>>,
     node_deleted: bool,
     node_draining: bool,
     services_synced: bool,
@@ -68,12 +72,16 @@ pub struct PendingBatch {
     )>,
     pub(crate) slices: Vec<(SliceKey, crate::change_tracker::Change<Arc<SliceInfo>>)>,
     pub(crate) node: Option<NodeInfo>,
+    pub(crate) service_cidrs: Option<Vec<ipnetwork::IpNetwork>>,
 }
 
 impl PendingBatch {
     /// Whether the batch changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.services.is_empty() && self.slices.is_empty() && self.node.is_none()
+        self.services.is_empty()
+            && self.slices.is_empty()
+            && self.node.is_none()
+            && self.service_cidrs.is_none()
     }
 }
 
@@ -100,6 +108,8 @@ impl PendingChanges {
             last_services: HashMap::new(),
             last_slices: HashMap::new(),
             node: None,
+            service_cidr_objects: std::collections::BTreeMap::new(),
+            service_cidrs: None,
             node_deleted: false,
             node_draining: false,
             services_synced: false,
@@ -157,7 +167,10 @@ impl PendingChanges {
 
     /// Whether anything waits for a sync.
     pub fn has_pending(&self) -> bool {
-        !self.services.is_empty() || !self.slices.is_empty() || self.node.is_some()
+        !self.services.is_empty()
+            || !self.slices.is_empty()
+            || self.node.is_some()
+            || self.service_cidrs.is_some()
     }
 
     /// The counters so far.
@@ -187,6 +200,7 @@ impl PendingChanges {
             services: self.services.take(),
             slices: self.slices.take(),
             node: self.node.take(),
+            service_cidrs: self.service_cidrs.take(),
         }
     }
 
@@ -318,6 +332,58 @@ impl EndpointSliceHandler for PendingChanges {
 
     fn on_endpoint_slice_synced(&mut self) {
         self.slices_synced = true;
+    }
+}
+
+impl PendingChanges {
+    fn record_service_cidrs(&mut self) {
+        let mut all: Vec<ipnetwork::IpNetwork> = self
+            .service_cidr_objects
+            .values()
+            .flatten()
+            .copied()
+            .collect();
+        all.sort();
+        all.dedup();
+        self.service_cidrs = Some(all);
+    }
+}
+
+impl crate::handler::ServiceCidrHandler for PendingChanges {
+    fn on_service_cidr_change(&mut self, cidr: &k8s_openapi::api::networking::v1::ServiceCIDR) {
+        let Some(name) = cidr.metadata.name.clone() else {
+            return;
+        };
+        let mut ranges = Vec::new();
+        for text in cidr.spec.iter().flat_map(|s| s.cidrs.iter().flatten()) {
+            match text.parse::<ipnetwork::IpNetwork>() {
+                Ok(net) if self.family.contains(&net.ip()) => ranges.push(net),
+                Ok(_) => {}
+                Err(_) => {
+                    let mut w = Warnings::new();
+                    w.add(
+                        crate::convert::ObjectKind::ServiceCidr,
+                        &NamespacedName::new("", name.as_str()),
+                        "spec.cidrs",
+                        format!("{text:?} is not a CIDR"),
+                        crate::convert::Skipped::Value,
+                    );
+                    self.keep_warnings(w);
+                }
+            }
+        }
+        if self.service_cidr_objects.get(&name) != Some(&ranges) {
+            self.service_cidr_objects.insert(name, ranges);
+            self.record_service_cidrs();
+        }
+    }
+
+    fn on_service_cidr_delete(&mut self, cidr: &k8s_openapi::api::networking::v1::ServiceCIDR) {
+        if let Some(name) = &cidr.metadata.name {
+            if self.service_cidr_objects.remove(name).is_some() {
+                self.record_service_cidrs();
+            }
+        }
     }
 }
 

@@ -70,6 +70,7 @@ impl ServicePortEntry {
 pub struct ProxyState {
     family: IpFamily,
     node: NodeInfo,
+    service_cidrs: Vec<ipnetwork::IpNetwork>,
     ports: BTreeMap<ServicePortName, ServicePortEntry>,
     slices: EndpointSliceCache,
     applied_once: bool,
@@ -82,6 +83,7 @@ impl ProxyState {
         Self {
             family,
             node,
+            service_cidrs: Vec::new(),
             ports: BTreeMap::new(),
             slices: EndpointSliceCache::default(),
             applied_once: false,
@@ -97,6 +99,13 @@ impl ProxyState {
     /// This node.
     pub fn node(&self) -> &NodeInfo {
         &self.node
+    }
+
+    /// The ranges cluster IPs of this family are allocated from (every ServiceCIDR's), sorted;
+    /// empty when none is known. A change reaches proxiers as `diff.node_changed` (a node-wide
+    /// rule changes).
+    pub fn service_cidrs(&self) -> &[ipnetwork::IpNetwork] {
+        &self.service_cidrs
     }
 
     /// Every Service port, in name order.
@@ -174,6 +183,13 @@ impl ProxyState {
         }
 
         touched.extend(self.slices.apply(batch.slices));
+
+        if let Some(cidrs) = batch.service_cidrs {
+            if cidrs != self.service_cidrs {
+                self.service_cidrs = cidrs;
+                diff.node_changed = true;
+            }
+        }
 
         if let Some(node) = batch.node {
             if node != self.node {
