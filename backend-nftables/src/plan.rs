@@ -63,6 +63,9 @@ pub struct PlanContext {
     pub counters: bool,
     /// How many endpoint maps (`service-endpoints-<k>`) the table has.
     pub endpoint_maps: u32,
+    /// The ranges cluster IPs are allocated from (ServiceCIDR objects): traffic to an address
+    /// there that no Service holds is dropped.
+    pub service_cidrs: Vec<IpNetwork>,
 }
 
 impl PlanContext {
@@ -313,11 +316,24 @@ pub fn base_plan(ctx: &PlanContext) -> BasePlan {
         chain(
             CLUSTER_IPS_CHECK,
             None,
-            vec![Rule::new(
-                vec![Match::DaddrInSet(CLUSTER_IPS.to_owned())],
-                Action::Reject,
+            std::iter::once(
+                Rule::new(
+                    vec![Match::DaddrInSet(CLUSTER_IPS.to_owned())],
+                    Action::Reject,
+                )
+                .with_comment("Reject traffic to invalid ports of ClusterIPs"),
             )
-            .with_comment("Reject traffic to invalid ports of ClusterIPs")],
+            .chain(ctx.service_cidrs.iter().map(|net| {
+                Rule::new(
+                    vec![Match::DaddrNet {
+                        net: *net,
+                        negate: false,
+                    }],
+                    Action::Drop,
+                )
+                .with_comment("Drop traffic to unallocated ClusterIPs")
+            }))
+            .collect(),
         ),
         chain(
             ENDPOINTS_CHECK,

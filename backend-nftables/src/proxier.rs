@@ -595,6 +595,7 @@ pub fn plan_context(
         primary_ip,
         counters: settings.counters,
         endpoint_maps: crate::names::endpoint_maps_for(state.len()),
+        service_cidrs: state.service_cidrs().to_vec(),
     }
 }
 

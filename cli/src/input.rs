@@ -60,6 +60,9 @@ pub(crate) fn build_state(input: &Input, family: Family) -> ProxyState {
     for s in &input.manifests.endpoint_slices {
         pending.on_endpoint_slice_add(s);
     }
+    for c in &input.manifests.service_cidrs {
+        proxy_core::ServiceCidrHandler::on_service_cidr_change(&mut pending, c);
+    }
     for n in &input.manifests.nodes {
         pending.on_node_change(n);
     }

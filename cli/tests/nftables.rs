@@ -287,3 +287,89 @@ fn daemon_syncs_incrementally_and_exports_service_counters() {
         "{text}"
     );
 }
+
+/// A ServiceCIDR (KEP-1880): traffic to an address of it no Service holds is dropped — from a
+/// pod and from the node — while an allocated cluster IP on an unused port is refused. The
+/// unallocated address is made real first (pod-c answers on it), so the drop is kproxy's and
+/// not a missing route.
+#[test]
+fn unallocated_addresses_of_a_service_cidr_are_dropped() {
+    let Some(bed) = bed("nftcidr") else { return };
+    bed.ns("pod-c")
+        .exec(&["ip", "addr", "add", "172.30.0.99/32", "dev", "eth0"])
+        .unwrap();
+    bed.node
+        .exec(&["ip", "route", "add", "172.30.0.99/32", "via", "10.244.1.13"])
+        .unwrap();
+    let unallocated = format!("172.30.0.99:{}", testbed::TCP_PORT);
+    bed.sync(&web(&all_ready(), ""), NFTABLES).unwrap();
+    assert_eq!(
+        bed.tcp("pod-a", &unallocated).pod(),
+        Some("pod-c"),
+        "without a ServiceCIDR the address is just routed"
+    );
+    let cidr = "apiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata: {name: kubernetes}\nspec: {cidrs: [172.30.0.0/16]}\n---\n";
+    bed.sync(&format!("{cidr}{}", web(&all_ready(), "")), NFTABLES)
+        .unwrap();
+    let listed = listed(&bed.ns("node").name);
+    assert!(
+        listed.contains(
+            "ip daddr 172.30.0.0/16 drop comment \"Drop traffic to unallocated ClusterIPs\""
+        ),
+        "{listed}"
+    );
+    assert_eq!(bed.tcp("pod-a", &unallocated), Reply::Timeout);
+    assert_eq!(bed.tcp("node", &unallocated), Reply::Timeout);
+    assert_eq!(bed.tcp("pod-a", &format!("{SVC_IP}:81")), Reply::Refused);
+    assert!(bed.tcp("pod-a", &format!("{SVC_IP}:80")).pod().is_some());
+}
+
+/// Through the API: the daemon in nftables mode watches ServiceCIDRs, so the control plane's
+/// default one (its service range, as a real API server creates) becomes the drop rule, and a
+/// ServiceCIDR created later is added by a sync.
+#[test]
+fn the_daemon_watches_service_cidrs_from_the_api() {
+    let Some(bed) = bed("nftcidrapi") else { return };
+    let app = std::sync::Arc::new(control_plane::api::App::new((
+        "10.96.0.0".parse().unwrap(),
+        1 << 16,
+    )));
+    let (_api, addr) = bed.start_control_plane(std::sync::Arc::clone(&app), None);
+    let kubeconfig = bed.dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, control_plane::kubeconfig(addr)).unwrap();
+    let _daemon = bed.start_daemon_kube(&kubeconfig, &["--proxy-mode", "nftables"]);
+    let node = bed.ns("node").name.clone();
+    let has = |text: &str| {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &node,
+                "nft",
+                "list",
+                "chain",
+                "ip",
+                "kube-proxy",
+                "cluster-ips-check",
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains(text))
+            .unwrap_or(false)
+    };
+    wait_for("the default ServiceCIDR's drop rule", || {
+        has("ip daddr 10.96.0.0/16 drop")
+    });
+    app.store
+        .lock()
+        .unwrap()
+        .create(
+            "servicecidrs",
+            "",
+            serde_json::json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+                "metadata": {"name": "extra"}, "spec": {"cidrs": ["10.97.0.0/16"]}}),
+        )
+        .unwrap();
+    wait_for("a new ServiceCIDR's drop rule", || {
+        has("ip daddr 10.97.0.0/16 drop")
+    });
+}

@@ -160,7 +160,7 @@ fn odd_manifests_warn_and_still_load() {
     for expected in [
         "odd.yaml:5: Service field spec.ports[0].protocl is not known",
         "odd.yaml:5: Service field spec.externalTraficPolicy is not known",
-        "odd.yaml:10: kind Deployment is not a Service, EndpointSlice or Node",
+        "odd.yaml:10: kind Deployment is not a Service, EndpointSlice, Node or ServiceCIDR",
         "Service ns1/a appears more than once; the last one wins",
         "Service ns1/nospec: spec: the Service has no spec",
     ] {

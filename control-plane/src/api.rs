@@ -72,7 +72,17 @@ pub const RESOURCES: &[ResourceInfo] = &[
         group_version: "discovery.k8s.io/v1",
         short_names: &[],
     },
+    ResourceInfo {
+        name: "servicecidrs",
+        kind: "ServiceCIDR",
+        namespaced: false,
+        group_version: "networking.k8s.io/v1",
+        short_names: &[],
+    },
 ];
+
+/// The API groups served besides the core one.
+const GROUP_VERSIONS: &[&str] = &["discovery.k8s.io/v1", "networking.k8s.io/v1"];
 
 /// The server's state.
 #[derive(Debug)]
@@ -106,6 +116,21 @@ impl App {
                     "namespaces",
                     "",
                     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+                )
+                .expect("fresh store");
+        }
+        // The default ServiceCIDR a real API server creates from its service range (KEP-1880):
+        // proxies drop traffic to addresses of it that no Service holds.
+        if store.get("servicecidrs", "", "kubernetes").is_err() {
+            let (net, size) = service_range;
+            let prefix = 32 - size.max(1).next_power_of_two().trailing_zeros();
+            store
+                .create(
+                    "servicecidrs",
+                    "",
+                    json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+                           "metadata": {"name": "kubernetes"},
+                           "spec": {"cidrs": [format!("{net}/{prefix}")]}}),
                 )
                 .expect("fresh store");
         }
@@ -238,13 +263,27 @@ fn discovery(path: &str) -> Option<Value> {
         "/api" => {
             json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}]})
         }
-        "/apis" => json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [{
-            "name": "discovery.k8s.io",
-            "versions": [{"groupVersion": "discovery.k8s.io/v1", "version": "v1"}],
-            "preferredVersion": {"groupVersion": "discovery.k8s.io/v1", "version": "v1"},
-        }]}),
+        "/apis" => {
+            let groups: Vec<Value> = GROUP_VERSIONS
+                .iter()
+                .map(|gv| {
+                    let group = gv.split_once('/').map_or(*gv, |(g, _)| g);
+                    json!({
+                        "name": group,
+                        "versions": [{"groupVersion": gv, "version": "v1"}],
+                        "preferredVersion": {"groupVersion": gv, "version": "v1"},
+                    })
+                })
+                .collect();
+            json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+        }
         "/api/v1" => resources("v1"),
-        "/apis/discovery.k8s.io/v1" => resources("discovery.k8s.io/v1"),
+        p if p
+            .strip_prefix("/apis/")
+            .is_some_and(|gv| GROUP_VERSIONS.contains(&gv)) =>
+        {
+            resources(&p["/apis/".len()..])
+        }
         "/openapi/v2" => {
             // A minimal schema: one permissive definition per kind, enough for kubectl's client-side
             // validation and apply to find the types.
@@ -266,15 +305,28 @@ fn discovery(path: &str) -> Option<Value> {
             }
             json!({"swagger": "2.0", "info": {"title": "kproxy-control-plane", "version": "v1.32.0"}, "paths": {}, "definitions": definitions})
         }
-        "/openapi/v3" => json!({"paths": {
-            "api/v1": {"serverRelativeURL": "/openapi/v3/api/v1?hash=1"},
-            "apis/discovery.k8s.io/v1": {"serverRelativeURL": "/openapi/v3/apis/discovery.k8s.io/v1?hash=1"},
-        }}),
-        "/openapi/v3/api/v1" | "/openapi/v3/apis/discovery.k8s.io/v1" => {
+        "/openapi/v3" => {
+            let mut paths = serde_json::Map::new();
+            paths.insert(
+                "api/v1".into(),
+                json!({"serverRelativeURL": "/openapi/v3/api/v1?hash=1"}),
+            );
+            for gv in GROUP_VERSIONS {
+                paths.insert(
+                    format!("apis/{gv}"),
+                    json!({"serverRelativeURL": format!("/openapi/v3/apis/{gv}?hash=1")}),
+                );
+            }
+            json!({ "paths": paths })
+        }
+        p if p == "/openapi/v3/api/v1"
+            || p.strip_prefix("/openapi/v3/apis/")
+                .is_some_and(|gv| GROUP_VERSIONS.contains(&gv)) =>
+        {
             let gv = if path.ends_with("api/v1") {
                 "v1"
             } else {
-                "discovery.k8s.io/v1"
+                &path["/openapi/v3/apis/".len()..]
             };
             let prefix = if gv == "v1" {
                 "/api/v1".to_owned()
@@ -332,10 +384,12 @@ fn parse_target(path: &str) -> Option<Target> {
     let (gv, rest) = if let Some(r) = path.strip_prefix("/api/v1/") {
         ("v1", r)
     } else {
-        (
-            "discovery.k8s.io/v1",
-            path.strip_prefix("/apis/discovery.k8s.io/v1/")?,
-        )
+        let apis = path.strip_prefix("/apis/")?;
+        GROUP_VERSIONS.iter().find_map(|gv| {
+            apis.strip_prefix(gv)
+                .and_then(|r| r.strip_prefix('/'))
+                .map(|r| (*gv, r))
+        })?
     };
     let decoded: Vec<String> = rest
         .split('/')

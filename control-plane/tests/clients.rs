@@ -387,3 +387,42 @@ async fn endpointslice_controller_follows_a_pod_ready_terminating_and_deleted() 
         "pod ready -> slice {ready:?}; deleted -> terminating {terminating:?}; removed {removed:?}"
     );
 }
+
+/// The default ServiceCIDR (`kubernetes`, the service range) is served under
+/// networking.k8s.io/v1 as a real API server serves it, and kube-rs lists and creates them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_cidrs_are_served_with_the_default_one() {
+    use k8s_openapi::api::networking::v1::{ServiceCIDR, ServiceCIDRSpec};
+    let (_, kc) = start().await;
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&kc).unwrap(),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    let client = kube::Client::try_from(config).unwrap();
+    let api: Api<ServiceCIDR> = Api::all(client);
+    let list = api.list(&Default::default()).await.unwrap();
+    let names: Vec<_> = list
+        .items
+        .iter()
+        .map(|c| c.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(names, ["kubernetes"]);
+    assert_eq!(
+        list.items[0].spec.as_ref().unwrap().cidrs.as_deref(),
+        Some(&["10.96.0.0/16".to_owned()][..])
+    );
+    let extra = ServiceCIDR {
+        metadata: kube::api::ObjectMeta {
+            name: Some("extra".into()),
+            ..Default::default()
+        },
+        spec: Some(ServiceCIDRSpec {
+            cidrs: Some(vec!["10.97.0.0/16".into()]),
+        }),
+        status: None,
+    };
+    api.create(&Default::default(), &extra).await.unwrap();
+    assert_eq!(api.list(&Default::default()).await.unwrap().items.len(), 2);
+}

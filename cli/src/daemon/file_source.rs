@@ -22,8 +22,11 @@ use std::time::{Duration, Instant, SystemTime};
 use fixtures::Manifests;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::ServiceCIDR;
 use k8s_openapi::Metadata;
-use proxy_core::{EndpointSliceHandler, NodeHandler, PendingChanges, ServiceHandler};
+use proxy_core::{
+    EndpointSliceHandler, NodeHandler, PendingChanges, ServiceCidrHandler, ServiceHandler,
+};
 
 use super::Shared;
 
@@ -58,6 +61,7 @@ struct Snapshot {
     services: BTreeMap<String, Service>,
     slices: BTreeMap<String, EndpointSlice>,
     nodes: BTreeMap<String, Node>,
+    service_cidrs: BTreeMap<String, ServiceCIDR>,
 }
 
 impl From<Manifests> for Snapshot {
@@ -70,6 +74,7 @@ impl From<Manifests> for Snapshot {
                 .map(|s| (key(&s), s))
                 .collect(),
             nodes: m.nodes.into_iter().map(|n| (key(&n), n)).collect(),
+            service_cidrs: m.service_cidrs.into_iter().map(|c| (key(&c), c)).collect(),
         }
     }
 }
@@ -125,6 +130,10 @@ fn apply(p: &mut PendingChanges, old: &Snapshot, new: &Snapshot) -> usize {
         Event::Add(x) | Event::Update(_, x) => p.on_node_change(x),
         Event::Delete(x) => p.on_node_delete(x),
     });
+    n += diff(&old.service_cidrs, &new.service_cidrs, |e| match e {
+        Event::Add(x) | Event::Update(_, x) => p.on_service_cidr_change(x),
+        Event::Delete(x) => p.on_service_cidr_delete(x),
+    });
     n
 }
 
@@ -166,6 +175,12 @@ impl Files {
                 .extend(f.objects.slices.iter().map(|(k, v)| (k.clone(), v.clone())));
             all.nodes
                 .extend(f.objects.nodes.iter().map(|(k, v)| (k.clone(), v.clone())));
+            all.service_cidrs.extend(
+                f.objects
+                    .service_cidrs
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone())),
+            );
         }
         all
     }
@@ -218,11 +233,14 @@ impl Files {
         } else {
             Snapshot::default()
         };
-        let empty =
-            loaded.services.is_empty() && loaded.slices.is_empty() && loaded.nodes.is_empty();
+        let empty = loaded.services.is_empty()
+            && loaded.slices.is_empty()
+            && loaded.nodes.is_empty()
+            && loaded.service_cidrs.is_empty();
         let had = !(state.objects.services.is_empty()
             && state.objects.slices.is_empty()
-            && state.objects.nodes.is_empty());
+            && state.objects.nodes.is_empty()
+            && state.objects.service_cidrs.is_empty());
         if empty && had {
             let since = *state.emptied_since.get_or_insert_with(|| {
                 tracing::info!(
@@ -240,7 +258,8 @@ impl Files {
         state.emptied_since = None;
         let changed = state.objects.services != loaded.services
             || state.objects.slices != loaded.slices
-            || state.objects.nodes != loaded.nodes;
+            || state.objects.nodes != loaded.nodes
+            || state.objects.service_cidrs != loaded.service_cidrs;
         state.objects = loaded;
         if !exists {
             self.files.remove(path);

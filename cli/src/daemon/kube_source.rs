@@ -13,10 +13,13 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::ServiceCIDR;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource, ResourceExt};
-use proxy_core::{EndpointSliceHandler, NodeHandler, PendingChanges, ServiceHandler};
+use proxy_core::{
+    EndpointSliceHandler, NodeHandler, PendingChanges, ServiceCidrHandler, ServiceHandler,
+};
 use serde::de::DeserializeOwned;
 
 use super::Shared;
@@ -66,6 +69,19 @@ impl Feed for Node {
     }
     fn synced(p: &mut PendingChanges) {
         p.on_node_synced()
+    }
+}
+
+impl Feed for ServiceCIDR {
+    fn upsert(p: &mut PendingChanges, o: &Self) {
+        p.on_service_cidr_change(o)
+    }
+    fn delete(p: &mut PendingChanges, o: &Self) {
+        p.on_service_cidr_delete(o)
+    }
+    fn synced(_: &mut PendingChanges) {
+        // The first sync does not wait for ServiceCIDRs (upstream's does not either): without
+        // them, only the drop of unallocated cluster IPs is missing.
     }
 }
 
@@ -237,10 +253,21 @@ pub(crate) fn start(client: Client, node_name: &str, service_selector: &str, sha
         Arc::clone(&shared),
     );
     spawn_watch(
-        Api::<Node>::all(client),
+        Api::<Node>::all(client.clone()),
         watcher::Config::default().fields(&format!("metadata.name={node_name}")),
-        shared,
+        Arc::clone(&shared),
     );
+    // ServiceCIDRs (networking.k8s.io/v1, GA in 1.33): watched when the API server serves them;
+    // an older one answers 404 once, and that is all.
+    tokio::spawn(async move {
+        let api = Api::<ServiceCIDR>::all(client);
+        match api.list(&kube::api::ListParams::default().limit(1)).await {
+            Ok(_) => spawn_watch(api, watcher::Config::default(), shared),
+            Err(e) => tracing::info!(
+                "not watching ServiceCIDRs ({e}): traffic to unallocated cluster IPs is not dropped"
+            ),
+        }
+    });
 }
 
 #[cfg(test)]
