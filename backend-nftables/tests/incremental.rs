@@ -24,17 +24,6 @@ use proxy_core::{
 
 const NODE: &str = "node-a";
 
-fn root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
 /// What the kernel holds in table `ip kube-proxy`, in a form that does not depend on the order
 /// objects were created in.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -246,7 +235,7 @@ fn service(
 
 #[test]
 fn incremental_syncs_hold_what_a_full_load_holds() {
-    if !root() {
+    if !fixtures::running_as_root() {
         eprintln!("skipped: not root");
         return;
     }

@@ -27,14 +27,7 @@ use proxy_core::{
 };
 
 fn skip_reason() -> Option<String> {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false);
+    let root = fixtures::running_as_root();
     if !root {
         return Some("not root".into());
     }

@@ -6,7 +6,7 @@
 //!
 //! Run: `cargo bench -p kproxy-benches --bench ipvs_sync`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::Criterion;
 use kproxy_benches::ipvs_bed;
@@ -28,18 +28,16 @@ fn one_endpoint_change(c: &mut Criterion) {
         // state updates (proxy-core's, measured elsewhere) are not.
         group.bench_function(format!("add_then_remove/{n}"), |b| {
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let diff = ipvs_bed::change(&mut pending, &mut state, &old, &new);
-                    let t = Instant::now();
-                    p.sync(&state, &diff).expect("add");
-                    total += t.elapsed();
-                    let diff = ipvs_bed::change(&mut pending, &mut state, &new, &old);
-                    let t = Instant::now();
-                    p.sync(&state, &diff).expect("remove");
-                    total += t.elapsed();
-                }
-                total
+                kproxy_benches::time_add_then_remove(
+                    iters,
+                    &mut pending,
+                    &mut state,
+                    &old,
+                    &new,
+                    |state, diff| {
+                        p.sync(state, diff).expect("sync");
+                    },
+                )
             })
         });
         p.cleanup().expect("cleanup");

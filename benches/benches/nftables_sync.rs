@@ -7,8 +7,6 @@
 //!
 //! Run (root): `cargo bench -p kproxy-benches --bench nftables_sync`.
 
-use std::time::{Duration, Instant};
-
 use backend_nftables::{NftablesProxier, NftablesSettings};
 use criterion::Criterion;
 use proxy_core::datapath::DetectLocalMode;
@@ -38,18 +36,16 @@ fn one_endpoint_change(c: &mut Criterion) {
         // state updates (proxy-core's, measured elsewhere) are not.
         group.bench_function(format!("add_then_remove/{n}"), |b| {
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let diff = kproxy_benches::change(&mut pending, &mut state, &old, &new);
-                    let t = Instant::now();
-                    p.sync(&state, &diff).expect("add");
-                    total += t.elapsed();
-                    let diff = kproxy_benches::change(&mut pending, &mut state, &new, &old);
-                    let t = Instant::now();
-                    p.sync(&state, &diff).expect("remove");
-                    total += t.elapsed();
-                }
-                total
+                kproxy_benches::time_add_then_remove(
+                    iters,
+                    &mut pending,
+                    &mut state,
+                    &old,
+                    &new,
+                    |state, diff| {
+                        p.sync(state, diff).expect("sync");
+                    },
+                )
             })
         });
         p.cleanup().expect("cleanup");
@@ -76,14 +72,7 @@ fn whole_plan(c: &mut Criterion) {
 }
 
 fn main() {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false);
+    let root = fixtures::running_as_root();
     let mut c = Criterion::default().configure_from_args();
     whole_plan(&mut c);
     if root {

@@ -94,6 +94,29 @@ pub fn change(
     state.apply(pending)
 }
 
+/// Adds the endpoint of `new` to the Service of `old` and removes it again, `iters` times,
+/// timing each `sync` of the resulting diff alone (the state updates, proxy-core's, are
+/// measured elsewhere): a criterion `iter_custom` body for one-endpoint changes.
+pub fn time_add_then_remove(
+    iters: u64,
+    pending: &mut PendingChanges,
+    state: &mut ProxyState,
+    old: &k8s_openapi::api::discovery::v1::EndpointSlice,
+    new: &k8s_openapi::api::discovery::v1::EndpointSlice,
+    mut sync: impl FnMut(&ProxyState, &proxy_core::StateDiff),
+) -> std::time::Duration {
+    let mut total = std::time::Duration::ZERO;
+    for _ in 0..iters {
+        for (from, to) in [(old, new), (new, old)] {
+            let diff = change(pending, state, from, to);
+            let t = std::time::Instant::now();
+            sync(state, &diff);
+            total += t.elapsed();
+        }
+    }
+    total
+}
+
 /// IPVS mode's benchmark bed, for code running inside the user-mode-linux kernel
 /// (`uml-testbed`): the node's routes, a proxier, and one endpoint to add and remove.
 pub mod ipvs_bed {

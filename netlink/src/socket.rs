@@ -163,6 +163,11 @@ impl NetlinkSocket {
             })?;
             self.send_buffer = size;
         }
+        self.send_raw(datagram, operation)
+    }
+
+    /// One `send` of a datagram, its error naming `operation`.
+    fn send_raw(&mut self, datagram: &[u8], operation: &str) -> Result<(), SocketError> {
         self.socket
             .send(datagram, 0)
             .map_err(|source| SocketError::Io {
@@ -306,12 +311,7 @@ impl NetlinkSocket {
     where
         I: NetlinkSerializable + NetlinkDeserializable + std::fmt::Debug,
     {
-        self.socket
-            .send(datagram, 0)
-            .map_err(|source| SocketError::Io {
-                operation: format!("{operation}: send"),
-                source,
-            })?;
+        self.send_raw(datagram, operation)?;
         self.collect_acks::<I>(first_seq, count, operation, results)
     }
 
