@@ -131,6 +131,8 @@ pub struct NftablesProxier {
     /// kept until the next one (so incremental syncs never change the table's layout).
     endpoint_maps: u32,
     base: Option<BasePlan>,
+    /// The context `base` was planned from.
+    base_context: Option<PlanContext>,
     needs_rebuild: bool,
     fixed_node_addresses: Option<Vec<IpAddr>>,
     last_written: Written,
@@ -171,6 +173,7 @@ impl NftablesProxier {
             range_elements: 0,
             endpoint_maps: 0,
             base: None,
+            base_context: None,
             needs_rebuild: true,
             fixed_node_addresses: None,
             last_written: Written::default(),
@@ -642,11 +645,17 @@ impl Proxier for NftablesProxier {
         if !self.needs_rebuild {
             ctx.endpoint_maps = self.endpoint_maps;
         }
-        let base = base_plan(&ctx);
         let full = diff.full || diff.node_changed;
         let mut rebuilt = false;
-        if self.needs_rebuild || self.base.as_ref() != Some(&base) || (full && !self.table_exists())
+        // The table's constant part is a function of the context: compare that, and plan the
+        // base only when it changed (a partial sync at 20,000 Services would otherwise build
+        // a thousand endpoint-map names to compare).
+        if self.needs_rebuild
+            || self.base_context.as_ref() != Some(&ctx)
+            || (full && !self.table_exists())
         {
+            let base = base_plan(&ctx);
+            self.base_context = Some(ctx.clone());
             self.rebuild(state, &ctx, base)?;
             rebuilt = true;
         } else {
