@@ -259,7 +259,7 @@ impl<'a> Writer<'a> {
             }
         }
         // An element several ports want goes in once; the first in order wins.
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = ahash::AHashSet::with_capacity(base.elements.len() + 16 * 1024);
         self.add_elements(
             base.elements
                 .iter()

@@ -16,6 +16,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
+use ahash::{AHashMap, AHashSet};
 use kproxy_netlink::nftables::batch::{CommitError, NftSocket, Transaction};
 use kproxy_netlink::nftables::expr::Verdict;
 use kproxy_netlink::nftables::objects;
@@ -123,7 +124,7 @@ pub struct NftablesProxier {
     /// Who wants each element several ports could want: the holders' port-name hashes with
     /// the verdict each wants, in arrival order (the kernel has the first one's). Endpoint
     /// ranges are not here: each lies in one port's own region.
-    element_refs: HashMap<(&'static str, MapKey), Vec<Holder>>,
+    element_refs: AHashMap<(&'static str, MapKey), Vec<Holder>>,
     regions: RegionAllocator,
     /// How many endpoint ranges the books hold (they are not in `element_refs`).
     range_elements: usize,
@@ -138,6 +139,7 @@ pub struct NftablesProxier {
     last_written: Written,
     last_messages: usize,
     last_bytes: usize,
+    last_commit: std::time::Duration,
     traffic: Option<ServiceTrafficMetrics>,
 }
 
@@ -168,7 +170,7 @@ impl NftablesProxier {
             socket,
             conntrack,
             books: HashMap::new(),
-            element_refs: HashMap::new(),
+            element_refs: AHashMap::new(),
             regions: RegionAllocator::default(),
             range_elements: 0,
             endpoint_maps: 0,
@@ -179,6 +181,7 @@ impl NftablesProxier {
             last_written: Written::default(),
             last_messages: 0,
             last_bytes: 0,
+            last_commit: std::time::Duration::ZERO,
             traffic: None,
         })
     }
@@ -204,6 +207,12 @@ impl NftablesProxier {
     /// What the last sync wrote, the number of messages and their bytes.
     pub fn last_sync(&self) -> (Written, usize, usize) {
         (self.last_written, self.last_messages, self.last_bytes)
+    }
+
+    /// How long the last transaction took from `send` to the kernel's verdict: the kernel's
+    /// share of a sync (the rest is planning and serializing).
+    pub fn last_commit_time(&self) -> std::time::Duration {
+        self.last_commit
     }
 
     /// The plan context for `state` on this node.
@@ -327,7 +336,10 @@ impl NftablesProxier {
         self.last_messages = tx.len();
         self.last_bytes = tx.byte_len();
         self.last_written = written;
-        if let Err(e) = self.socket.commit(tx) {
+        let started = std::time::Instant::now();
+        let result = self.socket.commit(tx);
+        self.last_commit = started.elapsed();
+        if let Err(e) = result {
             self.needs_rebuild = true;
             return Err(error(
                 format!("{}: nf_tables transaction ({what})", self.family),
@@ -421,7 +433,7 @@ impl NftablesProxier {
         for (name, new) in &changes {
             let old = self.books.get(name).cloned().unwrap_or_default();
             let new = new.as_ref().unwrap_or(&empty);
-            let new_set: HashSet<&PlannedElement> = new.elements.iter().collect();
+            let new_set: AHashSet<&PlannedElement> = new.elements.iter().collect();
             let gone: Vec<PlannedElement> = old
                 .elements
                 .iter()
@@ -433,7 +445,7 @@ impl NftablesProxier {
         for (name, new) in &changes {
             let old = self.books.get(name).cloned().unwrap_or_default();
             let new = new.as_ref().unwrap_or(&empty);
-            let old_set: HashSet<&PlannedElement> = old.elements.iter().collect();
+            let old_set: AHashSet<&PlannedElement> = old.elements.iter().collect();
             let fresh: Vec<PlannedElement> = new
                 .elements
                 .iter()
@@ -689,6 +701,7 @@ impl Proxier for NftablesProxier {
             messages = self.last_messages,
             bytes = self.last_bytes,
             ?programmed,
+            commit = ?self.last_commit,
             total = ?started.elapsed(),
             "nftables sync"
         );

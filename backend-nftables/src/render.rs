@@ -38,7 +38,7 @@ pub fn write_plans(family: IpFamily, base: &BasePlan, ports: &[PortPlan], out: &
     // An element several ports want (a cluster IP in `cluster-ips`; a frontend two Services
     // claim) goes in once; the first in state order wins, as in the proxier.
     let mut by_set: BTreeMap<&str, Vec<&PlannedElement>> = BTreeMap::new();
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = ahash::AHashSet::new();
     for e in base
         .elements
         .iter()

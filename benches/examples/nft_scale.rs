@@ -64,7 +64,9 @@ fn main() {
             .find(|c| c.kind == "nftables/chains")
             .map_or(0, |c| c.count);
         eprintln!(
-            "{n}: loaded, RSS {} MiB, peak {} MiB",
+            "{n}: loaded in {:.2} s, of which the kernel's commit {:.2} s; RSS {} MiB, peak {} MiB",
+            load.as_secs_f64(),
+            p.last_commit_time().as_secs_f64(),
             kib("VmRSS:") / 1024,
             kib("VmHWM:") / 1024
         );
