@@ -203,8 +203,7 @@ impl<'a> Writer<'a> {
             let id = self.set_ids.get(set).copied().unwrap_or(0);
             for chunk in list.chunks(ELEMENTS_PER_MESSAGE) {
                 self.written.elements += chunk.len();
-                self.tx
-                    .push(objects::add_elements(self.f(), TABLE, set, id, chunk));
+                self.tx.push_elements(true, self.f(), TABLE, set, id, chunk);
             }
         }
     }
@@ -214,8 +213,7 @@ impl<'a> Writer<'a> {
         for (set, list) in group(elements) {
             for chunk in list.chunks(ELEMENTS_PER_MESSAGE) {
                 self.written.elements += chunk.len();
-                self.tx
-                    .push(objects::delete_elements(self.f(), TABLE, set, chunk));
+                self.tx.push_elements(false, self.f(), TABLE, set, 0, chunk);
             }
         }
     }

@@ -38,7 +38,8 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    fn code(&self) -> i32 {
+    /// The verdict code (`NF_ACCEPT`, `NFT_JUMP`, …).
+    pub fn code(&self) -> i32 {
         match self {
             Verdict::Accept => 1,
             Verdict::Drop => 0,
