@@ -114,20 +114,26 @@ fn sync_programs_what_nft_makes_of_the_rendering() {
         "rendered.nft",
         &String::from_utf8_lossy(&rendered.stdout),
     );
-    let scratch = format!("kpx-nftr-{}", std::process::id());
+    /// The scratch namespace, deleted when dropped — also when the test fails.
+    struct Scratch(String);
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let scratch = Scratch(format!("kpx-nftr-{}", std::process::id()));
     assert!(Command::new("ip")
-        .args(["netns", "add", &scratch])
+        .args(["netns", "add", &scratch.0])
         .status()
         .unwrap()
         .success());
     let loaded = Command::new("ip")
-        .args(["netns", "exec", &scratch, "nft", "-f"])
+        .args(["netns", "exec", &scratch.0, "nft", "-f"])
         .arg(&text)
         .status()
         .unwrap();
-    let theirs = listed(&scratch);
-    let _ = Command::new("ip").args(["netns", "del", &scratch]).status();
     assert!(loaded.success());
+    let theirs = listed(&scratch.0);
     assert_eq!(
         ours, theirs,
         "nft list of the netlink sync vs of nft -f of the rendering"
