@@ -134,7 +134,6 @@ impl<'a> Writer<'a> {
             flags,
             key,
             data,
-            concat: &[],
             timeout_ms,
             user_data,
             id,

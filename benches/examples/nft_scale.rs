@@ -255,7 +255,6 @@ fn floors(n: usize) {
                     (datatype::IPV4_ADDR, 4),
                     (datatype::INET_SERVICE, 2),
                 ])),
-                concat: &[],
                 timeout_ms: None,
                 user_data: SetUserData::NumgenAddressPortMap {
                     ipv6: false,

@@ -174,7 +174,6 @@ fn built() -> Vec<Command> {
             flags: 0,
             key: (datatype::IPV4_ADDR, 4),
             data: None,
-            concat: &[],
             timeout_ms: None,
             user_data: SetUserData::Addresses {
                 comment: Some("Active ClusterIPs"),
@@ -187,7 +186,6 @@ fn built() -> Vec<Command> {
             flags: set_flags::MAP,
             key: tuple,
             data: Some((datatype::VERDICT, 0)),
-            concat: &[],
             timeout_ms: None,
             user_data: SetUserData::ConcatVerdictMap {
                 comment: Some("ClusterIP, ExternalIP and LoadBalancer IP traffic"),
@@ -200,7 +198,6 @@ fn built() -> Vec<Command> {
             flags: set_flags::MAP,
             key: np,
             data: Some((datatype::VERDICT, 0)),
-            concat: &[],
             timeout_ms: None,
             user_data: SetUserData::ConcatVerdictMap {
                 comment: Some("NodePort traffic"),
@@ -213,7 +210,6 @@ fn built() -> Vec<Command> {
             flags: set_flags::MAP,
             key: (datatype::INTEGER, 4),
             data: Some((datatype::VERDICT, 0)),
-            concat: &[],
             timeout_ms: None,
             user_data: SetUserData::NumgenVerdictMap { comment: None },
             id: 4,
@@ -224,7 +220,6 @@ fn built() -> Vec<Command> {
             flags: set_flags::TIMEOUT | set_flags::EVAL,
             key: (datatype::IPV4_ADDR, 4),
             data: None,
-            concat: &[],
             timeout_ms: Some(3 * 3600 * 1000),
             user_data: SetUserData::Addresses { comment: None },
             id: 5,
@@ -620,7 +615,6 @@ fn built_dnat_map() -> Vec<Command> {
                 (datatype::IPV4_ADDR, 4),
                 (datatype::INET_SERVICE, 2),
             ])),
-            concat: &[],
             timeout_ms: None,
             user_data: SetUserData::NumgenAddressPortMap {
                 ipv6: false,
@@ -637,7 +631,6 @@ fn built_dnat_map() -> Vec<Command> {
             flags: 0,
             key: datatype::concat(&[(datatype::IPV4_ADDR, 4), (datatype::IPV4_ADDR, 4)]),
             data: None,
-            concat: &[],
             timeout_ms: None,
             user_data: SetUserData::Concat { comment: None },
             id: 2,
@@ -758,7 +751,6 @@ fn built_interval_map() -> Vec<Command> {
                 (datatype::IPV4_ADDR, 4),
                 (datatype::INET_SERVICE, 2),
             ])),
-            concat: &[],
             timeout_ms: None,
             user_data: SetUserData::RandomRangeAddressPortMap {
                 ipv6: false,

@@ -2,8 +2,8 @@
 //! the messages that create, delete or flush them, with the attributes and flags `nft` sends for
 //! the same statement, plus readers for what the kernel's dumps answer.
 
-use super::expr::{data_value, Expr, Verdict, NFTA_LIST_ELEM};
-use super::wire::{msg, NftAttribute, NftMessage, NftValue};
+use super::expr::{data_value, Expr, Verdict};
+use super::wire::{msg, NftAttribute, NftMessage};
 
 /// `NFPROTO_IPV4`: an `ip` table.
 pub const NFPROTO_IPV4: u8 = 2;
@@ -201,8 +201,6 @@ pub struct SetSpec<'a> {
     pub key: (u32, u32),
     /// For a map: value data type and length.
     pub data: Option<(u32, u32)>,
-    /// Per-part lengths of a concatenated key (`NFTA_SET_DESC_CONCAT`), empty for a plain key.
-    pub concat: &'a [u32],
     /// Element timeout in milliseconds.
     pub timeout_ms: Option<u64>,
     /// What `nft` records about the set in its user data (byte orders, typeof, comment).
@@ -389,17 +387,6 @@ pub fn new_set(family: u8, spec: &SetSpec<'_>) -> Command {
         attrs.push(NftAttribute::u32(7, l));
     }
     attrs.push(NftAttribute::u32(10, spec.id));
-    if !spec.concat.is_empty() {
-        let fields = spec
-            .concat
-            .iter()
-            .map(|&l| NftAttribute::nested(NFTA_LIST_ELEM, vec![NftAttribute::u32(1, l)]))
-            .collect();
-        attrs.push(NftAttribute::nested(
-            9,
-            vec![NftAttribute::nested(2, fields)],
-        ));
-    }
     if let Some(t) = spec.timeout_ms {
         attrs.push(NftAttribute::u64(11, t));
     }
@@ -617,9 +604,4 @@ pub fn dumped_counter(message: &NftMessage) -> Option<(String, u64, u64)> {
     let bytes = data.iter().find(|a| a.kind == 1)?.as_u64()?;
     let packets = data.iter().find(|a| a.kind == 2)?.as_u64()?;
     Some((name, packets, bytes))
-}
-
-/// Whether an attribute tree holds nests built here (for tests comparing parsed messages).
-pub fn is_nest(attr: &NftAttribute) -> bool {
-    matches!(attr.value, NftValue::Nested(_))
 }
