@@ -379,3 +379,48 @@ fn the_daemon_watches_service_cidrs_from_the_api() {
         has("ip daddr 10.97.0.0/16 drop")
     });
 }
+
+/// Upstream's terminating fallback on the real datapath: when every endpoint is terminating but
+/// still serving, traffic goes to them rather than being refused; once a ready endpoint exists,
+/// only it takes new connections.
+#[test]
+fn terminating_endpoints_serve_until_a_ready_one_exists() {
+    let Some(bed) = bed("nftterm") else { return };
+    let terminating = |yaml: String| {
+        yaml.replace(
+            "conditions: {ready: false}",
+            "conditions: {ready: false, serving: true, terminating: true}",
+        )
+    };
+    let to = format!("{SVC_IP}:80");
+    bed.sync(
+        &terminating(web(
+            &[
+                ("10.244.1.11", "node-a", false),
+                ("10.244.1.12", "node-a", false),
+            ],
+            "",
+        )),
+        NFTABLES,
+    )
+    .unwrap();
+    let c = counts(&bed.tcp_many("client", &to, 12));
+    assert!(
+        c.keys().all(|k| k == "pod-a" || k == "pod-b") && !c.is_empty(),
+        "the terminating endpoints serve: {c:?}"
+    );
+    bed.sync(
+        &terminating(web(
+            &[
+                ("10.244.1.11", "node-a", false),
+                ("10.244.1.12", "node-a", false),
+                ("10.244.1.13", "node-b", true),
+            ],
+            "",
+        )),
+        NFTABLES,
+    )
+    .unwrap();
+    let c = counts(&bed.tcp_many("client", &to, 12));
+    assert_eq!(c.keys().collect::<Vec<_>>(), ["pod-c"], "{c:?}");
+}
