@@ -59,27 +59,11 @@ impl Drop for Netns {
 }
 
 fn skip_reason(variant: &str) -> Option<String> {
-    if !nix_is_root() {
+    if !fixtures::running_as_root() {
         return Some("not root".into());
     }
     let tool = format!("iptables-{variant}-restore");
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    (!found).then(|| format!("{tool} not installed"))
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
+    (!fixtures::command_exists(&tool)).then(|| format!("{tool} not installed"))
 }
 
 /// Rules per (table, chain) in iptables-save output, for kproxy's chains.

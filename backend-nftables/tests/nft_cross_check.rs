@@ -31,17 +31,10 @@ fn skip_reason() -> Option<String> {
     if !root {
         return Some("not root".into());
     }
-    for tool in ["nft", "strace", "ip"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if !found {
-            return Some(format!("{tool} not installed"));
-        }
-    }
-    None
+    ["nft", "strace", "ip"]
+        .into_iter()
+        .find(|tool| !fixtures::command_exists(tool))
+        .map(|tool| format!("{tool} not installed"))
 }
 
 /// IPv6 Services of every shape (the examples are mostly IPv4): NodePort, affinity,

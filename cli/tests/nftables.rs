@@ -15,15 +15,11 @@ use testbed::{counts, wait_for, Bed, Reply, ServiceSpec, NFTABLES, NODE_IP};
 const SVC_IP: &str = "172.30.0.10";
 
 fn nft_missing() -> bool {
-    let found = Command::new("sh")
-        .args(["-c", "command -v nft"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !found {
+    let missing = !fixtures::command_exists("nft");
+    if missing {
         eprintln!("skipped: nft not installed");
     }
-    !found
+    missing
 }
 
 fn bed(test: &str) -> Option<Bed> {

@@ -12,17 +12,6 @@ pub struct Netns {
     pub name: String,
 }
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
 pub fn sh(args: &[&str]) -> Result<String, String> {
     let out = Command::new(args[0])
         .args(&args[1..])
@@ -42,7 +31,7 @@ pub fn sh(args: &[&str]) -> Result<String, String> {
 impl Netns {
     /// A fresh namespace for `test`, with loopback up; `None` (printing why) without root.
     pub fn new(test: &str) -> Option<Self> {
-        if !is_root() {
+        if !fixtures::running_as_root() {
             eprintln!("skipping kernel test {test}: not root");
             return None;
         }

@@ -70,28 +70,13 @@ fn sh(args: &[&str]) -> Result<(), String> {
 
 /// Why datapath tests cannot run here, if they cannot.
 pub fn skip_reason() -> Option<String> {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false);
-    if !root {
+    if !fixtures::running_as_root() {
         return Some("not root".into());
     }
-    for tool in ["ip", "iptables-nft-restore", "iptables-legacy-restore"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if !found {
-            return Some(format!("{tool} not installed"));
-        }
-    }
-    None
+    ["ip", "iptables-nft-restore", "iptables-legacy-restore"]
+        .into_iter()
+        .find(|tool| !fixtures::command_exists(tool))
+        .map(|tool| format!("{tool} not installed"))
 }
 
 /// A network namespace, deleted on drop.
