@@ -428,31 +428,35 @@ impl NftablesProxier {
             }
         }
         // Phase 3: elements, deletions first (a key whose verdict changed goes out and back).
-        let mut deleted = Vec::new();
-        let mut added = Vec::new();
+        // The differences are taken from the books by reference (only differing elements are
+        // copied), then the holder lists are updated.
+        let mut gone_and_fresh = Vec::with_capacity(changes.len());
         for (name, new) in &changes {
-            let old = self.books.get(name).cloned().unwrap_or_default();
+            let old = self.books.get(name).unwrap_or(&empty);
             let new = new.as_ref().unwrap_or(&empty);
             let new_set: AHashSet<&PlannedElement> = new.elements.iter().collect();
+            let old_set: AHashSet<&PlannedElement> = old.elements.iter().collect();
             let gone: Vec<PlannedElement> = old
                 .elements
                 .iter()
                 .filter(|e| !new_set.contains(e))
                 .cloned()
                 .collect();
-            self.drop_refs(holder_id(name), gone.iter(), &mut deleted, &mut added);
-        }
-        for (name, new) in &changes {
-            let old = self.books.get(name).cloned().unwrap_or_default();
-            let new = new.as_ref().unwrap_or(&empty);
-            let old_set: AHashSet<&PlannedElement> = old.elements.iter().collect();
             let fresh: Vec<PlannedElement> = new
                 .elements
                 .iter()
                 .filter(|e| !old_set.contains(e))
                 .cloned()
                 .collect();
-            self.add_refs(holder_id(name), fresh.iter(), &mut added);
+            gone_and_fresh.push((holder_id(name), gone, fresh));
+        }
+        let mut deleted = Vec::new();
+        let mut added = Vec::new();
+        for (holder, gone, _) in &gone_and_fresh {
+            self.drop_refs(*holder, gone.iter(), &mut deleted, &mut added);
+        }
+        for (holder, _, fresh) in &gone_and_fresh {
+            self.add_refs(*holder, fresh.iter(), &mut added);
         }
         w.delete_elements(deleted.iter());
         w.add_elements(added.iter());
@@ -501,19 +505,18 @@ impl NftablesProxier {
         // Book the new plans; free the regions of policy chains that went away.
         for (name, new) in changes {
             self.range_elements += new.as_ref().map_or(0, ranges_of);
-            let old = match &new {
-                Some(p) => self.books.insert(name, p.clone()),
+            let kept: HashSet<String> = new
+                .iter()
+                .flat_map(|p| p.regions.iter().map(|(c, _, _)| c.clone()))
+                .collect();
+            let old = match new {
+                Some(p) => self.books.insert(name, p),
                 None => self.books.remove(&name),
             };
             self.range_elements -= old.as_ref().map_or(0, ranges_of);
-            if let Some(old) = old {
-                for (chain, _, _) in &old.regions {
-                    let kept = new
-                        .as_ref()
-                        .is_some_and(|p| p.regions.iter().any(|(c, _, _)| c == chain));
-                    if !kept {
-                        self.regions.release(chain);
-                    }
+            for (chain, _, _) in old.iter().flat_map(|o| o.regions.iter()) {
+                if !kept.contains(chain) {
+                    self.regions.release(chain);
                 }
             }
         }
