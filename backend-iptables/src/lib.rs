@@ -2,6 +2,9 @@
 //! kube-proxy's layout, partial renders that grow with the change rather than the cluster, and a
 //! packet-flow evaluator that walks packets through rendered rules without root.
 //!
+//! Running iptables, the jumps, cleanup helpers and the in-memory iptables used by its tests are
+//! the `iptables-tool` crate's, shared with the other modes that write iptables rules.
+//!
 //! The rendered text is the product of this mode: it is deterministic (same state, same bytes),
 //! snapshot-tested, and evaluated as packet flow in tests.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
@@ -12,10 +15,7 @@ pub mod config;
 pub mod jumps;
 pub mod proxier;
 pub mod render;
-#[cfg(feature = "test-util")]
-pub mod ruleset;
 
 pub use config::{ConfigError, RenderConfig};
-pub use proxier::exec::{detect_variant, IptablesCmd, IptablesOps, Variant};
-pub use proxier::{cleanup_node, interface_addresses, IptablesProxier};
+pub use proxier::{cleanup_node, jumps, IptablesProxier, FOOTPRINT};
 pub use render::{NodeView, RenderSummary, Renderer, RuleCounts, SharedChain, Table};

@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
 use backend_iptables::jumps::jump_rules;
-use backend_iptables::ruleset::{Environment, Origin, Outcome, Packet, Ruleset, Verdict};
 use backend_iptables::{RenderConfig, Renderer};
+use iptables_tool::ruleset::{Environment, Origin, Outcome, Packet, Ruleset, Verdict};
 use proxy_core::{IpFamily, ProxyState};
 
 const NODE_IP: &str = "192.168.56.10";

@@ -3,9 +3,9 @@
 
 mod common;
 
-use backend_iptables::ruleset::Ruleset;
 use backend_iptables::{RenderConfig, Renderer};
 use fixtures::builder::{EndpointBuilder, ServiceBuilder, SliceBuilder};
+use iptables_tool::ruleset::Ruleset;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use proxy_core::{

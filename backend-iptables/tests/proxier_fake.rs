@@ -4,12 +4,12 @@
 mod common;
 
 use backend_iptables::jumps::jump_rules;
-use backend_iptables::proxier::fake::Call;
-use backend_iptables::ruleset::Ruleset;
 use backend_iptables::{IptablesProxier, Renderer};
+use iptables_tool::fake::Call;
+use iptables_tool::ruleset::Ruleset;
 use proxy_core::{EndpointSliceHandler, IpFamily, Proxier};
 
-use backend_iptables::proxier::fake::SharedFake as Shared;
+use iptables_tool::fake::SharedFake as Shared;
 
 /// What the kernel must hold after a full sync: a fresh full render, the jumps and the canary.
 fn expected_kernel(

@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use backend_iptables::ruleset::Ruleset;
 use backend_iptables::{RenderConfig, Renderer};
 use fixtures::builder::{EndpointBuilder, SliceBuilder};
+use iptables_tool::ruleset::Ruleset;
 use proxy_core::{EndpointSliceHandler, IpFamily, ServiceHandler};
 
 /// A network namespace deleted on drop, even when the test fails.

@@ -1,6 +1,6 @@
 //! IPVS mode: Services as IPVS virtual servers with their endpoints as real servers, programmed
 //! over generic netlink; every service address bound to the `kube-ipvs0` dummy link; upstream's
-//! ipsets (through backend-ipset) and its small, constant iptables ruleset for masquerading,
+//! ipsets (through ipset-tool) and its small, constant iptables ruleset for masquerading,
 //! NodePorts and load-balancer source ranges.
 //!
 //! - [`client`]: the IPVS client (family resolution, pipelined batches, listings).

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use backend_ipset::{Entry, PortProtocol};
+use ipset_tool::{Entry, PortProtocol};
 use kproxy_netlink::ipvs::{RealServer, VirtualService, FWD_MASQ, SVC_F_PERSISTENT, SVC_F_SCHED2};
 use proxy_core::model::{Endpoint, Protocol};
 use proxy_core::state::ServicePortEntry;

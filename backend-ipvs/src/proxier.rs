@@ -18,9 +18,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use backend_ipset::{Entry, IpsetClient};
-use backend_iptables::IptablesOps;
 use ipnetwork::IpNetwork;
+use ipset_tool::{Entry, IpsetClient};
+use iptables_tool::IptablesOps;
 use kproxy_netlink::ipvs::{RealServer, VirtualService, SVC_F_HASHED};
 use proxy_core::datapath::{DetectLocalMode, NodePortAddressSpec, NodePortAddresses};
 use proxy_core::model::{Protocol, ServicePortName};
@@ -115,25 +115,9 @@ impl From<PortPlan> for PortBooks {
 
 /// The local addresses of this node, read from its interfaces at each sync.
 fn node_addresses(family: IpFamily) -> Vec<IpAddr> {
-    let mut out = Vec::new();
-    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
-        for ifa in addrs {
-            if ifa.interface_name == KUBE_IPVS0 {
-                continue;
-            }
-            let Some(a) = ifa.address else { continue };
-            let ip = if let Some(v4) = a.as_sockaddr_in() {
-                IpAddr::V4(v4.ip())
-            } else if let Some(v6) = a.as_sockaddr_in6() {
-                IpAddr::V6(v6.ip())
-            } else {
-                continue;
-            };
-            if family.contains(&ip) && !out.contains(&ip) {
-                out.push(ip);
-            }
-        }
-    }
+    let mut out =
+        kproxy_netlink::interfaces::interface_addresses_except(&[KUBE_IPVS0]).unwrap_or_default();
+    out.retain(|ip| family.contains(ip));
     out
 }
 
@@ -630,22 +614,11 @@ impl IpvsProxier {
         Ok(rules::count_rules(&text))
     }
 
-    /// The jumps not present in the built-in chains, read with one `iptables-save` per table.
-    fn missing_jumps(&mut self) -> Result<Vec<&'static rules::Jump>, ProxierError> {
-        let mut missing = Vec::new();
-        for table in ["nat", "filter"] {
-            let saved = self
-                .iptables
-                .save(table)
-                .map_err(|e| fail(format!("iptables-save of the {table} table"), e))?;
-            for jump in JUMPS.iter().filter(|j| j.table == table) {
-                let line = format!("-A {} {}", jump.from, jump.spec);
-                if !saved.lines().any(|l| l == line) {
-                    missing.push(jump);
-                }
-            }
-        }
-        Ok(missing)
+    /// The jumps not present in the built-in chains (`iptables_tool::missing_jumps`: one listing
+    /// per built-in chain, rules compared by meaning rather than by text).
+    fn missing_jumps(&mut self) -> Result<Vec<&'static iptables_tool::Jump>, ProxierError> {
+        iptables_tool::missing_jumps(self.iptables.as_mut(), JUMPS)
+            .map_err(|e| fail("listing the jumps from the built-in chains", e))
     }
 
     fn link_index(&mut self) -> Result<u32, ProxierError> {
@@ -916,7 +889,7 @@ impl IpvsProxier {
         for set in IpvsSet::ALL {
             let spec = set.spec(self.family);
             let want = desired.remove(&set).unwrap_or_default();
-            let d = backend_ipset::sync_set(&mut self.ipset, &spec, &want)
+            let d = ipset_tool::sync_set(&mut self.ipset, &spec, &want)
                 .map_err(|e| fail(format!("syncing ipset {}", spec.name), e))?;
             entries_written += d.add.len() + d.del.len();
         }
@@ -1165,17 +1138,11 @@ pub fn cleanup_kernel(
     Ok(())
 }
 
-/// Removes the jumps and chains of IPVS mode through `iptables`.
+/// Removes the jumps and chains of IPVS mode through `iptables`, whatever wrote them.
 pub fn cleanup_rules(iptables: &mut dyn IptablesOps) -> Result<(), ProxierError> {
-    let jumps: Vec<(&str, &str, &str)> = JUMPS.iter().map(|j| (j.table, j.from, j.spec)).collect();
-    backend_iptables::jumps::remove_jumps_and_chains(
-        iptables,
-        MODE,
-        backend_iptables::jumps::OwnedRules {
-            jumps: &jumps,
-            chains: rules::CHAINS,
-        },
-    )
+    iptables_tool::remove_leftovers(iptables, None, &[rules::FOOTPRINT])
+        .map(drop)
+        .map_err(|e| fail("removing the IPVS-mode chains", e))
 }
 
 /// `kproxy --cleanup` for IPVS mode, without a running proxier: IPVS flushed where the kernel
@@ -1198,7 +1165,7 @@ pub fn cleanup_node() -> Result<Vec<String>, ProxierError> {
         Err(e) => failures.push(e.to_string()),
     }
     let (rules_cleaned, rules_failed) =
-        backend_iptables::jumps::clean_every_variant("IPVS-mode chains", |cmd| cleanup_rules(cmd));
+        iptables_tool::leftovers::clean_every_variant("IPVS-mode chains", |cmd| cleanup_rules(cmd));
     cleaned.extend(rules_cleaned);
     failures.extend(rules_failed);
     match IpsetClient::open() {

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use iptables_tool::Jump;
 use proxy_core::datapath::LocalTrafficDetector;
 use proxy_core::model::Protocol;
 use proxy_core::IpFamily;
@@ -30,65 +31,43 @@ pub const CHAINS: &[(&str, &str)] = &[
     ("filter", "KUBE-IPVS-OUT-FILTER"),
 ];
 
-/// One jump from a built-in chain into an IPVS-mode chain: `(table, from, rule spec)`. Inserted
-/// first in `from`, as upstream does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Jump {
-    /// The table.
-    pub table: &'static str,
-    /// The built-in chain.
-    pub from: &'static str,
-    /// The rule, without `-A from`.
-    pub spec: &'static str,
-}
+/// The chains IPVS mode owns, for a handover to or from another mode and for cleanup.
+pub const FOOTPRINT: iptables_tool::Footprint = iptables_tool::Footprint {
+    mode: "ipvs",
+    owns: |table, chain| CHAINS.contains(&(table, chain)),
+};
 
-/// Upstream's jumps, in upstream's order.
+const PORTALS: &str = "kubernetes service portals";
+const FIREWALL: &str = "kube-proxy firewall rules";
+const ACCESS: &str = "kubernetes ipvs access filter";
+
+/// Upstream's jumps, each inserted first in its built-in chain; within a chain they are listed
+/// in the order they end up in (upstream prepends each in turn, so its last is first).
 pub const JUMPS: &[Jump] = &[
-    Jump {
-        table: "nat",
-        from: "OUTPUT",
-        spec: "-m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
-    },
-    Jump {
-        table: "nat",
-        from: "PREROUTING",
-        spec: "-m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
-    },
-    Jump {
-        table: "nat",
-        from: "POSTROUTING",
-        spec: "-m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING",
-    },
-    Jump {
-        table: "filter",
-        from: "FORWARD",
-        spec: "-m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD",
-    },
-    Jump {
-        table: "filter",
-        from: "INPUT",
-        spec: "-m comment --comment \"kubernetes health check rules\" -j KUBE-NODE-PORT",
-    },
-    Jump {
-        table: "filter",
-        from: "INPUT",
-        spec: "-m comment --comment \"kube-proxy firewall rules\" -j KUBE-PROXY-FIREWALL",
-    },
-    Jump {
-        table: "filter",
-        from: "FORWARD",
-        spec: "-m comment --comment \"kube-proxy firewall rules\" -j KUBE-PROXY-FIREWALL",
-    },
-    Jump {
-        table: "filter",
-        from: "INPUT",
-        spec: "-m comment --comment \"kubernetes ipvs access filter\" -j KUBE-IPVS-FILTER",
-    },
-    Jump {
-        table: "filter",
-        from: "OUTPUT",
-        spec: "-m comment --comment \"kubernetes ipvs access filter\" -j KUBE-IPVS-OUT-FILTER",
-    },
+    Jump::commented("nat", "OUTPUT", "KUBE-SERVICES", PORTALS),
+    Jump::commented("nat", "PREROUTING", "KUBE-SERVICES", PORTALS),
+    Jump::commented(
+        "nat",
+        "POSTROUTING",
+        "KUBE-POSTROUTING",
+        "kubernetes postrouting rules",
+    ),
+    Jump::commented("filter", "FORWARD", "KUBE-PROXY-FIREWALL", FIREWALL),
+    Jump::commented(
+        "filter",
+        "FORWARD",
+        "KUBE-FORWARD",
+        "kubernetes forwarding rules",
+    ),
+    Jump::commented("filter", "INPUT", "KUBE-IPVS-FILTER", ACCESS),
+    Jump::commented("filter", "INPUT", "KUBE-PROXY-FIREWALL", FIREWALL),
+    Jump::commented(
+        "filter",
+        "INPUT",
+        "KUBE-NODE-PORT",
+        "kubernetes health check rules",
+    ),
+    Jump::commented("filter", "OUTPUT", "KUBE-IPVS-OUT-FILTER", ACCESS),
 ];
 
 /// What the ruleset depends on.
@@ -377,9 +356,10 @@ pub fn count_rules(text: &str) -> RuleCount {
     count
 }
 
-/// `rules` (the output of [`render`]) with `-I <from> 1 <spec>` for each of `jumps` added to
-/// its table, after that table's rules: restored together, the chains exist before the jumps
-/// into them.
+/// `rules` (the output of [`render`]) with the missing `jumps` added to their table, after that
+/// table's rules (`iptables_tool::jump::write_additions`): restored together, the chains exist
+/// before the jumps into them, and a flushed built-in chain gets its jumps back atomically with
+/// the rules.
 pub fn with_jumps(rules: &str, jumps: &[&Jump]) -> String {
     let mut out = String::with_capacity(rules.len() + jumps.len() * 96);
     let mut table = "";
@@ -388,9 +368,7 @@ pub fn with_jumps(rules: &str, jumps: &[&Jump]) -> String {
             table = if t == "nat" { "nat" } else { "filter" };
         }
         if line == "COMMIT" {
-            for j in jumps.iter().filter(|j| j.table == table) {
-                let _ = writeln!(out, "-I {} 1 {}", j.from, j.spec);
-            }
+            iptables_tool::jump::write_additions(table, jumps, &mut out);
         }
         out.push_str(line);
         out.push('\n');
@@ -411,7 +389,7 @@ mod tests {
         let nat = text.split("*filter").next().unwrap();
         assert!(nat.contains("-I PREROUTING 1 -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n"), "{text}");
         assert!(
-            nat.trim_end().ends_with("KUBE-POSTROUTING\nCOMMIT"),
+            nat.trim_end().ends_with("-j KUBE-SERVICES\nCOMMIT"),
             "jumps before COMMIT: {text}"
         );
         assert!(!nat.contains("KUBE-FORWARD"), "{text}");

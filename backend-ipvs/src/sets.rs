@@ -4,7 +4,7 @@
 //! prefix so both families' sets live side by side on a dual-stack node. The comments are
 //! upstream's too: the iptables rules that match a set carry its comment.
 
-use backend_ipset::{SetFamily, SetSpec, SetType};
+use ipset_tool::{SetFamily, SetSpec, SetType};
 use proxy_core::IpFamily;
 
 /// One of IPVS mode's sets.

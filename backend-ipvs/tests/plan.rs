@@ -3,11 +3,11 @@
 
 use std::net::IpAddr;
 
-use backend_ipset::{Entry, PortProtocol};
 use backend_ipvs::plan::{port_plan, Plan, PlanContext, PortPlan};
 use backend_ipvs::sets::IpvsSet;
 use backend_ipvs::{ServerKey, ServiceKey};
 use fixtures::builder::{EndpointBuilder, ServiceBuilder, SliceBuilder};
+use ipset_tool::{Entry, PortProtocol};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kproxy_netlink::ipvs::{SVC_F_PERSISTENT, SVC_F_SCHED2};

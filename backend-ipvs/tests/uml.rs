@@ -12,10 +12,10 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-use backend_iptables::{IptablesCmd, Variant};
 use backend_ipvs::client::ListedService;
 use backend_ipvs::{IpvsClient, IpvsOp, IpvsOps, IpvsProxier, IpvsSettings, ServerKey, ServiceKey};
 use fixtures::builder::{EndpointBuilder, ServiceBuilder, SliceBuilder};
+use iptables_tool::{IptablesCmd, Variant};
 use kproxy_netlink::ipvs::{RealServer, VirtualService, FWD_MASQ, SVC_F_PERSISTENT};
 use proxy_core::datapath::DetectLocalMode;
 use proxy_core::{
@@ -101,7 +101,7 @@ fn iptables() -> Box<IptablesCmd> {
 /// Removes whatever an earlier test left.
 fn clean() {
     let mut client = IpvsClient::open().unwrap();
-    let mut ipset = backend_ipset::IpsetClient::open().unwrap();
+    let mut ipset = ipset_tool::IpsetClient::open().unwrap();
     let link = backend_ipvs::link::DummyLink::open("kube-ipvs0").unwrap();
     backend_ipvs::proxier::cleanup_kernel(&mut client, &mut ipset, &mut *iptables(), &link)
         .unwrap();

@@ -634,19 +634,7 @@ fn holder_id(name: &ServicePortName) -> u64 {
 }
 
 fn node_addresses() -> Vec<IpAddr> {
-    let mut out = Vec::new();
-    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
-        for a in addrs {
-            if let Some(sa) = a.address {
-                if let Some(v4) = sa.as_sockaddr_in() {
-                    out.push(IpAddr::V4(v4.ip()));
-                } else if let Some(v6) = sa.as_sockaddr_in6() {
-                    out.push(IpAddr::V6(v6.ip()));
-                }
-            }
-        }
-    }
-    out
+    kproxy_netlink::interface_addresses().unwrap_or_default()
 }
 
 impl Proxier for NftablesProxier {

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use backend_iptables::IptablesOps;
+use iptables_tool::IptablesOps;
 use kproxy_netlink::ConntrackOps;
 use proxy_core::datapath::{NodePortAddressSpec, NodePortAddresses};
 use proxy_core::proxy_port_metrics::ProxyPortMetrics;
@@ -15,7 +15,7 @@ use tokio::runtime::Handle;
 
 use crate::listeners::{ListenerSettings, ListenerSpec, Listeners, Transport};
 use crate::plan::{listeners as listeners_of, routes, ListenerKey};
-use crate::rules::{self, RuleCounts, JUMPS, OWNED_CHAINS};
+use crate::rules::{self, RuleCounts, JUMPS};
 
 const MODE: ProxyMode = ProxyMode::Userspace;
 
@@ -88,7 +88,7 @@ impl UserspaceProxier {
         if self.node_port_addresses.matches_all(state.family()) {
             return Ok(NodePortAddresses::All);
         }
-        let addresses = backend_iptables::interface_addresses().map_err(|e| {
+        let addresses = kproxy_netlink::interface_addresses().map_err(|e| {
             ProxierError::new(MODE, "listing interface addresses for nodePortAddresses", e)
         })?;
         Ok(self
@@ -109,7 +109,7 @@ impl UserspaceProxier {
         let Some(conntrack) = self.conntrack.as_mut() else {
             return;
         };
-        let local: HashSet<std::net::IpAddr> = match backend_iptables::interface_addresses() {
+        let local: HashSet<std::net::IpAddr> = match kproxy_netlink::interface_addresses() {
             Ok(addrs) => addrs.into_iter().collect(),
             Err(e) => {
                 tracing::warn!(
@@ -176,33 +176,15 @@ impl UserspaceProxier {
     }
 
     fn ensure_jumps(&mut self) -> Result<(), ProxierError> {
-        for jump in JUMPS {
-            let args: Vec<&str> = backend_iptables::jumps::split_spec(jump.spec);
-            let mut check = vec!["-t", jump.table, "-C", jump.from];
-            check.extend(&args);
-            let present = self.iptables.run(&check).map_err(|e| {
-                ProxierError::new(MODE, format!("checking the jump from {}", jump.from), e)
-            })?;
-            if present {
-                continue;
-            }
-            let mut add = vec!["-t", jump.table];
-            if jump.first {
-                add.extend(["-I", jump.from, "1"]);
-            } else {
-                add.extend(["-A", jump.from]);
-            }
-            add.extend(&args);
-            let added = self.iptables.run(&add).map_err(|e| {
-                ProxierError::new(MODE, format!("adding the jump from {}", jump.from), e)
-            })?;
-            if !added {
-                return Err(ProxierError::new(
-                    MODE,
-                    format!("adding the jump from {} ({})", jump.from, jump.spec),
-                    "iptables refused the rule",
-                ));
-            }
+        let added = iptables_tool::ensure_jumps(self.iptables.as_mut(), &JUMPS).map_err(|e| {
+            ProxierError::new(MODE, "ensuring the jumps from the built-in chains", e)
+        })?;
+        if !added.is_empty() {
+            tracing::info!(
+                "added {} jump(s) from the built-in chains: {}",
+                added.len(),
+                iptables_tool::jump::describe(&added)
+            );
         }
         Ok(())
     }
@@ -316,22 +298,18 @@ impl Proxier for UserspaceProxier {
 
 /// Removes the userspace mode's jumps and chains through `iptables`, whatever wrote them.
 pub fn cleanup_tables(iptables: &mut dyn IptablesOps) -> Result<(), ProxierError> {
-    let jumps: Vec<(&str, &str, &str)> = JUMPS.iter().map(|j| (j.table, j.from, j.spec)).collect();
-    backend_iptables::jumps::remove_jumps_and_chains(
-        iptables,
-        MODE,
-        backend_iptables::jumps::OwnedRules {
-            jumps: &jumps,
-            chains: &OWNED_CHAINS,
-        },
-    )
+    iptables_tool::remove_leftovers(iptables, None, &[rules::FOOTPRINT])
+        .map(drop)
+        .map_err(|e| ProxierError::new(MODE, "removing the userspace chains", e))
 }
 
 /// `kproxy --cleanup` for this mode: both families, both iptables variants; a variant or family
 /// whose tools are missing is skipped.
 pub fn cleanup_node() -> Result<Vec<String>, ProxierError> {
     let (cleaned, failures) =
-        backend_iptables::jumps::clean_every_variant("userspace chains", |cmd| cleanup_tables(cmd));
+        iptables_tool::leftovers::clean_every_variant("userspace chains", |cmd| {
+            cleanup_tables(cmd)
+        });
     if failures.is_empty() {
         Ok(cleaned)
     } else {

@@ -18,6 +18,7 @@
 
 use std::fmt::Write as _;
 
+use iptables_tool::Jump;
 use proxy_core::datapath::NodePortAddresses;
 use proxy_core::{IpFamily, ProxyState};
 
@@ -44,65 +45,46 @@ pub const OWNED_CHAINS: [(&str, &str); 5] = [
     ("filter", PORTALS_FILTER),
 ];
 
-/// One jump from a built-in chain into ours.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Jump {
-    /// The table.
-    pub table: &'static str,
-    /// The built-in chain.
-    pub from: &'static str,
-    /// Whether the jump must come before everything else in `from` (portals: a Service address
-    /// must be redirected before other rules see it) or after (node ports: the last rule, as
-    /// upstream's userspace proxier had it, so more specific rules win).
-    pub first: bool,
-    /// The rule after `-A <from> `, as iptables-save prints it.
-    pub spec: &'static str,
+/// Whether `(table, chain)` is one of this mode's chains.
+fn owns(table: &str, chain: &str) -> bool {
+    OWNED_CHAINS.contains(&(table, chain))
 }
 
-/// The jumps, in the order they are ensured.
+/// The chains this mode owns, for a handover to or from another mode and for cleanup.
+pub const FOOTPRINT: iptables_tool::Footprint = iptables_tool::Footprint {
+    mode: "userspace",
+    owns,
+};
+
+const CLUSTER_IPS: &str = "handle ClusterIPs; NOTE: this must be before the NodePort rules";
+const NODE_PORTS: &str = "handle service NodePorts; NOTE: this must be the last rule in the chain";
+const NO_LISTENER: &str = "kubernetes service portals without a proxy listener";
+const LOCAL: &str = "-m addrtype --dst-type LOCAL";
+const NEW: &str = "-m conntrack --ctstate NEW";
+
+/// The jumps, in the order they are ensured. Portals come first in their chain (a Service
+/// address must be redirected before other rules see it); node ports last, as upstream's
+/// userspace proxier had them, so more specific rules win.
 pub const JUMPS: [Jump; 7] = [
-    Jump {
-        table: "nat",
-        from: "PREROUTING",
-        first: true,
-        spec: "-m comment --comment \"handle ClusterIPs; NOTE: this must be before the NodePort rules\" -j KUBE-PORTALS-CONTAINER",
-    },
-    Jump {
-        table: "nat",
-        from: "OUTPUT",
-        first: true,
-        spec: "-m comment --comment \"handle ClusterIPs; NOTE: this must be before the NodePort rules\" -j KUBE-PORTALS-HOST",
-    },
-    Jump {
-        table: "nat",
-        from: "PREROUTING",
-        first: false,
-        spec: "-m addrtype --dst-type LOCAL -m comment --comment \"handle service NodePorts; NOTE: this must be the last rule in the chain\" -j KUBE-NODEPORT-CONTAINER",
-    },
-    Jump {
-        table: "nat",
-        from: "OUTPUT",
-        first: false,
-        spec: "-m addrtype --dst-type LOCAL -m comment --comment \"handle service NodePorts; NOTE: this must be the last rule in the chain\" -j KUBE-NODEPORT-HOST",
-    },
-    Jump {
-        table: "filter",
-        from: "INPUT",
-        first: true,
-        spec: "-m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals without a proxy listener\" -j KUBE-PORTALS-FILTER",
-    },
-    Jump {
-        table: "filter",
-        from: "FORWARD",
-        first: true,
-        spec: "-m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals without a proxy listener\" -j KUBE-PORTALS-FILTER",
-    },
-    Jump {
-        table: "filter",
-        from: "OUTPUT",
-        first: true,
-        spec: "-m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals without a proxy listener\" -j KUBE-PORTALS-FILTER",
-    },
+    Jump::commented("nat", "PREROUTING", PORTALS_CONTAINER, CLUSTER_IPS),
+    Jump::commented("nat", "OUTPUT", PORTALS_HOST, CLUSTER_IPS),
+    Jump::commented("nat", "PREROUTING", NODEPORT_CONTAINER, NODE_PORTS)
+        .with_matches(LOCAL)
+        .matches_first()
+        .last(),
+    Jump::commented("nat", "OUTPUT", NODEPORT_HOST, NODE_PORTS)
+        .with_matches(LOCAL)
+        .matches_first()
+        .last(),
+    Jump::commented("filter", "INPUT", PORTALS_FILTER, NO_LISTENER)
+        .with_matches(NEW)
+        .matches_first(),
+    Jump::commented("filter", "FORWARD", PORTALS_FILTER, NO_LISTENER)
+        .with_matches(NEW)
+        .matches_first(),
+    Jump::commented("filter", "OUTPUT", PORTALS_FILTER, NO_LISTENER)
+        .with_matches(NEW)
+        .matches_first(),
 ];
 
 /// How many rules a render wrote, per table.

@@ -6,11 +6,11 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use backend_iptables::proxier::exec::IptablesOps;
-use backend_iptables::proxier::fake::{Call, SharedFake};
 use backend_userspace::{
     EndpointSet, ListenerKey, ListenerSettings, RetryPolicy, UserspaceProxier,
 };
+use iptables_tool::fake::{Call, SharedFake};
+use iptables_tool::IptablesOps;
 use proxy_core::proxy_port_metrics::ProxyPortMetrics;
 use proxy_core::{
     EndpointSliceHandler, IpFamily, NamespacedName, NodeHandler, NodeInfo, PendingChanges,

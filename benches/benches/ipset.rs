@@ -9,10 +9,10 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
-use backend_ipset::{
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use ipset_tool::{
     sync_set, Entry, EntryOptions, IpsetClient, PortProtocol, SetFamily, SetSpec, SetType,
 };
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 
 const MEMBERS: u32 = 20_000;
 const NETNS: &str = "kproxy-bench-ipset";

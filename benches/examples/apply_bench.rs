@@ -10,7 +10,8 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use backend_iptables::{IptablesCmd, IptablesProxier, Renderer, Variant};
+use backend_iptables::{IptablesProxier, Renderer};
+use iptables_tool::{IptablesCmd, Variant};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kproxy_benches::{build_state_streaming, iptables_config};
 use kproxy_netlink::{ConntrackOps, NetlinkConntrack};

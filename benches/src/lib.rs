@@ -148,8 +148,8 @@ pub mod ipvs_bed {
         IpvsProxier::open(
             proxy_core::IpFamily::V4,
             settings,
-            Box::new(backend_iptables::IptablesCmd::new(
-                backend_iptables::Variant::Legacy,
+            Box::new(iptables_tool::IptablesCmd::new(
+                iptables_tool::Variant::Legacy,
                 proxy_core::IpFamily::V4,
             )),
         )

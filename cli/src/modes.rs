@@ -221,11 +221,11 @@ fn iptables_render_config(
 /// and 9.3 s (BENCHMARKS.md); 10,000 is where nft's full syncs pass ten seconds.
 const NFT_ADVICE_FROM_SERVICE_PORTS: usize = 10_000;
 
-fn iptables_variant(settings: &DatapathSettings, family: IpFamily) -> backend_iptables::Variant {
+fn iptables_variant(settings: &DatapathSettings, family: IpFamily) -> iptables_tool::Variant {
     match settings.iptables_variant {
-        IptablesVariant::Auto => backend_iptables::detect_variant(family),
-        IptablesVariant::Nft => backend_iptables::Variant::Nft,
-        IptablesVariant::Legacy => backend_iptables::Variant::Legacy,
+        IptablesVariant::Auto => iptables_tool::detect_variant(family),
+        IptablesVariant::Nft => iptables_tool::Variant::Nft,
+        IptablesVariant::Legacy => iptables_tool::Variant::Legacy,
     }
 }
 
@@ -257,14 +257,14 @@ pub(crate) fn build(
             };
             let mut proxier = backend_iptables::IptablesProxier::new(
                 renderer,
-                Box::new(backend_iptables::IptablesCmd::new(variant, family)),
+                Box::new(iptables_tool::IptablesCmd::new(variant, family)),
                 conntrack,
             )
             .with_interface_addresses(settings.on_this_node)
             .with_chain_scan_interval(settings.sync_period)
-            .with_list_first(variant == backend_iptables::Variant::Nft);
+            .with_list_first(variant == iptables_tool::Variant::Nft);
             if settings.iptables_variant == IptablesVariant::Auto
-                && variant == backend_iptables::Variant::Nft
+                && variant == iptables_tool::Variant::Nft
             {
                 proxier = proxier.with_scale_advice(NFT_ADVICE_FROM_SERVICE_PORTS);
             }
@@ -297,7 +297,7 @@ pub(crate) fn build(
             let mut proxier = backend_userspace::UserspaceProxier::new(
                 listener_settings,
                 runtime,
-                Box::new(backend_iptables::IptablesCmd::new(variant, family)),
+                Box::new(iptables_tool::IptablesCmd::new(variant, family)),
                 context.port_proxy_metrics.clone(),
             )
             .with_node_port_addresses(settings.node_port_addresses.clone());
@@ -313,7 +313,7 @@ pub(crate) fn build(
             let proxier = backend_ipvs::IpvsProxier::open(
                 family,
                 ipvs_settings(settings),
-                Box::new(backend_iptables::IptablesCmd::new(variant, family)),
+                Box::new(iptables_tool::IptablesCmd::new(variant, family)),
             )
             .map_err(|e| anyhow::anyhow!("{e}: {}", e.source))?;
             Ok(Box::new(proxier))

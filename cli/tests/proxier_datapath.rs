@@ -6,8 +6,9 @@ mod testbed;
 
 use std::sync::mpsc;
 
-use backend_iptables::{IptablesCmd, IptablesProxier, RenderConfig, Renderer, Variant};
+use backend_iptables::{IptablesProxier, RenderConfig, Renderer};
 use fixtures::builder::{EndpointBuilder, ServiceBuilder, SliceBuilder};
+use iptables_tool::{IptablesCmd, Variant};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kproxy_netlink::{ConntrackOps, NetlinkConntrack};
 use proxy_core::{

@@ -11,6 +11,7 @@
 #![deny(rustdoc::broken_intra_doc_links)]
 
 pub mod conntrack;
+pub mod interfaces;
 pub mod ipset;
 pub mod ipvs;
 pub mod nfacct;
@@ -18,3 +19,4 @@ pub mod nftables;
 pub mod socket;
 
 pub use conntrack::{ConntrackError, ConntrackOps, FlowFilter, NetlinkConntrack};
+pub use interfaces::interface_addresses;

@@ -1,9 +1,5 @@
 //! [`IptablesProxier`]: applies rendered rules to the node with iptables-restore.
 
-pub mod exec;
-#[cfg(feature = "test-util")]
-pub mod fake;
-
 use std::time::{Duration, Instant};
 
 use proxy_core::{
@@ -11,9 +7,9 @@ use proxy_core::{
 };
 
 use crate::chain_name::is_service_chain;
-use crate::jumps::{jump_rules, JumpRule};
+use crate::jumps::jump_rules;
 use crate::render::{Renderer, RuleCounts, CT_STATE_INVALID_NFACCT, LOCALHOST_NODEPORTS_NFACCT};
-use exec::{ExecError, IptablesOps};
+use iptables_tool::{ExecError, Footprint, IptablesOps};
 use kproxy_netlink::nfacct::NfacctOps;
 use kproxy_netlink::ConntrackOps;
 
@@ -42,6 +38,23 @@ const MODE: ProxyMode = ProxyMode::Iptables;
 /// Whether `chain` is one kproxy owns.
 pub fn is_owned_chain(chain: &str) -> bool {
     OWNED_CHAINS.contains(&chain) || is_service_chain(chain)
+}
+
+/// The iptables chains iptables mode owns: its fixed chains and the per-Service ones in the nat
+/// and filter tables, the canary in mangle too. What a handover to another mode removes.
+pub const FOOTPRINT: Footprint = Footprint {
+    mode: "iptables",
+    owns: |table, chain| match table {
+        "nat" | "filter" => is_owned_chain(chain),
+        "mangle" => chain == CANARY_CHAIN,
+        _ => false,
+    },
+};
+
+/// The jumps iptables mode writes with these settings (`localhost_node_ports`: the IPv4
+/// localhost NodePort guard): what a handover to iptables mode keeps.
+pub fn jumps(localhost_node_ports_guard: bool) -> Vec<iptables_tool::Jump> {
+    jump_rules(localhost_node_ports_guard)
 }
 
 /// Applies the iptables ruleset for one IP family.
@@ -203,7 +216,7 @@ impl IptablesProxier {
         if !self.read_interfaces || config.node_port_addresses.matches_all(config.family) {
             return false;
         }
-        match interface_addresses() {
+        match kproxy_netlink::interface_addresses() {
             Ok(addrs) => self.renderer.set_interface_addresses(state, addrs),
             Err(e) => {
                 tracing::warn!("cannot list interface addresses for nodePortAddresses: {e}");
@@ -273,64 +286,24 @@ impl IptablesProxier {
 
     /// Makes sure every jump from a built-in chain exists, on every full sync: a restore of
     /// kproxy's own chains never touches built-in chains, so a flushed `nat OUTPUT` would
-    /// otherwise stay without its jump until a restart. One listing per built-in chain (`-S`,
-    /// cheap even with 20,000 Services' rules in the table) tells which are present; the missing
-    /// ones are inserted at the top with one restore, in reverse so a chain that had none ends up
-    /// in the listed order.
+    /// otherwise stay without its jump until a restart (the shared `iptables_tool::ensure_jumps`).
     fn ensure_jumps(&mut self) -> Result<(), ProxierError> {
-        let guard = self.renderer.config().localhost_node_ports_active();
-        let jumps = jump_rules(guard);
-        let mut builtins: Vec<(crate::render::Table, &str)> = Vec::new();
-        for j in &jumps {
-            if !builtins.contains(&(j.table, j.from)) {
-                builtins.push((j.table, j.from));
+        let jumps = jump_rules(self.renderer.config().localhost_node_ports_active());
+        let added = iptables_tool::ensure_jumps(self.iptables.as_mut(), &jumps).map_err(|e| {
+            if e.is_spawn() {
+                ProxierError::fatal(MODE, "ensuring the jumps from the built-in chains", e)
+            } else {
+                ProxierError::new(MODE, "ensuring the jumps from the built-in chains", e)
             }
-        }
-        let mut missing: Vec<&JumpRule> = Vec::new();
-        for (table, from) in builtins {
-            let listed = self.iptables.list_chain(table.name(), from).map_err(|e| {
-                Self::exec_err(format!("listing {from} in the {} table", table.name()), e)
-            })?;
-            let present = |to: &str| {
-                listed.lines().any(|l| {
-                    l.strip_prefix("-A ")
-                        .and_then(|r| r.strip_prefix(from))
-                        .is_some_and(|r| r.starts_with(' ') && r.ends_with(&format!(" -j {to}")))
-                })
-            };
-            missing.extend(
-                jumps
-                    .iter()
-                    .filter(|j| j.table == table && j.from == from && !present(j.to)),
+        })?;
+        if !added.is_empty() {
+            tracing::warn!(
+                "restored {} missing jump(s) from the built-in chains: {}",
+                added.len(),
+                iptables_tool::jump::describe(&added)
             );
         }
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let mut text = String::new();
-        for table in [crate::render::Table::Filter, crate::render::Table::Nat] {
-            let of_table: Vec<&&JumpRule> = missing.iter().filter(|j| j.table == table).collect();
-            if of_table.is_empty() {
-                continue;
-            }
-            text.push_str(&format!("*{}\n", table.name()));
-            for j in of_table.iter().rev() {
-                text.push_str(&format!("-I {} 1 {}\n", j.from, j.spec()));
-            }
-            text.push_str("COMMIT\n");
-        }
-        tracing::warn!(
-            "restoring {} missing jump(s) from the built-in chains: {}",
-            missing.len(),
-            missing
-                .iter()
-                .map(|j| format!("{} {} -> {}", j.table.name(), j.from, j.to))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        self.iptables
-            .restore(&mut |w| w.write_all(text.as_bytes()))
-            .map_err(|e| Self::exec_err("adding the jumps from the built-in chains", e))
+        Ok(())
     }
 
     fn canary_exists(&mut self, table: &str) -> Result<bool, ProxierError> {
@@ -484,75 +457,23 @@ impl IptablesProxier {
     /// Removes every chain and jump rule kproxy owns in the filter, nat and mangle tables, and
     /// nothing else: other tools' chains and rules stay.
     pub fn cleanup_tables(iptables: &mut dyn IptablesOps) -> Result<(), ProxierError> {
-        for table in ["nat", "filter", "mangle"] {
-            let saved = iptables
-                .save(table)
-                .map_err(|e| Self::exec_err(format!("iptables-save of the {table} table"), e))?;
-            let mut ours = Vec::new();
-            let mut unjump = Vec::new();
-            for line in saved.lines() {
-                if let Some(decl) = line.strip_prefix(':') {
-                    let name = decl.split_whitespace().next().unwrap_or_default();
-                    if is_owned_chain(name) {
-                        ours.push(name.to_owned());
-                    }
-                } else if let Some(rule) = line.strip_prefix("-A ") {
-                    let chain = rule.split_whitespace().next().unwrap_or_default();
-                    let target = rule
-                        .split_whitespace()
-                        .skip_while(|w| *w != "-j")
-                        .nth(1)
-                        .unwrap_or_default();
-                    // Rules in chains that are not ours jumping into ours: delete one by one.
-                    if !is_owned_chain(chain) && is_owned_chain(target) {
-                        unjump.push(rule.to_owned());
-                    }
+        iptables_tool::remove_leftovers(iptables, None, &[FOOTPRINT])
+            .map(drop)
+            .map_err(|e| {
+                if matches!(e.source, ExecError::Spawn { .. }) {
+                    ProxierError::fatal(MODE, "removing kproxy's chains", e)
+                } else {
+                    ProxierError::new(MODE, "removing kproxy's chains", e)
                 }
-            }
-            if ours.is_empty() && unjump.is_empty() {
-                continue;
-            }
-            let mut text = format!("*{table}\n");
-            for rule in &unjump {
-                text.push_str("-D ");
-                text.push_str(rule);
-                text.push('\n');
-            }
-            for chain in &ours {
-                text.push_str(&format!(":{chain} - [0:0]\n"));
-            }
-            for chain in &ours {
-                text.push_str(&format!("-X {chain}\n"));
-            }
-            text.push_str("COMMIT\n");
-            iptables
-                .restore(&mut |w| w.write_all(text.as_bytes()))
-                .map_err(|e| Self::exec_err(format!("removing kproxy's chains from {table}"), e))?;
-        }
-        Ok(())
+            })
     }
-}
-
-/// Every address on this machine's interfaces (both families, loopback included), read fresh: for
-/// `nodePortAddresses` and for telling which conntrack entries were redirected to a local socket.
-pub fn interface_addresses() -> nix::Result<Vec<std::net::IpAddr>> {
-    let mut out = Vec::new();
-    for ifa in nix::ifaddrs::getifaddrs()? {
-        let Some(addr) = ifa.address else { continue };
-        if let Some(v4) = addr.as_sockaddr_in() {
-            out.push(std::net::IpAddr::V4(v4.ip()));
-        } else if let Some(v6) = addr.as_sockaddr_in6() {
-            out.push(std::net::IpAddr::V6(v6.ip()));
-        }
-    }
-    Ok(out)
 }
 
 /// Removes kproxy's iptables chains and jumps from both variants (nft, legacy) and both families,
 /// wherever the binaries exist; what other tools own stays. Needs no running proxier
 /// (`kproxy --cleanup`). Returns what it cleaned, e.g. `iptables-nft (IPv4)`.
 pub fn cleanup_node() -> Result<Vec<String>, ProxierError> {
-    use exec::{IptablesCmd, Variant};
+    use iptables_tool::{IptablesCmd, Variant};
     let mut cleaned = Vec::new();
     let mut failures = Vec::new();
     for family in [IpFamily::V4, IpFamily::V6] {

@@ -6,7 +6,7 @@
 
 use std::io::{self, Write};
 
-use super::exec::{ExecError, IptablesOps};
+use crate::exec::{ExecError, IptablesOps};
 use crate::ruleset::Ruleset;
 
 /// One call the proxier made.

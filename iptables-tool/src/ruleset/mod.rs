@@ -16,7 +16,7 @@ pub use eval::{Environment, Origin, Outcome, Packet, Verdict};
 pub use parse::ParseError;
 pub use rule::{Match, Rule, Target};
 
-use crate::jumps::JumpRule;
+use crate::jump::Jump;
 
 const BUILTIN: &[(&str, &[&str])] = &[
     ("filter", &["INPUT", "FORWARD", "OUTPUT"]),
@@ -196,15 +196,15 @@ impl Ruleset {
     }
 
     /// Appends the jumps from built-in chains (what the applier ensures outside the restore).
-    pub fn add_jumps(&mut self, jumps: &[JumpRule]) -> Result<(), ParseError> {
+    pub fn add_jumps(&mut self, jumps: &[Jump]) -> Result<(), ParseError> {
         for j in jumps {
             let table = self
                 .tables
-                .get_mut(j.table.name())
+                .get_mut(j.table)
                 .ok_or_else(|| err(0, j.from, "unknown table"))?;
             let line = format!("-A {} {}", j.from, j.spec());
             let words = parse::tokenize(&line).map_err(|e| err(0, &line, e))?;
-            apply_command(j.table.name(), table, &words).map_err(|e| err(0, &line, e))?;
+            apply_command(j.table, table, &words).map_err(|e| err(0, &line, e))?;
         }
         Ok(())
     }

@@ -7,11 +7,11 @@ mod common;
 use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
 
-use backend_ipset::{
+use common::{have_ipset_cli, Netns};
+use ipset_tool::{
     replace_set, sync_set, Entry, EntryOptions, IpsetClient, IpsetError, PortProtocol, SetFamily,
     SetSpec, SetType,
 };
-use common::{have_ipset_cli, Netns};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()

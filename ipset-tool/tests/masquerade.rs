@@ -9,8 +9,8 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
-use backend_ipset::{Entry, EntryOptions, IpsetClient, PortProtocol, SetFamily, SetSpec, SetType};
 use common::{sh, Netns};
+use ipset_tool::{Entry, EntryOptions, IpsetClient, PortProtocol, SetFamily, SetSpec, SetType};
 
 /// Client 10.71.1.2 — router (10.71.1.1, 10.71.2.1) — server 10.71.2.2:8080, which answers
 /// each connection with the address it came from.
