@@ -35,7 +35,7 @@ fn expected_kernel(
 
 /// A proxier on `config` applying to `fake`, leaving the host's sysctls alone.
 fn fake_proxier(config: &backend_iptables::RenderConfig, fake: Shared) -> IptablesProxier {
-    IptablesProxier::new(Renderer::new(config.clone()).unwrap(), Box::new(fake), None)
+    IptablesProxier::new(Renderer::new(config.clone()).unwrap(), Box::new(fake))
         .with_route_localnet(false)
 }
 

@@ -23,4 +23,4 @@ pub mod sets;
 pub mod sysctl;
 
 pub use client::{IpvsClient, IpvsError, IpvsOp, IpvsOps, ServerKey, ServiceKey, Timeouts};
-pub use proxier::{cleanup_node, IpvsProxier, IpvsSettings};
+pub use proxier::{cleanup_node, remove_kernel_leftovers, IpvsProxier, IpvsSettings};

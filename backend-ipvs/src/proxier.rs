@@ -158,9 +158,6 @@ pub struct IpvsProxier {
     phases: Vec<(&'static str, Duration)>,
     /// Real servers in the books, kept up to date so a partial sync reports it in O(change).
     real_servers: usize,
-    /// Stale UDP conntrack entries are deleted through this after syncs (IPVS connections pass
-    /// conntrack with `net/ipv4/vs/conntrack=1`), as upstream's IPVS mode does.
-    conntrack: Option<Box<dyn kproxy_netlink::ConntrackOps>>,
 }
 
 fn fail(
@@ -238,7 +235,6 @@ impl IpvsProxier {
             detector: proxy_core::datapath::LocalTrafficDetector::None,
             phases: Vec::new(),
             real_servers: 0,
-            conntrack: None,
         }
     }
 
@@ -262,12 +258,6 @@ impl IpvsProxier {
             iptables,
             link,
         ))
-    }
-
-    /// Deletes stale UDP conntrack entries through `ct` after each sync.
-    pub fn with_conntrack(mut self, ct: Box<dyn kproxy_netlink::ConntrackOps>) -> Self {
-        self.conntrack = Some(ct);
-        self
     }
 
     /// Uses these node addresses instead of reading the interfaces.
@@ -1069,18 +1059,8 @@ impl Proxier for IpvsProxier {
             self.partial_sync(state, diff)?
         };
         self.needs_full = false;
-        // UDP clients must not keep sending to a server that left (or keep being answered with
-        // ICMP for a Service that had none) through a conntrack entry that outlives the change.
-        if let Some(ct) = self.conntrack.as_mut() {
-            if full || !diff.conntrack.is_empty() {
-                let policy = proxy_core::datapath::StaleFlows::new(state, &diff.conntrack, full);
-                if !policy.is_empty() {
-                    kproxy_netlink::conntrack::delete_stale_udp(&mut **ct, self.family, &|f| {
-                        policy.is_stale(f)
-                    });
-                }
-            }
-        }
+        // UDP clients must not keep sending to a server that left: the lifecycle deletes the
+        // entries the default rule (`Proxier::stale_udp_flows`) calls stale after this sync.
         Ok(report)
     }
 
@@ -1168,37 +1148,96 @@ pub fn cleanup_node() -> Result<Vec<String>, ProxierError> {
         iptables_tool::leftovers::clean_every_variant("IPVS-mode chains", |cmd| cleanup_rules(cmd));
     cleaned.extend(rules_cleaned);
     failures.extend(rules_failed);
-    match IpsetClient::open() {
-        Ok(mut ipset) => {
-            let existing: HashSet<String> = match ipset.list_names() {
-                Ok(n) => n.into_iter().collect(),
-                Err(e) => {
-                    failures.push(format!("listing ipsets: {e}"));
-                    HashSet::new()
-                }
-            };
-            let mut destroyed = 0;
-            for family in [IpFamily::V4, IpFamily::V6] {
-                for set in IpvsSet::ALL {
-                    let name = set.name(family);
-                    if !existing.contains(&name) {
-                        continue;
-                    }
-                    match ipset.destroy(&name, true) {
-                        Ok(()) => destroyed += 1,
-                        Err(e) => failures.push(format!("destroying ipset {name}: {e}")),
-                    }
-                }
-            }
-            if destroyed > 0 {
-                cleaned.push("IPVS-mode ipsets".to_owned());
-            }
-        }
-        Err(e) => failures.push(format!("opening ipset: {e}")),
-    }
+    destroy_sets(&mut cleaned, &mut failures);
     if failures.is_empty() {
         Ok(cleaned)
     } else {
         Err(ProxierError::new(MODE, "cleanup", failures.join("\n")))
+    }
+}
+
+/// What IPVS mode (kproxy's or kube-proxy's) left outside iptables, removed when another mode
+/// takes the node over, after that mode's first sync and after the IPVS-mode iptables rules are
+/// gone (they reference the sets): the virtual services and `kube-ipvs0`, then the `KUBE-*`
+/// sets. A node where IPVS mode never ran is left alone: IPVS is flushed only when `kube-ipvs0`
+/// exists (virtual services of another tool stay), and nothing loads `ip_vs` or `ip_set` that
+/// was not loaded. Returns what it removed.
+pub fn remove_kernel_leftovers() -> Result<Vec<String>, ProxierError> {
+    let mut removed = Vec::new();
+    let mut failures = Vec::new();
+    let link = DummyLink::open(KUBE_IPVS0).map_err(|e| fail("opening rtnetlink", e))?;
+    let had_link = link
+        .index()
+        .map_err(|e| fail(format!("looking up {KUBE_IPVS0}"), e))?
+        .is_some();
+    if had_link && std::path::Path::new("/proc/net/ip_vs").exists() {
+        match crate::client::IpvsClient::open() {
+            Ok(mut c) => {
+                let services = c.list_services().map(|s| s.len()).unwrap_or(0);
+                match c.flush() {
+                    Ok(()) => removed.push(format!("{services} IPVS virtual service(s)")),
+                    Err(e) => failures.push(format!("flushing IPVS: {e}")),
+                }
+            }
+            Err(crate::client::IpvsError::NotAvailable) => {}
+            Err(e) => failures.push(format!("opening IPVS: {e}")),
+        }
+    }
+    if had_link {
+        match link.delete() {
+            Ok(true) => removed.push(format!("link {KUBE_IPVS0}")),
+            Ok(false) => {}
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    if std::path::Path::new("/sys/module/ip_set").exists() {
+        destroy_sets(&mut removed, &mut failures);
+    }
+    if failures.is_empty() {
+        Ok(removed)
+    } else {
+        Err(ProxierError::new(
+            MODE,
+            "removing IPVS-mode leftovers",
+            failures.join("\n"),
+        ))
+    }
+}
+
+/// Destroys both families' IPVS-mode sets that exist.
+fn destroy_sets(done: &mut Vec<String>, failures: &mut Vec<String>) {
+    let mut ipset = match IpsetClient::open() {
+        Ok(c) => c,
+        Err(e) => {
+            failures.push(format!("opening ipset: {e}"));
+            return;
+        }
+    };
+    let existing: HashSet<String> = match ipset.list_names() {
+        Ok(n) => n.into_iter().collect(),
+        Err(e) => {
+            failures.push(format!("listing ipsets: {e}"));
+            return;
+        }
+    };
+    let mut destroyed = Vec::new();
+    for family in [IpFamily::V4, IpFamily::V6] {
+        for set in IpvsSet::ALL {
+            let name = set.name(family);
+            if !existing.contains(&name) {
+                continue;
+            }
+            match ipset.destroy(&name, true) {
+                Ok(()) => destroyed.push(name),
+                Err(e) => failures.push(format!("destroying ipset {name}: {e}")),
+            }
+        }
+    }
+    if !destroyed.is_empty() {
+        done.push(format!(
+            "{} IPVS-mode ipset(s) ({})",
+            destroyed.len(),
+            destroyed.join(", ")
+        ));
     }
 }

@@ -21,8 +21,6 @@ use kproxy_netlink::nftables::batch::{CommitError, NftSocket, Transaction};
 use kproxy_netlink::nftables::expr::Verdict;
 use kproxy_netlink::nftables::objects;
 use kproxy_netlink::nftables::wire::msg;
-use kproxy_netlink::{ConntrackOps, NetlinkConntrack};
-use proxy_core::datapath::conntrack_policy::StaleFlows;
 use proxy_core::datapath::{
     DetectLocalMode, MasqueradeDecision, NodePortAddressSpec, NodePortAddresses,
 };
@@ -119,7 +117,6 @@ pub struct NftablesProxier {
     family: IpFamily,
     settings: NftablesSettings,
     socket: NftSocket,
-    conntrack: Option<Box<dyn ConntrackOps>>,
     books: HashMap<ServicePortName, PortPlan>,
     /// Who wants each element several ports could want: the holders' port-name hashes with
     /// the verdict each wants, in arrival order (the kernel has the first one's). Endpoint
@@ -157,18 +154,10 @@ impl NftablesProxier {
     pub fn open(family: IpFamily, settings: NftablesSettings) -> Result<Self, ProxierError> {
         let socket =
             NftSocket::open().map_err(|e| error("open nf_tables netlink socket".into(), e))?;
-        let conntrack = match NetlinkConntrack::open() {
-            Ok(c) => Some(Box::new(c) as Box<dyn ConntrackOps>),
-            Err(e) => {
-                tracing::warn!("UDP conntrack cleanup disabled: {e}");
-                None
-            }
-        };
         Ok(Self {
             family,
             settings,
             socket,
-            conntrack,
             books: HashMap::new(),
             element_refs: AHashMap::new(),
             regions: RegionAllocator::default(),
@@ -195,12 +184,6 @@ impl NftablesProxier {
     /// Exports the per-Service-port counters into these families at each housekeeping.
     pub fn with_traffic_metrics(mut self, metrics: ServiceTrafficMetrics) -> Self {
         self.traffic = Some(metrics);
-        self
-    }
-
-    /// Without conntrack cleanup (benches).
-    pub fn without_conntrack(mut self) -> Self {
-        self.conntrack = None;
         self
     }
 
@@ -677,14 +660,6 @@ impl Proxier for NftablesProxier {
             self.incremental(state, &ctx, names)?;
         }
         let programmed = started.elapsed();
-        if let Some(ct) = self.conntrack.as_deref_mut() {
-            let stale = StaleFlows::new(state, &diff.conntrack, full || rebuilt);
-            if !stale.is_empty() {
-                kproxy_netlink::conntrack::delete_stale_udp(ct, self.family, &|f| {
-                    stale.is_stale(f)
-                });
-            }
-        }
         let w = self.last_written;
         tracing::debug!(
             family = %self.family,

@@ -167,7 +167,6 @@ fn namespace_worker(
             NftablesProxier::open(IpFamily::V4, settings())
                 .unwrap()
                 .with_node_addresses(vec!["192.168.56.10".parse().unwrap()])
-                .without_conntrack()
         };
         let mut proxier = open();
         let mut pending = PendingChanges::new(IpFamily::V4, NODE, ServiceFilter::default());

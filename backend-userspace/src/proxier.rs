@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, HashSet};
 
 use iptables_tool::IptablesOps;
-use kproxy_netlink::ConntrackOps;
 use proxy_core::datapath::{NodePortAddressSpec, NodePortAddresses};
 use proxy_core::proxy_port_metrics::ProxyPortMetrics;
 use proxy_core::{
@@ -41,7 +40,9 @@ pub struct UserspaceProxier {
     owned: RuleCounts,
     warned_sctp: HashSet<ServicePortName>,
     /// ctnetlink, to delete UDP entries that REDIRECT to a listener that moved; `None` off a node.
-    conntrack: Option<Box<dyn ConntrackOps>>,
+    /// Whether the last sync opened or closed a UDP listener (its conntrack entries may now
+    /// point at the wrong one).
+    udp_changed: bool,
     /// `--proxy-port-range`, to recognise this mode's entries whose Service went.
     port_range: Option<std::ops::RangeInclusive<u16>>,
     /// `nodePortAddresses`.
@@ -71,7 +72,7 @@ impl UserspaceProxier {
             needs_full: true,
             owned: RuleCounts::default(),
             warned_sctp: HashSet::new(),
-            conntrack: None,
+            udp_changed: false,
             port_range,
             node_port_addresses: NodePortAddressSpec::default(),
         }
@@ -94,65 +95,6 @@ impl UserspaceProxier {
         Ok(self
             .node_port_addresses
             .select(state.family(), &addresses, state.node()))
-    }
-
-    /// Deletes UDP conntrack entries that REDIRECT to a listener other than the current one
-    /// (after a UDP listener opened or closed, and on full syncs) through `conntrack`.
-    pub fn with_conntrack(mut self, conntrack: Box<dyn ConntrackOps>) -> Self {
-        self.conntrack = Some(conntrack);
-        self
-    }
-
-    /// Deletes the UDP entries that disagree with the rules now in place. Failures are logged,
-    /// not returned: the rules are right, and the next full sync tries again.
-    fn delete_stale_udp_entries(&mut self, state: &ProxyState) {
-        let Some(conntrack) = self.conntrack.as_mut() else {
-            return;
-        };
-        let local: HashSet<std::net::IpAddr> = match kproxy_netlink::interface_addresses() {
-            Ok(addrs) => addrs.into_iter().collect(),
-            Err(e) => {
-                tracing::warn!(
-                    "UDP conntrack cleanup skipped: cannot list interface addresses: {e}"
-                );
-                return;
-            }
-        };
-        let listeners = &self.listeners;
-        let frontends = crate::conntrack::UdpFrontends::of(state, |k| listeners.port_of(k));
-        let policy = crate::conntrack::StaleRedirects {
-            frontends: &frontends,
-            local: &local,
-            range: self.port_range.as_ref(),
-        };
-        let mut stale = Vec::new();
-        let dumped =
-            conntrack.for_each_flow(kproxy_netlink::FlowFilter::udp(state.family()), &mut |f| {
-                if policy.is_stale(&f) {
-                    stale.push(f);
-                }
-            });
-        if let Err(e) = dumped {
-            tracing::warn!("UDP conntrack cleanup skipped: {e}");
-            return;
-        }
-        let mut deleted = 0;
-        for flow in &stale {
-            match conntrack.delete(flow) {
-                Ok(_) => deleted += 1,
-                Err(e) => tracing::warn!(
-                    "deleting the UDP conntrack entry {} -> {} (redirected to {}): {e}",
-                    flow.orig_src,
-                    flow.orig_dst,
-                    flow.reply_src
-                ),
-            }
-        }
-        if deleted > 0 {
-            tracing::info!(
-                "deleted {deleted} UDP conntrack entries redirected to a moved listener"
-            );
-        }
     }
 
     /// The port serving `key`, if its listener is open (for tests and the plan).
@@ -255,9 +197,9 @@ impl Proxier for UserspaceProxier {
             std::mem::swap(&mut self.rules, &mut self.written);
             self.owned = counts;
         }
-        if full || udp_changed {
-            self.delete_stale_udp_entries(state);
-        }
+        // The lifecycle deletes the UDP entries that now REDIRECT to the wrong listener
+        // (`stale_udp_flows`), after a UDP listener opened or closed and on full syncs.
+        self.udp_changed = udp_changed;
         self.needs_full = false;
         let written = if changed || full {
             counts
@@ -293,6 +235,40 @@ impl Proxier for UserspaceProxier {
     fn cleanup(&mut self) -> Result<(), ProxierError> {
         self.listeners.apply(std::iter::empty());
         cleanup_tables(&mut *self.iptables)
+    }
+
+    /// The UDP entries that REDIRECT to a local socket other than the listener the rules now
+    /// give their frontend ([`crate::conntrack::StaleRedirects`]): after a sync that opened or
+    /// closed a UDP listener, and after full syncs (a restart numbers the listeners anew).
+    fn stale_udp_flows<'a>(
+        &'a self,
+        state: &'a ProxyState,
+        _diff: &'a StateDiff,
+        full: bool,
+    ) -> Option<proxy_core::StaleUdpJudge<'a>> {
+        if !full && !self.udp_changed {
+            return None;
+        }
+        let local: HashSet<std::net::IpAddr> = match kproxy_netlink::interface_addresses() {
+            Ok(addrs) => addrs.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(
+                    "UDP conntrack cleanup skipped: cannot list interface addresses: {e}"
+                );
+                return None;
+            }
+        };
+        let listeners = &self.listeners;
+        let frontends = crate::conntrack::UdpFrontends::of(state, |k| listeners.port_of(k));
+        let range = self.port_range.as_ref();
+        Some(Box::new(move |f| {
+            crate::conntrack::StaleRedirects {
+                frontends: &frontends,
+                local: &local,
+                range,
+            }
+            .is_stale(f)
+        }))
     }
 }
 

@@ -26,8 +26,7 @@ fn one_endpoint_change(c: &mut Criterion) {
         let (mut pending, mut state) = kproxy_benches::build_state(&manifests);
         let mut p = NftablesProxier::open(proxy_core::IpFamily::V4, settings())
             .expect("proxier")
-            .with_node_addresses(vec!["192.168.0.1".parse().expect("ip")])
-            .without_conntrack();
+            .with_node_addresses(vec!["192.168.0.1".parse().expect("ip")]);
         p.sync(&state, &state.resync_diff()).expect("load");
         let i = n / 2;
         let old = manifests.endpoint_slices[i].clone();

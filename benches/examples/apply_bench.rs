@@ -14,7 +14,8 @@ use backend_iptables::{IptablesProxier, Renderer};
 use iptables_tool::{IptablesCmd, Variant};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kproxy_benches::{build_state_streaming, iptables_config};
-use kproxy_netlink::{ConntrackOps, NetlinkConntrack};
+use kproxy_netlink::ConntrackCleaner;
+use proxy_core::ManagedProxier;
 use proxy_core::{EndpointSliceHandler, IpFamily, Proxier};
 
 struct Netns(String);
@@ -101,17 +102,18 @@ fn main() {
             let mut proxier = None;
             let repeats = if services >= 10_000 { 2 } else { 3 };
             for _ in 0..repeats {
-                let conntrack = NetlinkConntrack::open()
-                    .ok()
-                    .map(|c| Box::new(c) as Box<dyn ConntrackOps>);
-                let mut p = IptablesProxier::new(
+                let p = IptablesProxier::new(
                     Renderer::new(config.clone()).unwrap(),
                     Box::new(IptablesCmd::new(variant, IpFamily::V4)),
-                    conntrack,
                 )
                 .with_route_localnet(false)
                 .with_canary_interval(Duration::from_secs(3600))
                 .with_list_first(list_first(variant));
+                // Through the lifecycle, as the daemon runs it (conntrack cleanup included).
+                let mut p = ManagedProxier::new(Box::new(p), IpFamily::V4);
+                if let Ok(c) = ConntrackCleaner::open() {
+                    p = p.with_conntrack(Box::new(c));
+                }
                 let start = Instant::now();
                 let report = p.sync(&state, &state.resync_diff()).expect("full sync");
                 full.push(start.elapsed());

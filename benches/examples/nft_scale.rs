@@ -51,8 +51,7 @@ fn main() {
         settings.counters = counters;
         let mut p = NftablesProxier::open(proxy_core::IpFamily::V4, settings.clone())
             .expect("proxier")
-            .with_node_addresses(vec!["192.168.0.1".parse().expect("ip")])
-            .without_conntrack();
+            .with_node_addresses(vec!["192.168.0.1".parse().expect("ip")]);
 
         let t = Instant::now();
         let r = p.sync(&state, &state.resync_diff()).expect("load");
@@ -78,8 +77,7 @@ fn main() {
         // A restart: a new proxier replaces the table in one transaction.
         let mut fresh = NftablesProxier::open(proxy_core::IpFamily::V4, settings.clone())
             .expect("proxier")
-            .with_node_addresses(vec!["192.168.0.1".parse().expect("ip")])
-            .without_conntrack();
+            .with_node_addresses(vec!["192.168.0.1".parse().expect("ip")]);
         let t = Instant::now();
         fresh.sync(&state, &state.resync_diff()).expect("replace");
         let replace = t.elapsed();

@@ -6,6 +6,7 @@
 mod args;
 mod commands;
 mod daemon;
+mod handover;
 mod input;
 mod modes;
 mod upstream_flags;

@@ -23,6 +23,78 @@ pub(crate) const BUILT: &[ProxyMode] = &[
     ProxyMode::Nftables,
 ];
 
+/// A removal that needs no running proxier; returns what it removed.
+pub(crate) type NodeCleanup = fn() -> Result<Vec<String>, proxy_core::ProxierError>;
+
+/// What the runner knows of a mode besides how to build and render it: what the mode leaves on
+/// a node, so that any other mode can take the node over from it (the handover) and
+/// `--cleanup` can remove it.
+#[derive(Debug)]
+pub(crate) struct ModeParts {
+    /// The mode.
+    pub(crate) mode: ProxyMode,
+    /// Its iptables chains, if it writes iptables rules.
+    pub(crate) iptables: Option<iptables_tool::Footprint>,
+    /// Removes what it leaves outside iptables (nft tables; IPVS services, `kube-ipvs0`, ipsets),
+    /// run after every mode's leftover iptables rules are gone (they may reference its sets).
+    pub(crate) kernel_leftovers: Option<NodeCleanup>,
+    /// `kproxy --cleanup` for the mode: everything it created, without a running proxier.
+    pub(crate) cleanup_node: NodeCleanup,
+}
+
+/// Every built mode's parts, in [`BUILT`]'s order.
+pub(crate) const MODES: &[ModeParts] = &[
+    ModeParts {
+        mode: ProxyMode::Iptables,
+        iptables: Some(backend_iptables::FOOTPRINT),
+        kernel_leftovers: None,
+        cleanup_node: backend_iptables::cleanup_node,
+    },
+    ModeParts {
+        mode: ProxyMode::Userspace,
+        iptables: Some(backend_userspace::rules::FOOTPRINT),
+        kernel_leftovers: None,
+        cleanup_node: backend_userspace::cleanup_node,
+    },
+    ModeParts {
+        mode: ProxyMode::Ipvs,
+        iptables: Some(backend_ipvs::rules::FOOTPRINT),
+        kernel_leftovers: Some(backend_ipvs::remove_kernel_leftovers),
+        cleanup_node: backend_ipvs::cleanup_node,
+    },
+    ModeParts {
+        mode: ProxyMode::Nftables,
+        iptables: None,
+        kernel_leftovers: Some(backend_nftables::cleanup_node),
+        cleanup_node: backend_nftables::cleanup_node,
+    },
+];
+
+/// The parts of `mode` (a built one).
+pub(crate) fn parts(mode: ProxyMode) -> &'static ModeParts {
+    MODES
+        .iter()
+        .find(|p| p.mode == mode)
+        .expect("every built mode has its parts")
+}
+
+/// The jumps `mode` writes from the built-in chains for `family` with `settings`: what a
+/// handover to it keeps.
+pub(crate) fn jumps(
+    mode: ProxyMode,
+    settings: &DatapathSettings,
+    family: IpFamily,
+) -> Vec<iptables_tool::Jump> {
+    match mode {
+        ProxyMode::Iptables => backend_iptables::jumps(
+            iptables_render_config(settings, family).localhost_node_ports_active(),
+        ),
+        ProxyMode::Userspace => backend_userspace::rules::JUMPS.to_vec(),
+        ProxyMode::Ipvs => backend_ipvs::rules::JUMPS.to_vec(),
+        ProxyMode::Nftables => Vec::new(),
+    }
+}
+
 /// A mode kproxy knows but this build does not implement yet (exit status 2).
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -221,7 +293,13 @@ fn iptables_render_config(
 /// and 9.3 s (BENCHMARKS.md); 10,000 is where nft's full syncs pass ten seconds.
 const NFT_ADVICE_FROM_SERVICE_PORTS: usize = 10_000;
 
-fn iptables_variant(settings: &DatapathSettings, family: IpFamily) -> iptables_tool::Variant {
+/// The iptables variant a mode uses for `family`: the configured one, or (auto) the one that
+/// already holds more rules. Detection reads the tables, so it gives the same answer at build
+/// and at the handover planned before the first sync.
+pub(crate) fn iptables_variant(
+    settings: &DatapathSettings,
+    family: IpFamily,
+) -> iptables_tool::Variant {
     match settings.iptables_variant {
         IptablesVariant::Auto => iptables_tool::detect_variant(family),
         IptablesVariant::Nft => iptables_tool::Variant::Nft,
@@ -229,7 +307,28 @@ fn iptables_variant(settings: &DatapathSettings, family: IpFamily) -> iptables_t
     }
 }
 
-/// Builds the proxier of `mode` for `family`. Touches nothing on the node until its first sync.
+/// Builds the proxier of `mode` for `family` inside the lifecycle every mode shares
+/// ([`proxy_core::ManagedProxier`]: a failed sync makes the next full; UDP conntrack cleanup
+/// after each sync on this node). Touches nothing on the node until its first sync.
+pub(crate) fn build_managed(
+    mode: ProxyMode,
+    family: IpFamily,
+    settings: &DatapathSettings,
+    context: &ProxierContext,
+) -> anyhow::Result<proxy_core::ManagedProxier> {
+    let proxier = build(mode, family, settings, context)?;
+    let mut managed = proxy_core::ManagedProxier::new(proxier, family);
+    if settings.on_this_node {
+        match kproxy_netlink::ConntrackCleaner::open() {
+            Ok(c) => managed = managed.with_conntrack(Box::new(c)),
+            Err(e) => tracing::warn!("{family}: UDP conntrack cleanup disabled: {e}"),
+        }
+    }
+    Ok(managed)
+}
+
+/// Builds the bare proxier of `mode` for `family` (the daemon and `sync` go through
+/// [`build_managed`]). Touches nothing on the node until its first sync.
 pub(crate) fn build(
     mode: ProxyMode,
     family: IpFamily,
@@ -244,21 +343,9 @@ pub(crate) fn build(
                     .context("invalid iptables settings")?;
             let variant = iptables_variant(settings, family);
             tracing::info!("{family}: using iptables-{variant}");
-            let conntrack = if settings.on_this_node {
-                match kproxy_netlink::NetlinkConntrack::open() {
-                    Ok(c) => Some(Box::new(c) as Box<dyn kproxy_netlink::ConntrackOps>),
-                    Err(e) => {
-                        tracing::warn!("conntrack cleanup disabled: {e}");
-                        None
-                    }
-                }
-            } else {
-                None
-            };
             let mut proxier = backend_iptables::IptablesProxier::new(
                 renderer,
                 Box::new(iptables_tool::IptablesCmd::new(variant, family)),
-                conntrack,
             )
             .with_interface_addresses(settings.on_this_node)
             .with_chain_scan_interval(settings.sync_period)
@@ -294,17 +381,13 @@ pub(crate) fn build(
                 udp_timeout: settings.udp_idle_timeout,
                 retry: backend_userspace::RetryPolicy::default(),
             };
-            let mut proxier = backend_userspace::UserspaceProxier::new(
+            let proxier = backend_userspace::UserspaceProxier::new(
                 listener_settings,
                 runtime,
                 Box::new(iptables_tool::IptablesCmd::new(variant, family)),
                 context.port_proxy_metrics.clone(),
             )
             .with_node_port_addresses(settings.node_port_addresses.clone());
-            match kproxy_netlink::NetlinkConntrack::open() {
-                Ok(c) => proxier = proxier.with_conntrack(Box::new(c)),
-                Err(e) => tracing::warn!("UDP conntrack cleanup disabled: {e}"),
-            }
             Ok(Box::new(proxier))
         }
         ProxyMode::Ipvs => {
@@ -442,14 +525,9 @@ fn node_port_ips(settings: &DatapathSettings, state: &ProxyState) -> Vec<IpAddr>
 /// Every mode's cleanup runs even if one fails; the failures are reported together.
 pub(crate) fn cleanup_all() -> anyhow::Result<()> {
     let mut failures = Vec::new();
-    for mode in BUILT {
-        let result = match mode {
-            ProxyMode::Iptables => backend_iptables::cleanup_node(),
-            ProxyMode::Userspace => backend_userspace::cleanup_node(),
-            ProxyMode::Ipvs => backend_ipvs::cleanup_node(),
-            ProxyMode::Nftables => backend_nftables::cleanup_node(),
-        };
-        match result {
+    for parts in MODES {
+        let mode = parts.mode;
+        match (parts.cleanup_node)() {
             Ok(cleaned) => {
                 for what in cleaned {
                     tracing::info!("{mode}: cleaned up {what}");
@@ -478,6 +556,8 @@ mod tests {
             ProxyMode::Userspace,
         ] {
             assert!(check_built(mode).is_ok(), "{mode}");
+            assert_eq!(parts(mode).mode, mode);
         }
+        assert_eq!(MODES.len(), BUILT.len());
     }
 }

@@ -10,10 +10,10 @@ use backend_iptables::{IptablesProxier, RenderConfig, Renderer};
 use fixtures::builder::{EndpointBuilder, ServiceBuilder, SliceBuilder};
 use iptables_tool::{IptablesCmd, Variant};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kproxy_netlink::{ConntrackOps, NetlinkConntrack};
+use kproxy_netlink::ConntrackCleaner;
 use proxy_core::{
-    EndpointSliceHandler, IpFamily, NodeInfo, PendingChanges, Proxier, ProxyState, ServiceFilter,
-    ServiceHandler, SyncReport,
+    EndpointSliceHandler, IpFamily, ManagedProxier, NodeInfo, PendingChanges, Proxier, ProxyState,
+    ServiceFilter, ServiceHandler, SyncReport,
 };
 use testbed::{Bed, Reply, NODE_IP};
 
@@ -45,16 +45,15 @@ fn spawn_proxier(bed: &Bed, variant: Variant) -> mpsc::Sender<Step> {
         let config = RenderConfig::new(IpFamily::V4);
         let mut config = config.with_cluster_cidr(Some("10.244.0.0/16".parse().unwrap()));
         config.node_ips = vec![NODE_IP.parse().unwrap()];
-        let conntrack = NetlinkConntrack::open()
-            .ok()
-            .map(|c| Box::new(c) as Box<dyn ConntrackOps>);
-        let mut proxier = IptablesProxier::new(
+        let proxier = IptablesProxier::new(
             Renderer::new(config).unwrap(),
             Box::new(IptablesCmd::new(variant, IpFamily::V4)),
-            conntrack,
         )
         .with_canary_interval(std::time::Duration::ZERO)
         .with_route_localnet(false);
+        // Through the lifecycle the daemon uses, which owns the UDP conntrack cleanup.
+        let mut proxier = ManagedProxier::new(Box::new(proxier), IpFamily::V4)
+            .with_conntrack(Box::new(ConntrackCleaner::open().unwrap()));
         let mut pending = PendingChanges::new(IpFamily::V4, "node-a", ServiceFilter::default());
         let mut state = ProxyState::new(IpFamily::V4, NodeInfo::named("node-a"));
         pending.on_service_add(

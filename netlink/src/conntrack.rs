@@ -574,3 +574,21 @@ mod tests {
         );
     }
 }
+
+/// The lifecycle's conntrack cleanup ([`proxy_core::StaleFlowCleaner`]) over any
+/// [`ConntrackOps`], ctnetlink in the daemon: [`delete_stale_udp`] with the mode's judge.
+#[derive(Debug)]
+pub struct ConntrackCleaner(pub Box<dyn ConntrackOps>);
+
+impl ConntrackCleaner {
+    /// Opens ctnetlink in the current network namespace.
+    pub fn open() -> Result<Self, ConntrackError> {
+        Ok(Self(Box::new(NetlinkConntrack::open()?)))
+    }
+}
+
+impl proxy_core::StaleFlowCleaner for ConntrackCleaner {
+    fn delete_stale_udp(&mut self, family: IpFamily, is_stale: &dyn Fn(&Flow) -> bool) -> usize {
+        delete_stale_udp(self.0.as_mut(), family, is_stale)
+    }
+}

@@ -18,5 +18,5 @@ pub mod nfacct;
 pub mod nftables;
 pub mod socket;
 
-pub use conntrack::{ConntrackError, ConntrackOps, FlowFilter, NetlinkConntrack};
+pub use conntrack::{ConntrackCleaner, ConntrackError, ConntrackOps, FlowFilter, NetlinkConntrack};
 pub use interfaces::interface_addresses;

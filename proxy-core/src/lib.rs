@@ -42,6 +42,7 @@ pub mod diff;
 mod endpoint_slice_cache;
 pub mod handler;
 pub mod health;
+pub mod lifecycle;
 pub mod metrics;
 pub mod mode;
 pub mod model;
@@ -61,13 +62,14 @@ pub use convert::{ConversionWarning, ServiceFilter};
 pub use describe::describe;
 pub use diff::{ConntrackCleanup, ConntrackTarget, PortChange, StateDiff};
 pub use handler::{EndpointSliceHandler, NodeHandler, ServiceCidrHandler, ServiceHandler};
+pub use lifecycle::{ManagedProxier, StaleFlowCleaner};
 pub use mode::{ProxyMode, UnknownMode};
 pub use model::{
     Endpoint, IpFamily, NamespacedName, NodeInfo, Protocol, ServicePort, ServicePortName,
     ServiceType, SessionAffinity,
 };
 pub use pending::{ChangeCounters, PendingBatch, PendingChanges};
-pub use proxier::{ErrorKind, ObjectCount, Proxier, ProxierError, SyncReport};
+pub use proxier::{ErrorKind, ObjectCount, Proxier, ProxierError, StaleUdpJudge, SyncReport};
 pub use schedule::{ScheduleConfig, SyncKind, SyncSchedule};
 pub use selection::{select_endpoints, EndpointSelection, TopologyMode};
 pub use state::{ProxyState, ServicePortEntry};

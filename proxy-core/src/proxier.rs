@@ -182,4 +182,32 @@ pub trait Proxier: Send + fmt::Debug {
 
     /// Removes everything this mode created on the node, and nothing else.
     fn cleanup(&mut self) -> Result<(), ProxierError>;
+
+    /// Which UDP conntrack entries the sync that just succeeded left stale, as a judge of one
+    /// entry at a time (a dump is judged as it streams); `None` when none can be. The lifecycle
+    /// ([`crate::lifecycle::ManagedProxier`]) asks after every successful sync, with the
+    /// report's `full`, and deletes what the judge picks: one cleanup for every mode.
+    ///
+    /// The default is upstream's rule for modes that DNAT UDP (iptables, IPVS, nftables):
+    /// [`StaleFlows`](crate::datapath::StaleFlows) — the diff's cleanups, and on a full sync
+    /// every UDP flow to a Service that does not go to one of its serving endpoints. A mode that
+    /// steers UDP another way (userspace: REDIRECT to its own listeners) judges by its own rule.
+    fn stale_udp_flows<'a>(
+        &'a self,
+        state: &'a ProxyState,
+        diff: &'a StateDiff,
+        full: bool,
+    ) -> Option<StaleUdpJudge<'a>> {
+        if !full && diff.conntrack.is_empty() {
+            return None;
+        }
+        let policy = crate::datapath::StaleFlows::new(state, &diff.conntrack, full);
+        if policy.is_empty() {
+            return None;
+        }
+        Some(Box::new(move |f| policy.is_stale(f)))
+    }
 }
+
+/// A judge of conntrack entries: `true` for a stale one ([`Proxier::stale_udp_flows`]).
+pub type StaleUdpJudge<'a> = Box<dyn Fn(&crate::datapath::Flow) -> bool + 'a>;

@@ -11,7 +11,6 @@ use crate::jumps::jump_rules;
 use crate::render::{Renderer, RuleCounts, CT_STATE_INVALID_NFACCT, LOCALHOST_NODEPORTS_NFACCT};
 use iptables_tool::{ExecError, Footprint, IptablesOps};
 use kproxy_netlink::nfacct::NfacctOps;
-use kproxy_netlink::ConntrackOps;
 
 /// The chain whose disappearance means someone flushed the tables under us.
 pub const CANARY_CHAIN: &str = "KUBE-PROXY-CANARY";
@@ -71,7 +70,6 @@ pub fn jumps(localhost_node_ports_guard: bool) -> Vec<iptables_tool::Jump> {
 pub struct IptablesProxier {
     renderer: Renderer,
     iptables: Box<dyn IptablesOps>,
-    conntrack: Option<Box<dyn ConntrackOps>>,
     /// nfacct, when the node has it: the counter objects are created at the first sync and the
     /// rules count into them; `None` once the node turned out not to support it.
     nfacct: Option<Box<dyn NfacctOps>>,
@@ -98,17 +96,12 @@ pub struct IptablesProxier {
 }
 
 impl IptablesProxier {
-    /// A proxier rendering with `renderer`, applying with `iptables`, and cleaning UDP conntrack
-    /// entries with `conntrack` (`None` skips that, e.g. where netlink is unavailable).
-    pub fn new(
-        renderer: Renderer,
-        iptables: Box<dyn IptablesOps>,
-        conntrack: Option<Box<dyn ConntrackOps>>,
-    ) -> Self {
+    /// A proxier rendering with `renderer` and applying with `iptables`. UDP conntrack cleanup
+    /// after its syncs is the lifecycle's (`proxy_core::ManagedProxier`), with the default rule.
+    pub fn new(renderer: Renderer, iptables: Box<dyn IptablesOps>) -> Self {
         Self {
             renderer,
             iptables,
-            conntrack,
             nfacct: None,
             nfacct_ready: false,
             needs_full: true,
@@ -236,10 +229,6 @@ impl IptablesProxier {
     pub fn with_route_localnet(mut self, manage: bool) -> Self {
         self.manage_route_localnet = manage;
         self
-    }
-
-    fn family(&self) -> IpFamily {
-        self.renderer.config().family
     }
 
     fn err(
@@ -439,21 +428,6 @@ impl IptablesProxier {
         }
     }
 
-    fn cleanup_conntrack(&mut self, state: &ProxyState, diff: &StateDiff, full: bool) {
-        let family = self.family();
-        let Some(ct) = self.conntrack.as_mut() else {
-            return;
-        };
-        if !full && diff.conntrack.is_empty() {
-            return;
-        }
-        let policy = proxy_core::datapath::StaleFlows::new(state, &diff.conntrack, full);
-        if policy.is_empty() {
-            return;
-        }
-        kproxy_netlink::conntrack::delete_stale_udp(&mut **ct, family, &|f| policy.is_stale(f));
-    }
-
     /// Removes every chain and jump rule kproxy owns in the filter, nat and mangle tables, and
     /// nothing else: other tools' chains and rules stay.
     pub fn cleanup_tables(iptables: &mut dyn IptablesOps) -> Result<(), ProxierError> {
@@ -580,7 +554,6 @@ impl Proxier for IptablesProxier {
             }
             report(false, summary.written, summary.counts)
         };
-        self.cleanup_conntrack(state, diff, full);
         let mut report = report;
         report.counters = self.nfacct_counters();
         Ok(report)

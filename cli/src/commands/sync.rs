@@ -1,10 +1,11 @@
 //! `kproxy sync`: apply the state of manifests once, through the proxier the daemon uses.
 
 use anyhow::Context;
-use proxy_core::IpFamily;
+use proxy_core::{IpFamily, Proxier};
 
 use crate::args::{Family, SyncArgs};
 use crate::commands::render::settings_for;
+use crate::handover::Handover;
 use crate::input;
 use crate::modes::{self, ProxierContext};
 
@@ -22,10 +23,17 @@ pub(crate) fn run(args: &SyncArgs) -> anyhow::Result<()> {
     };
     let mut settings = settings_for(&args.render)?;
     settings.iptables_variant = args.iptables_variant;
-    let mut proxier = modes::build(mode, family, &settings, &ProxierContext::default())?;
+    let handover = Handover::plan(mode, &settings, &[family]);
+    let mut proxier = modes::build_managed(mode, family, &settings, &ProxierContext::default())?;
     let report = proxier
         .sync(&state, &state.resync_diff())
         .with_context(|| format!("applying the {mode} datapath"))?;
+    if let Err(failures) = handover.run() {
+        anyhow::bail!(
+            "the {mode} datapath is applied, but removing other modes' leftovers failed: {}",
+            failures.join("; ")
+        );
+    }
     tracing::info!(
         "synced {} service ports ({} objects written) in {mode} mode",
         state.len(),

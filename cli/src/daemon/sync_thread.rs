@@ -14,6 +14,7 @@ use proxy_core::{
 };
 
 use super::{Settings, Shared};
+use crate::handover::Handover;
 use crate::modes::{self, ProxierContext};
 
 /// Builds one proxier per family through the factory and starts the thread. A proxier that cannot
@@ -23,16 +24,23 @@ pub(crate) fn start(
     shared: Arc<Shared>,
     context: ProxierContext,
 ) -> anyhow::Result<JoinHandle<()>> {
+    // Planned before any proxier reads the tables, so it sees the variant they choose.
+    let handover = Handover::plan(settings.mode, &settings.datapath, &settings.families);
     let mut families = Vec::new();
     for family in &settings.families {
         families.push(FamilyProxy {
             state: ProxyState::new(*family, NodeInfo::named(&settings.node_name)),
-            proxier: modes::build(settings.mode, *family, &settings.datapath, &context)?,
+            proxier: Box::new(modes::build_managed(
+                settings.mode,
+                *family,
+                &settings.datapath,
+                &context,
+            )?),
         });
     }
     let thread = std::thread::Builder::new()
         .name("sync".into())
-        .spawn(move || run(settings, shared, families))?;
+        .spawn(move || run(settings, shared, families, Some(handover)))?;
     Ok(thread)
 }
 
@@ -75,7 +83,14 @@ fn drain(shared: &Shared, schedule: &mut SyncSchedule) -> Option<Drained> {
     })
 }
 
-fn run(settings: Settings, shared: Arc<Shared>, mut families: Vec<FamilyProxy>) {
+/// The sync loop. `handover` runs after the first sync that succeeds for every family, and again
+/// after later full syncs until it succeeds.
+fn run(
+    settings: Settings,
+    shared: Arc<Shared>,
+    mut families: Vec<FamilyProxy>,
+    mut handover: Option<Handover>,
+) {
     let mut schedule = SyncSchedule::new(ScheduleConfig {
         min_interval: settings.min_sync_period,
         max_interval: settings.sync_period,
@@ -139,6 +154,22 @@ fn run(settings: Settings, shared: Arc<Shared>, mut families: Vec<FamilyProxy>) 
                         &families[0].state,
                     );
                     tracing::debug!(?done, ?took, "synced");
+                    if let Some(h) = handover.take() {
+                        // The first sync after start is full; a failed handover waits for the
+                        // next full one rather than retrying at every change.
+                        if done == SyncKind::Full {
+                            if let Err(failures) = h.run() {
+                                tracing::warn!(
+                                    "removing other modes' leftovers failed (retried after the \
+                                     next full sync): {}",
+                                    failures.join("; ")
+                                );
+                                handover = Some(h);
+                            }
+                        } else {
+                            handover = Some(h);
+                        }
+                    }
                     if done == SyncKind::Full {
                         release_freed_memory();
                     }
@@ -324,7 +355,7 @@ mod tests {
         }];
         let thread = {
             let shared = Arc::clone(&shared);
-            std::thread::spawn(move || run(settings, shared, families))
+            std::thread::spawn(move || run(settings, shared, families, None))
         };
         let syncs = || {
             calls
