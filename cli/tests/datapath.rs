@@ -62,6 +62,7 @@ both_variants!(
     restart_drops_no_connection,
     cleanup_removes_only_ours,
     one_broken_service_does_not_block_the_others,
+    an_external_ip_cannot_take_another_services_cluster_ip,
     node_port_on_localhost,
     ipv6_with_ip6tables,
     local_traffic_detection_modes,
@@ -95,6 +96,7 @@ mod nftables_mode {
         udp_endpoint_replaced_moves_the_same_socket,
         restart_drops_no_connection,
         one_broken_service_does_not_block_the_others,
+        an_external_ip_cannot_take_another_services_cluster_ip,
     );
 }
 
@@ -364,6 +366,37 @@ fn one_broken_service_does_not_block_the_others(variant: &str) {
     assert!(stderr.contains("ns1/broken"), "{stderr}");
     assert!(stderr.contains("ns1/bogus-ip"), "{stderr}");
     assert!(bed.tcp("client", &format!("{SVC_IP}:80")).pod().is_some());
+}
+
+/// Frontend ownership: `ext` lists `web`'s cluster IP as an externalIP. It is not programmed
+/// (warned naming both Services), so `web`'s cluster IP keeps reaching `web`'s endpoint only,
+/// and `ext`'s own cluster IP still works.
+fn an_external_ip_cannot_take_another_services_cluster_ip(variant: &str) {
+    let Some(bed) = bed("ownership") else { return };
+    let mut yaml = cluster_ip(&[("10.244.1.11", "node-a", true)]);
+    yaml.push_str(
+        &ServiceSpec {
+            name: "ext",
+            cluster_ip: "172.30.0.20",
+            extra_spec: &format!("  externalIPs: [{SVC_IP}]\n"),
+            status: "",
+            endpoints: &[("10.244.1.12", "node-a", true)],
+        }
+        .yaml(),
+    );
+    let stderr = bed.sync(&yaml, variant).unwrap();
+    assert!(
+        stderr.contains(
+            "Service ns1/ext: externalIP 172.30.0.10 is the cluster IP of Service ns1/web"
+        ),
+        "{stderr}"
+    );
+    let replies = bed.tcp_many("client", &format!("{SVC_IP}:80"), 10);
+    assert!(
+        replies.iter().all(|r| r.pod() == Some("pod-a")),
+        "{replies:?}"
+    );
+    assert_eq!(bed.tcp("client", "172.30.0.20:80").pod(), Some("pod-b"));
 }
 
 fn node_port_on_localhost(variant: &str) {

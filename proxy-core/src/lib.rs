@@ -40,6 +40,7 @@ pub mod datapath;
 pub mod describe;
 pub mod diff;
 mod endpoint_slice_cache;
+pub mod frontends;
 pub mod handler;
 pub mod health;
 pub mod lifecycle;

@@ -35,6 +35,7 @@ pub struct ProxyMetrics {
     objects: Family<Labels, Gauge>,
     restore_failures: Counter,
     no_local_endpoints: Family<Labels, Gauge>,
+    refused_frontends: Gauge,
     invalid_input: Counter,
     ct_state_invalid_dropped: Counter,
     localhost_nodeports_accepted: Counter,
@@ -75,6 +76,7 @@ impl ProxyMetrics {
             objects: Family::default(),
             restore_failures: Counter::default(),
             no_local_endpoints: Family::default(),
+            refused_frontends: Gauge::default(),
             invalid_input: Counter::default(),
             ct_state_invalid_dropped: Counter::default(),
             localhost_nodeports_accepted: Counter::default(),
@@ -149,6 +151,12 @@ impl ProxyMetrics {
             "sync_proxy_rules_no_local_endpoints",
             "Number of services with a Local traffic policy and no endpoints",
             m.no_local_endpoints.clone(),
+        );
+        registry.register(
+            "refused_service_frontends",
+            "External and load-balancer IPs not programmed because another Service owns them as \
+             its cluster IP or a ServiceCIDR holds them (kproxy)",
+            m.refused_frontends.clone(),
         );
         registry.register(
             "invalid_input_objects",
@@ -281,6 +289,12 @@ impl ProxyMetrics {
                 });
             }
         }
+    }
+
+    /// Sets how many frontends the state refuses ([`ProxyState::refused_frontend_count`]).
+    pub fn refused_frontends(&self, state: &ProxyState) {
+        self.refused_frontends
+            .set(i64::try_from(state.refused_frontend_count()).unwrap_or(i64::MAX));
     }
 
     /// Counts Local-policy Service ports with no local endpoint, per traffic policy.

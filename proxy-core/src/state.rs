@@ -4,8 +4,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
 
+use std::net::IpAddr;
+
 use crate::diff::{ConntrackCleanup, ConntrackTarget, PortChange, StateDiff};
 use crate::endpoint_slice_cache::EndpointSliceCache;
+use crate::frontends::{FrontendKind, RefusalReason, RefusedFrontend};
 use crate::model::{
     Endpoint, IpFamily, NamespacedName, NodeInfo, Protocol, ServicePort, ServicePortName,
 };
@@ -75,6 +78,16 @@ pub struct ProxyState {
     slices: EndpointSliceCache,
     applied_once: bool,
     endpoint_count: usize,
+    /// Frontend ownership (`crate::frontends`): how many ports of each Service have each
+    /// cluster IP.
+    cluster_ip_owners: HashMap<IpAddr, BTreeMap<NamespacedName, u32>>,
+    /// The ports declaring each external or load-balancer IP, to judge them again when that
+    /// address's ownership changes.
+    claims: HashMap<IpAddr, BTreeSet<ServicePortName>>,
+    /// The ServicePort as declared, for ports whose entry holds it with frontends refused.
+    declared: HashMap<ServicePortName, Arc<ServicePort>>,
+    /// The refused frontends of each port that has some.
+    refused: BTreeMap<ServicePortName, Vec<RefusedFrontend>>,
 }
 
 impl ProxyState {
@@ -85,6 +98,10 @@ impl ProxyState {
             node,
             service_cidrs: Vec::new(),
             ports: BTreeMap::new(),
+            cluster_ip_owners: HashMap::new(),
+            claims: HashMap::new(),
+            declared: HashMap::new(),
+            refused: BTreeMap::new(),
             slices: EndpointSliceCache::default(),
             applied_once: false,
             endpoint_count: 0,
@@ -202,13 +219,19 @@ impl ProxyState {
             }
         }
 
+        let cidrs_changed = diff.node_changed;
+        touched.extend(self.update_ownership(&new_services, cidrs_changed));
+
         let mut conntrack = BTreeSet::new();
         for name in touched {
-            let service = match new_services.remove(&name) {
+            let declared = match new_services.remove(&name) {
                 Some(replacement) => replacement,
-                None => self.ports.get(&name).map(|e| Arc::clone(&e.service)),
+                None => self.declared_service(&name),
             };
+            let service = declared.map(|d| self.judge_frontends(&name, d));
             let Some(service) = service else {
+                self.refused.remove(&name);
+                self.declared.remove(&name);
                 if let Some(previous) = self.ports.remove(&name) {
                     self.endpoint_count -= previous.endpoints.len();
                     stale_flows(&name, Some(&previous), None, &mut conntrack);
@@ -247,6 +270,170 @@ impl ProxyState {
         }
         diff.conntrack = conntrack.into_iter().collect();
         diff
+    }
+
+    /// The frontends this state does not program, per Service port (see [`crate::frontends`]).
+    pub fn refused_frontends(&self) -> &BTreeMap<ServicePortName, Vec<RefusedFrontend>> {
+        &self.refused
+    }
+
+    /// How many frontends are refused over all ports (the
+    /// `kubeproxy_refused_service_frontends` gauge): O(ports with refusals).
+    pub fn refused_frontend_count(&self) -> usize {
+        self.refused.values().map(Vec::len).sum()
+    }
+
+    /// The port `name` as its Service declares it (the entry may hold it with frontends
+    /// refused).
+    fn declared_service(&self, name: &ServicePortName) -> Option<Arc<ServicePort>> {
+        self.declared
+            .get(name)
+            .cloned()
+            .or_else(|| self.ports.get(name).map(|e| Arc::clone(&e.service)))
+    }
+
+    /// Brings the ownership indexes up to date with the ports this batch replaces or removes;
+    /// returns the other ports whose frontends must be judged again: those claiming an address
+    /// whose cluster-IP owners changed, every claimant when the ServiceCIDRs changed.
+    /// O(ports changed + their claimants).
+    fn update_ownership(
+        &mut self,
+        replaced: &HashMap<ServicePortName, Option<Arc<ServicePort>>>,
+        cidrs_changed: bool,
+    ) -> Vec<ServicePortName> {
+        let mut moved: BTreeSet<IpAddr> = BTreeSet::new();
+        for (name, new) in replaced {
+            let old = self.declared_service(name);
+            let (old_ip, new_ip) = (
+                old.as_ref().map(|s| s.cluster_ip),
+                new.as_ref().map(|s| s.cluster_ip),
+            );
+            if old_ip != new_ip {
+                if let Some(ip) = old_ip {
+                    if let Some(owners) = self.cluster_ip_owners.get_mut(&ip) {
+                        if let Some(n) = owners.get_mut(&name.service) {
+                            *n -= 1;
+                            if *n == 0 {
+                                owners.remove(&name.service);
+                            }
+                        }
+                        if owners.is_empty() {
+                            self.cluster_ip_owners.remove(&ip);
+                        }
+                    }
+                    moved.insert(ip);
+                }
+                if let Some(ip) = new_ip {
+                    *self
+                        .cluster_ip_owners
+                        .entry(ip)
+                        .or_default()
+                        .entry(name.service.clone())
+                        .or_default() += 1;
+                    moved.insert(ip);
+                }
+            }
+            let claimed = |s: &Option<Arc<ServicePort>>| -> BTreeSet<IpAddr> {
+                s.iter()
+                    .flat_map(|s| s.external_ips.iter().chain(&s.load_balancer_ips))
+                    .copied()
+                    .collect()
+            };
+            let (old_claims, new_claims) = (claimed(&old), claimed(new));
+            for ip in old_claims.difference(&new_claims) {
+                if let Some(set) = self.claims.get_mut(ip) {
+                    set.remove(name);
+                    if set.is_empty() {
+                        self.claims.remove(ip);
+                    }
+                }
+            }
+            for ip in new_claims.difference(&old_claims) {
+                self.claims.entry(*ip).or_default().insert(name.clone());
+            }
+        }
+        let mut again = Vec::new();
+        if cidrs_changed {
+            for names in self.claims.values() {
+                again.extend(names.iter().cloned());
+            }
+        } else {
+            for ip in &moved {
+                if let Some(names) = self.claims.get(ip) {
+                    again.extend(names.iter().cloned());
+                }
+            }
+        }
+        again
+    }
+
+    /// The port as the modes get it: `declared` without the external and load-balancer IPs
+    /// another Service owns (its cluster IP) or the Service range holds. Records the refusals,
+    /// warns when they change, and keeps the declared port to judge again later.
+    fn judge_frontends(
+        &mut self,
+        name: &ServicePortName,
+        declared: Arc<ServicePort>,
+    ) -> Arc<ServicePort> {
+        let mut refused = Vec::new();
+        let mut judge = |ip: &IpAddr, kind: FrontendKind| -> bool {
+            let other_owner = self
+                .cluster_ip_owners
+                .get(ip)
+                .and_then(|owners| owners.keys().find(|o| **o != name.service));
+            let reason = if let Some(owner) = other_owner {
+                Some(RefusalReason::ClusterIpOf(owner.clone()))
+            } else {
+                self.service_cidrs
+                    .iter()
+                    .find(|net| net.contains(*ip))
+                    .map(|net| RefusalReason::InServiceCidr(*net))
+            };
+            match reason {
+                Some(reason) => {
+                    refused.push(RefusedFrontend {
+                        address: *ip,
+                        kind,
+                        reason,
+                    });
+                    false
+                }
+                None => true,
+            }
+        };
+        let external: Vec<IpAddr> = declared
+            .external_ips
+            .iter()
+            .filter(|ip| judge(ip, FrontendKind::ExternalIp))
+            .copied()
+            .collect();
+        let load_balancer: Vec<IpAddr> = declared
+            .load_balancer_ips
+            .iter()
+            .filter(|ip| judge(ip, FrontendKind::LoadBalancerIp))
+            .copied()
+            .collect();
+        let before = self.refused.get(name).map(Vec::as_slice).unwrap_or(&[]);
+        if before != refused.as_slice() {
+            for r in refused.iter().filter(|r| !before.contains(r)) {
+                tracing::warn!(
+                    service_port = %name,
+                    "Service {}: {r}; not programmed",
+                    name.service
+                );
+            }
+        }
+        if refused.is_empty() {
+            self.refused.remove(name);
+            self.declared.remove(name);
+            return declared;
+        }
+        self.refused.insert(name.clone(), refused);
+        self.declared.insert(name.clone(), Arc::clone(&declared));
+        let mut effective = (*declared).clone();
+        effective.external_ips = external;
+        effective.load_balancer_ips = load_balancer;
+        Arc::new(effective)
     }
 
     /// The ports of one Service, in name order: a range of the sorted map, O(log n + its ports).

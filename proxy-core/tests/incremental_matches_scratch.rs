@@ -84,7 +84,9 @@ fn build_service(i: usize, v: &ServiceVariant) -> Service {
     b = match v.external {
         0 => b,
         1 => b.external_ips(&["192.0.2.1"]),
-        _ => b.external_ips(&["192.0.2.1", &own]),
+        2 => b.external_ips(&["192.0.2.1", &own]),
+        // s0's cluster IP: refused while s0 exists (frontend ownership), its own for s0.
+        _ => b.external_ips(&["172.30.0.1", &own]),
     };
     b.build()
 }
@@ -126,7 +128,7 @@ fn build_node(v: u8) -> Node {
 }
 
 fn service_variant() -> impl Strategy<Value = ServiceVariant> {
-    (0u8..4, 0u8..3, any::<bool>(), 0u8..3).prop_map(|(ports, policy, affinity, external)| {
+    (0u8..4, 0u8..3, any::<bool>(), 0u8..4).prop_map(|(ports, policy, affinity, external)| {
         ServiceVariant {
             ports,
             policy,

@@ -235,6 +235,7 @@ fn record_success(
     metrics.synced(done, took, now);
     metrics.programmed(triggers, now);
     metrics.no_local_endpoints(state);
+    metrics.refused_frontends(state);
     metrics.reports(reports);
 }
 
