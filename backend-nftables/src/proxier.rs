@@ -329,7 +329,24 @@ impl NftablesProxier {
                 e,
             ));
         }
+        note_own_generation(&mut self.socket);
         Ok(())
+    }
+
+    /// Whether anyone but this process has committed an nf_tables transaction since this
+    /// process's last commit: the ruleset generation moved on. Only then can the table differ
+    /// from what kproxy wrote (a flushed chain, a deleted element, a planted rule), so only then
+    /// does a periodic full sync reload it; with nobody else writing nf_tables it costs one
+    /// message. Unknown (the generation cannot be read) counts as changed.
+    fn changed_by_someone_else(&mut self) -> bool {
+        let ours = LAST_OWN_GENERATION.load(std::sync::atomic::Ordering::SeqCst);
+        match self.socket.generation() {
+            Ok(now) => u64::from(now) != ours,
+            Err(e) => {
+                tracing::debug!("cannot read the nf_tables generation: {e}");
+                true
+            }
+        }
     }
 
     fn table_exists(&mut self) -> bool {
@@ -616,6 +633,18 @@ fn holder_id(name: &ServicePortName) -> u64 {
     h.finish()
 }
 
+/// The nf_tables generation right after this process's latest commit (of any family: the
+/// generation is the whole ruleset's), `u64::MAX` before the first. A generation read just after
+/// a commit may already include another program's commit that landed in between; that change is
+/// then seen only when the generation moves again.
+static LAST_OWN_GENERATION: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(u64::MAX);
+
+fn note_own_generation(socket: &mut NftSocket) {
+    let generation = socket.generation().map_or(u64::MAX, u64::from);
+    LAST_OWN_GENERATION.store(generation, std::sync::atomic::Ordering::SeqCst);
+}
+
 fn node_addresses() -> Vec<IpAddr> {
     kproxy_netlink::interface_addresses().unwrap_or_default()
 }
@@ -636,9 +665,12 @@ impl Proxier for NftablesProxier {
         // The table's constant part is a function of the context: compare that, and plan the
         // base only when it changed (a partial sync at 20,000 Services would otherwise build
         // a thousand endpoint-map names to compare).
+        // A periodic (or post-failure) full sync makes the kernel equal the plan again: when
+        // anyone else has written nf_tables since kproxy's last commit, the table is reloaded
+        // whole, undoing any edit of it (upstream's full sync rewrites its table every time).
         if self.needs_rebuild
             || self.base_context.as_ref() != Some(&ctx)
-            || (full && !self.table_exists())
+            || (full && (self.changed_by_someone_else() || !self.table_exists()))
         {
             let base = base_plan(&ctx);
             self.base_context = Some(ctx.clone());

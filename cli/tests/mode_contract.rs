@@ -46,9 +46,9 @@ impl Mode {
         }
     }
 
-    /// The daemon's flags for this mode (a 2 s full resync, so repairs show quickly).
+    /// The daemon's flags for this mode (with [`CONFIG`]'s 2 s full resync for every mode).
     fn flags(self) -> Vec<&'static str> {
-        let mut flags = vec!["--iptables-sync-period", "2s"];
+        let mut flags = Vec::new();
         flags.extend(match self {
             IptablesNft => vec!["--proxy-mode", "iptables", "--iptables-variant", "nft"],
             IptablesLegacy => vec!["--proxy-mode", "iptables", "--iptables-variant", "legacy"],
@@ -148,10 +148,20 @@ fn web(endpoints: &[&str]) -> String {
     .yaml()
 }
 
+/// The daemons' configuration file: a full resync every 2 s in every mode (`syncPeriod`), so
+/// repairs show quickly.
+const CONFIG: &str = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\n\
+kind: KubeProxyConfiguration\n\
+syncPeriod: 2s\n";
+
 /// The daemon of `mode` on the manifests in `dir`, its log in `log`.
 fn daemon(bed: &Bed, dir: &Path, mode: Mode, log: &Path) -> Daemon {
     let stderr = std::fs::File::create(log).unwrap();
-    bed.start_daemon(dir, "10.244.0.0/16", Stdio::from(stderr), &mode.flags())
+    let config = bed.dir.join("kube-proxy.yaml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let mut flags = vec!["--config", config.to_str().unwrap()];
+    flags.extend(mode.flags());
+    bed.start_daemon(dir, "10.244.0.0/16", Stdio::from(stderr), &flags)
 }
 
 /// Stops a daemon the way the kubelet does (SIGTERM: the rules stay) and waits for it.
@@ -346,6 +356,12 @@ fn tampers(mode: Mode, bed: &Bed) -> Vec<Tamper> {
                     what: "KUBE-NODEPORTS flushed",
                     commands: vec![cmd(&format!("{ipt} -t nat -F KUBE-NODEPORTS"))],
                 },
+                Tamper {
+                    what: "a foreign DNAT planted in KUBE-NODEPORTS",
+                    commands: vec![cmd(&format!(
+                        "{ipt} -t nat -I KUBE-NODEPORTS 1 -p tcp --dport 30080 -j DNAT --to-destination 10.244.1.13:8080"
+                    ))],
+                },
             ]
         }
         Userspace => vec![
@@ -367,8 +383,18 @@ fn tampers(mode: Mode, bed: &Bed) -> Vec<Tamper> {
                 commands: vec![cmd("nft flush chain ip kube-proxy services")],
             },
             Tamper {
-                what: "the nodeports chain flushed",
+                what: "the nat-prerouting chain flushed",
                 commands: vec![cmd("nft flush chain ip kube-proxy nat-prerouting")],
+            },
+            Tamper {
+                what: "the service-nodeports map emptied",
+                commands: vec![cmd("nft flush map ip kube-proxy service-nodeports")],
+            },
+            Tamper {
+                what: "a foreign DNAT planted in the services chain",
+                commands: vec![cmd(
+                    "nft insert rule ip kube-proxy services tcp dport 30080 dnat to 10.244.1.13:8080",
+                )],
             },
         ],
     }

@@ -360,6 +360,28 @@ impl NftSocket {
         Ok(())
     }
 
+    /// The ruleset's generation (`NFT_MSG_GETGEN`): a number the kernel changes at every
+    /// committed nf_tables transaction, whoever sends it (`nft`, iptables-nft, another
+    /// program). Reading it after a commit of one's own and again later tells whether anyone
+    /// else changed anything in between, without listing a single object.
+    pub fn generation(&mut self) -> Result<u32, SocketError> {
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | netlink_packet_core::NLM_F_ACK;
+        let request = NftMessage::command(super::wire::msg::GETGEN, 0, Vec::new());
+        let message = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(request));
+        let mut id = None;
+        self.socket
+            .request_each(message, "get the nf_tables generation", |m| {
+                if let Some(v) = m.attribute(1).and_then(|a| a.as_u32()) {
+                    id = Some(v);
+                }
+            })?;
+        id.ok_or_else(|| SocketError::Io {
+            operation: "get the nf_tables generation".into(),
+            source: std::io::Error::other("the kernel answered without NFTA_GEN_ID"),
+        })
+    }
+
     /// Dumps objects (`request` is a GET command) and hands each answer to `each`. A missing
     /// table answers `ENOENT`.
     pub fn dump(
