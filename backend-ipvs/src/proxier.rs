@@ -141,7 +141,6 @@ pub struct IpvsProxier {
     /// Node addresses for tests that cannot read interfaces; `None` reads them.
     fixed_node_addresses: Option<Vec<IpAddr>>,
     initialized: bool,
-    needs_full: bool,
     context: Option<PlanContext>,
     link_index: Option<u32>,
     ports: HashMap<ServicePortName, PortBooks>,
@@ -220,7 +219,6 @@ impl IpvsProxier {
             sysctls: Sysctls::default(),
             fixed_node_addresses: None,
             initialized: false,
-            needs_full: true,
             context: None,
             link_index: None,
             ports: HashMap::new(),
@@ -1044,7 +1042,8 @@ impl Proxier for IpvsProxier {
         // kube-ipvs0 too, one per Service at 20,000 Services, which a one-endpoint sync must not
         // pay for. An interface change is picked up at the next periodic full sync (or at once,
         // when the Node object changes).
-        let full = diff.full || diff.node_changed || self.needs_full || self.context.is_none();
+        // After a failure the lifecycle makes the next sync full (`proxy_core::ManagedProxier`).
+        let full = diff.full || diff.node_changed || self.context.is_none();
         if full {
             self.context = Some(self.plan_context(state));
             self.detector = self
@@ -1052,13 +1051,11 @@ impl Proxier for IpvsProxier {
                 .detect_local
                 .detector(self.family, state.node());
         }
-        self.needs_full = true;
         let report = if full {
             self.full_sync(state)?
         } else {
             self.partial_sync(state, diff)?
         };
-        self.needs_full = false;
         // UDP clients must not keep sending to a server that left: the lifecycle deletes the
         // entries the default rule (`Proxier::stale_udp_flows`) calls stale after this sync.
         Ok(report)

@@ -36,7 +36,6 @@ pub struct UserspaceProxier {
     /// Scratch for the filter table's rules during a render (kept for its capacity).
     filter_rules: String,
     written: String,
-    needs_full: bool,
     owned: RuleCounts,
     warned_sctp: HashSet<ServicePortName>,
     /// ctnetlink, to delete UDP entries that REDIRECT to a listener that moved; `None` off a node.
@@ -69,7 +68,6 @@ impl UserspaceProxier {
             rules: String::new(),
             filter_rules: String::new(),
             written: String::new(),
-            needs_full: true,
             owned: RuleCounts::default(),
             warned_sctp: HashSet::new(),
             udp_changed: false,
@@ -138,7 +136,8 @@ impl Proxier for UserspaceProxier {
     }
 
     fn sync(&mut self, state: &ProxyState, diff: &StateDiff) -> Result<SyncReport, ProxierError> {
-        let full = self.needs_full || diff.full;
+        // After a failure the lifecycle makes the next sync full (`proxy_core::ManagedProxier`).
+        let full = diff.full;
         let desired = self.desired(state);
         let transports: BTreeMap<ListenerKey, Transport> = desired
             .iter()
@@ -181,7 +180,6 @@ impl Proxier for UserspaceProxier {
         if changed || full {
             let text = &self.rules;
             if let Err(e) = self.iptables.restore(&mut |w| w.write_all(text.as_bytes())) {
-                self.needs_full = true;
                 return Err(ProxierError::new(
                     MODE,
                     "iptables-restore of the REDIRECT rules",
@@ -189,10 +187,7 @@ impl Proxier for UserspaceProxier {
                 ));
             }
             if full {
-                if let Err(e) = self.ensure_jumps() {
-                    self.needs_full = true;
-                    return Err(e);
-                }
+                self.ensure_jumps()?;
             }
             std::mem::swap(&mut self.rules, &mut self.written);
             self.owned = counts;
@@ -200,7 +195,6 @@ impl Proxier for UserspaceProxier {
         // The lifecycle deletes the UDP entries that now REDIRECT to the wrong listener
         // (`stale_udp_flows`), after a UDP listener opened or closed and on full syncs.
         self.udp_changed = udp_changed;
-        self.needs_full = false;
         let written = if changed || full {
             counts
         } else {

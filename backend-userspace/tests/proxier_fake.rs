@@ -150,7 +150,9 @@ fn syncs_write_rules_only_when_they_change_and_repair_jumps() {
     assert!(last.contains("ns1/web:http cluster IP has no endpoints\" -m tcp --dport 80 -j REJECT"));
     assert_eq!(proxier.proxy_port(&web_http()), None);
 
-    // A failed restore: the next sync is full, and repairs a jump someone deleted meanwhile.
+    // A failed restore, then the full sync the lifecycle asks for after a failure
+    // (`proxy_core::ManagedProxier`, tested in proxy-core): it repairs a jump someone deleted
+    // meanwhile.
     fake.lock().fail_next_restore = true;
     pending.on_endpoint_slice_update(&empty, slice);
     let diff = state.apply(&mut pending);
@@ -168,9 +170,7 @@ fn syncs_write_rules_only_when_they_change_and_repair_jumps() {
         "KUBE-PORTALS-CONTAINER",
     ];
     assert!(fake.clone().run(&jump).unwrap(), "the jump was there");
-    let report = proxier
-        .sync(&state, &proxy_core::StateDiff::default())
-        .unwrap();
+    let report = proxier.sync(&state, &state.resync_diff()).unwrap();
     assert!(report.full, "after a failure");
     assert_eq!(
         jumps_to(&fake, "nat", "PREROUTING", "KUBE-PORTALS-CONTAINER"),

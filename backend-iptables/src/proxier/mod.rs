@@ -74,7 +74,6 @@ pub struct IptablesProxier {
     /// rules count into them; `None` once the node turned out not to support it.
     nfacct: Option<Box<dyn NfacctOps>>,
     nfacct_ready: bool,
-    needs_full: bool,
     canary_interval: Duration,
     last_canary_check: Option<Instant>,
     manage_route_localnet: bool,
@@ -104,7 +103,6 @@ impl IptablesProxier {
             iptables,
             nfacct: None,
             nfacct_ready: false,
-            needs_full: true,
             canary_interval: Duration::from_secs(10),
             last_canary_check: None,
             manage_route_localnet: true,
@@ -365,7 +363,6 @@ impl IptablesProxier {
 
     fn restore_failed(&mut self, what: &str, error: ExecError, text: Option<&str>) -> ProxierError {
         self.renderer.invalidate();
-        self.needs_full = true;
         if self.nfacct_ready
             && matches!(&error, ExecError::Failed { stderr, .. } if stderr.contains("nfacct"))
         {
@@ -404,7 +401,6 @@ impl IptablesProxier {
         }
         self.ensure_jumps()?;
         self.ensure_canaries()?;
-        self.needs_full = false;
         self.advise_on_scale(state);
         let counts = summary.map(|s| s.counts).unwrap_or_default();
         Ok(report(true, counts, counts))
@@ -529,8 +525,9 @@ impl Proxier for IptablesProxier {
 
     fn sync(&mut self, state: &ProxyState, diff: &StateDiff) -> Result<SyncReport, ProxierError> {
         let addresses_changed = self.node_port_addresses_changed(state);
-        let full = self.needs_full
-            || addresses_changed
+        // A failed sync invalidated the renderer's baseline, so the next one renders in full
+        // (the lifecycle asks for that too: `proxy_core::ManagedProxier`).
+        let full = addresses_changed
             || diff.full
             || self.renderer.would_render_full(state, diff)
             || self.canary_lost()?;
@@ -541,7 +538,10 @@ impl Proxier for IptablesProxier {
             let summary = self
                 .renderer
                 .render_to(state, diff, &mut self.buf)
-                .map_err(|e| Self::err("rendering", e))?;
+                .map_err(|e| {
+                    self.renderer.invalidate();
+                    Self::err("rendering the partial update", e)
+                })?;
             if summary.bytes > 0 {
                 let buf = std::mem::take(&mut self.buf);
                 let result = self.iptables.restore(&mut |w| w.write_all(&buf));
@@ -562,7 +562,6 @@ impl Proxier for IptablesProxier {
     fn cleanup(&mut self) -> Result<(), ProxierError> {
         Self::cleanup_tables(self.iptables.as_mut())?;
         self.renderer.invalidate();
-        self.needs_full = true;
         self.last_chain_scan = None;
         Ok(())
     }
