@@ -602,6 +602,73 @@ impl IpvsProxier {
         Ok(rules::count_rules(&text))
     }
 
+    /// Whether the set `spec` names exists with another type or family than `spec`'s (someone
+    /// recreated it, or another program owns the name).
+    fn has_another_type(&mut self, spec: &ipset_tool::SetSpec) -> bool {
+        match self.ipset.list(&spec.name) {
+            Ok(listed) => {
+                listed.set_type != Some(spec.set_type)
+                    || (spec.set_type.has_family() && listed.family != Some(spec.family))
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Replaces one of IPVS mode's sets that exists with the wrong type, so the one object is
+    /// repaired and the rest of the sync goes on (rather than failing every sync at the sets):
+    /// the rules are written without those that match it (and without the access filter's
+    /// REJECT, which needs the set's RETURN before it), the set is destroyed, and the caller
+    /// creates and fills it anew; the full sync's rules restore then brings every rule back.
+    /// Between the two restores, milliseconds apart, what the set's rules do (masquerading,
+    /// filtering) is not done: the set was wrong already.
+    fn replace_foreign_set(
+        &mut self,
+        set: IpvsSet,
+        spec: &ipset_tool::SetSpec,
+    ) -> Result<(), ProxierError> {
+        let non_empty = self.non_empty_sets();
+        let no_node: BTreeSet<(IpAddr, Protocol, u16)> =
+            self.no_node_access.keys().copied().collect();
+        let mut full = String::new();
+        rules::render(
+            &RulesInput {
+                family: self.family,
+                non_empty: &non_empty,
+                masquerade_all: self.settings.masquerade_all,
+                detector: &self.detector,
+                masquerade_bit: self.settings.masquerade_bit,
+                no_node_access: &no_node,
+            },
+            &mut full,
+        );
+        // Every rule matching the set goes, and with it the access filter's REJECT (which
+        // relies on the set's RETURN before it): permissive for a moment rather than refusing.
+        let reference = format!("--match-set {} ", set.name(self.family));
+        let mut text = String::with_capacity(full.len());
+        for line in full.lines().filter(|l| {
+            !l.contains(&reference)
+                && !(l.starts_with("-A KUBE-IPVS-FILTER") && l.ends_with("-j REJECT"))
+        }) {
+            text.push_str(line);
+            text.push('\n');
+        }
+        self.iptables
+            .restore(&mut |w| w.write_all(text.as_bytes()))
+            .map_err(|e| {
+                fail(
+                    format!("iptables-restore of the rules without ipset {}", spec.name),
+                    e,
+                )
+            })?;
+        self.applied_rules.clear();
+        self.ipset.destroy(&spec.name, true).map_err(|e| {
+            fail(
+                format!("destroying ipset {} of the wrong type", spec.name),
+                e,
+            )
+        })
+    }
+
     /// The jumps not present in the built-in chains (`iptables_tool::missing_jumps`: one listing
     /// per built-in chain, rules compared by meaning rather than by text).
     fn missing_jumps(&mut self) -> Result<Vec<&'static iptables_tool::Jump>, ProxierError> {
@@ -877,8 +944,19 @@ impl IpvsProxier {
         for set in IpvsSet::ALL {
             let spec = set.spec(self.family);
             let want = desired.remove(&set).unwrap_or_default();
-            let d = ipset_tool::sync_set(&mut self.ipset, &spec, &want)
-                .map_err(|e| fail(format!("syncing ipset {}", spec.name), e))?;
+            let d = match ipset_tool::sync_set(&mut self.ipset, &spec, &want) {
+                Ok(d) => d,
+                Err(e) if self.has_another_type(&spec) => {
+                    tracing::warn!(
+                        "ipset {} exists with another type than IPVS mode's ({e}); replacing it",
+                        spec.name
+                    );
+                    self.replace_foreign_set(set, &spec)?;
+                    ipset_tool::sync_set(&mut self.ipset, &spec, &want)
+                        .map_err(|e| fail(format!("syncing ipset {}", spec.name), e))?
+                }
+                Err(e) => return Err(fail(format!("syncing ipset {}", spec.name), e)),
+            };
             entries_written += d.add.len() + d.del.len();
         }
 

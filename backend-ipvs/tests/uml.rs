@@ -7,8 +7,8 @@
 //! bridge.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::io::Read;
+use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ use proxy_core::{
     EndpointSliceHandler, IpFamily, NodeInfo, PendingChanges, Proxier, ProxyState, ServiceFilter,
     ServiceHandler,
 };
+use uml_testbed::pods::{in_netns, Pods};
 use uml_testbed::sh;
 
 const NODE: &str = "node-a";
@@ -273,6 +274,18 @@ impl Cluster {
         self.state.apply(&mut self.pending)
     }
 
+    fn set_dns_pod(&mut self, old: &str, new: &str) -> proxy_core::StateDiff {
+        let slice = |pod: &str| {
+            SliceBuilder::new("ns1", "dns-1", "dns")
+                .port("dns", 5353, "UDP")
+                .endpoint(EndpointBuilder::ready(pod).node(NODE))
+                .build()
+        };
+        self.pending
+            .on_endpoint_slice_update(&slice(old), &slice(new));
+        self.state.apply(&mut self.pending)
+    }
+
     fn set_web_pods(&mut self, old: &[&str], new: &[&str]) -> proxy_core::StateDiff {
         self.pending
             .on_endpoint_slice_update(&web_slice(old), &web_slice(new));
@@ -319,82 +332,6 @@ fn servers_of(key: &ServiceKey) -> BTreeMap<ServerKey, u32> {
             )
         })
         .collect()
-}
-
-/// Pods: network namespaces `podN` with `10.244.1.N` on a bridge `kbr0` (10.244.1.1), each
-/// answering TCP on 8080 with its own name. Bridge ports are in hairpin mode, as kubelet's
-/// hairpin-veth mode (and the bridge CNI plugin's `hairpinMode`) sets them: a pod's own
-/// masqueraded traffic comes back through the port it left by.
-struct Pods {
-    names: Vec<String>,
-}
-
-impl Pods {
-    fn start(ns: &[u8]) -> Self {
-        sh(
-            "ip link add kbr0 type bridge 2>/dev/null; ip addr replace 10.244.1.1/24 dev kbr0; \
-            ip -6 addr replace fd00:244:1::1/64 dev kbr0 nodad; ip link set kbr0 up",
-        );
-        let mut names = Vec::new();
-        for n in ns {
-            let name = format!("pod{n}");
-            sh(&format!(
-                "ip netns add {name} && ip link add v{name} type veth peer name eth0 netns {name} && \
-                 ip link set v{name} master kbr0 up && \
-                 ip link set v{name} type bridge_slave hairpin on && \
-                 ip -n {name} addr add 10.244.1.{n}/24 dev eth0 && ip -n {name} link set eth0 up && \
-                 ip -n {name} link set lo up && ip -n {name} route add default via 10.244.1.1 && \
-                 ip -n {name} -6 addr add fd00:244:1::{n}/64 dev eth0 nodad && \
-                 ip -n {name} -6 route add default via fd00:244:1::1"
-            ));
-            for ip in [format!("10.244.1.{n}"), format!("fd00:244:1::{n}")] {
-                let ip: IpAddr = ip.parse().unwrap();
-                let listener = in_netns(&name, move || {
-                    TcpListener::bind(SocketAddr::new(ip, 8080)).unwrap()
-                });
-                let reply = name.clone();
-                // Each connection gets the pod's name, then stays open until the client closes
-                // it.
-                std::thread::spawn(move || {
-                    for mut s in listener.incoming().flatten() {
-                        let reply = reply.clone();
-                        std::thread::spawn(move || {
-                            let _ = s.write_all(reply.as_bytes());
-                            let mut sink = [0u8; 64];
-                            while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
-                        });
-                    }
-                });
-            }
-            names.push(name);
-        }
-        Self { names }
-    }
-}
-
-impl Drop for Pods {
-    fn drop(&mut self) {
-        for n in &self.names {
-            // The host end first: a socket still open in the pod keeps its namespace alive.
-            let _ = Command::new("ip")
-                .args(["link", "del", &format!("v{n}")])
-                .status();
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-        let _ = Command::new("ip").args(["link", "del", "kbr0"]).status();
-    }
-}
-
-/// Runs `f` on a thread inside the network namespace `name` (sockets stay in it).
-fn in_netns<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{name}");
-    std::thread::spawn(move || {
-        let fd = std::fs::File::open(&path).unwrap();
-        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        f()
-    })
-    .join()
-    .unwrap()
 }
 
 /// Connects, reads the pod's name (`podN`) and closes with a reset: IPVS then forgets the
@@ -771,4 +708,80 @@ fn inside_uml_ipv6_cluster_ip_round_robin() {
         BTreeMap::from([("pod2".into(), 3), ("pod3".into(), 3)])
     );
     p.cleanup().unwrap();
+}
+
+/// One of IPVS mode's sets recreated by someone with another type (`hash:ip` for
+/// `KUBE-CLUSTER-IP`): the next full sync replaces that one set and syncs everything else,
+/// instead of failing at the sets phase every time.
+#[test]
+#[ignore = "runs inside the UML kernel (ipvs_in_uml)"]
+fn inside_uml_an_ipset_recreated_with_another_type_is_replaced() {
+    require_uml();
+    clean();
+    let _pods = Pods::start(&[2]);
+    let cluster = Cluster::new(&["10.244.1.2"]);
+    let mut p = proxier();
+    p.sync(&cluster.state, &cluster.state.resync_diff())
+        .unwrap();
+    sh("iptables-legacy -t nat -F && iptables-legacy -t filter -F && ipset destroy KUBE-CLUSTER-IP && \
+        ipset create KUBE-CLUSTER-IP hash:ip");
+    let report = p.sync(&cluster.state, &cluster.state.resync_diff());
+    assert!(
+        report.is_ok(),
+        "{:?}",
+        report.err().map(|e| format!("{e}: {}", e.source))
+    );
+    let header = sh("ipset list -t KUBE-CLUSTER-IP");
+    assert!(header.contains("Type: hash:ip,port"), "{header}");
+    let members = sh("ipset list KUBE-CLUSTER-IP");
+    assert!(members.contains("10.96.0.10,tcp:80"), "{members}");
+    assert_eq!(ask("10.96.0.10:80").unwrap(), "pod2");
+    // And the sync after that has nothing to repair.
+    p.sync(&cluster.state, &cluster.state.resync_diff())
+        .unwrap();
+    clean();
+}
+
+/// A UDP client that keeps its socket across the removal of its endpoint reaches the new one,
+/// through the lifecycle every mode shares: kproxy deletes the conntrack entry that still
+/// translates to the old endpoint (counted by `deleted_flows`), not only IPVS's own expiry.
+#[test]
+#[ignore = "runs inside the UML kernel (ipvs_in_uml)"]
+fn inside_uml_a_udp_client_keeping_its_socket_reaches_the_new_endpoint() {
+    require_uml();
+    clean();
+    let _pods = Pods::start(&[2, 3]);
+    let mut cluster = Cluster::new(&["10.244.1.2"]);
+    let mut p = proxy_core::ManagedProxier::new(Box::new(proxier()), IpFamily::V4)
+        .with_conntrack(Box::new(kproxy_netlink::ConntrackCleaner::open().unwrap()));
+    p.sync(&cluster.state, &cluster.state.resync_diff())
+        .unwrap();
+    let client = UdpSocket::bind("0.0.0.0:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let ask_udp = |client: &UdpSocket| -> Option<String> {
+        for _ in 0..20 {
+            client.send_to(b"who", "10.96.0.53:53").unwrap();
+            let mut buf = [0u8; 16];
+            if let Ok((n, _)) = client.recv_from(&mut buf) {
+                return Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        None
+    };
+    assert_eq!(ask_udp(&client).as_deref(), Some("pod2"));
+    let before = p.deleted_flows();
+    let diff = cluster.set_dns_pod("10.244.1.2", "10.244.1.3");
+    p.sync(&cluster.state, &diff).unwrap();
+    assert!(
+        p.deleted_flows() > before,
+        "the entry translating to the removed endpoint was deleted by kproxy"
+    );
+    assert_eq!(
+        ask_udp(&client).as_deref(),
+        Some("pod3"),
+        "the same socket moved"
+    );
+    clean();
 }

@@ -20,6 +20,8 @@
 //! the same test binary inside with `--ignored <filter>`: see [`UmlKernel::run_test_binary`].
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod pods;
+
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::io::Read;
